@@ -1,0 +1,166 @@
+"""Splats bound to mesh triangles: their local parameters, optimisers and PLY storage.
+
+Each splat stores a local position ``xyz`` (N, 3), local rotation ``rotation`` (N, 4) wxyz,
+local log-scale ``log_scale`` (N, 3), canonical opacity logit ``opacity`` (N,) and the index of
+its triangle ``binding`` (N,). World attributes come from the triangle frames
+(:mod:`scene.binding`). With per-splat colour (GaussianAvatars) it also stores SH coefficients
+``sh0`` (N, 1, 3) and ``shN`` (N, K-1, 3); with the triplane decoder it stores no colour at all.
+
+Parameters live in a ``ParameterDict`` with one Adam optimiser per attribute, so that the
+densification strategy (:mod:`scene.densification`) can grow and shrink them together with
+their optimiser state, as gsplat's strategies do.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from plyfile import PlyData, PlyElement
+
+from utils.errors import InputFileError, MissingFileError
+
+SH_C0 = 0.28209479177387814
+
+
+def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.log(x / (1 - x))
+
+
+class BoundGaussians(torch.nn.Module):
+    """Splat parameters bound to triangles.
+
+    Args:
+        binding: (N,) int64 triangle index of every splat.
+        sh_degree: per-splat SH degree, or None when colour comes from elsewhere (triplane).
+    """
+
+    def __init__(self, binding: torch.Tensor, sh_degree: int | None = None):
+        super().__init__()
+        n = binding.shape[0]
+        self.sh_degree = sh_degree
+        self.register_buffer("binding", binding.long().clone())
+        params = {
+            "xyz": torch.zeros(n, 3),
+            "rotation": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+            "log_scale": torch.zeros(n, 3),
+            "opacity": inverse_sigmoid(torch.full((n,), 0.1)),
+        }
+        if sh_degree is not None:
+            params["sh0"] = torch.zeros(n, 1, 3)
+            params["shN"] = torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3)
+        self.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in params.items()})
+
+    @classmethod
+    def one_per_triangle(cls, num_faces: int, sh_degree: int | None = None) -> "BoundGaussians":
+        """GA initialisation: a splat at every triangle centroid, unit local scale, no rotation."""
+        return cls(torch.arange(num_faces), sh_degree)
+
+    def __len__(self) -> int:
+        return self.binding.shape[0]
+
+    @property
+    def opacity(self) -> torch.Tensor:
+        """(N,) canonical opacity in [0, 1]."""
+        return torch.sigmoid(self.params["opacity"])
+
+    @property
+    def sh(self) -> torch.Tensor:
+        """(N, K, 3) SH coefficients (only with per-splat colour)."""
+        return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)
+
+    def init_colors(self, rgb: torch.Tensor) -> None:
+        """Set the degree-0 SH term so that the splats start with colour ``rgb`` (N, 3)."""
+        with torch.no_grad():
+            self.params["sh0"][:, 0] = (rgb - 0.5) / SH_C0
+
+    # -- storage -------------------------------------------------------------------------------
+
+    def save_ply(self, path: str | Path) -> None:
+        """Write the splats as a binary PLY: local attributes, canonical opacity and binding."""
+        p = {k: v.detach().cpu().numpy() for k, v in self.params.items()}
+        n = len(self)
+        columns = [("x", p["xyz"][:, 0]), ("y", p["xyz"][:, 1]), ("z", p["xyz"][:, 2])]
+        columns += [(f"rot_{i}", p["rotation"][:, i]) for i in range(4)]
+        columns += [(f"scale_{i}", p["log_scale"][:, i]) for i in range(3)]
+        columns += [("opacity", p["opacity"])]
+        if self.sh_degree is not None:
+            columns += [(f"f_dc_{i}", p["sh0"][:, 0, i]) for i in range(3)]
+            # Channel-major like the 3DGS PLY convention: all R coefficients, then G, then B.
+            rest = p["shN"].transpose(0, 2, 1).reshape(n, -1)
+            columns += [(f"f_rest_{i}", rest[:, i]) for i in range(rest.shape[1])]
+        dtype = [(name, "f4") for name, _ in columns] + [("binding", "i4")]
+        data = np.empty(n, dtype=dtype)
+        for name, values in columns:
+            data[name] = values
+        data["binding"] = self.binding.cpu().numpy()
+        PlyData([PlyElement.describe(data, "vertex")]).write(str(path))
+
+    @classmethod
+    def load_ply(cls, path: str | Path) -> "BoundGaussians":
+        """Read a PLY written by :meth:`save_ply`."""
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"splat file not found: {path}")
+        try:
+            vertex = PlyData.read(str(path))["vertex"]
+        except Exception as exc:  # plyfile raises several types for corrupt files
+            raise InputFileError(f"{path}: not a readable PLY file ({exc})") from None
+        names = vertex.data.dtype.names
+        required = ["x", "y", "z", "opacity", "binding"] + [f"rot_{i}" for i in range(4)] + [
+            f"scale_{i}" for i in range(3)
+        ]
+        missing = [n for n in required if n not in names]
+        if missing:
+            raise InputFileError(f"{path}: PLY lacks the fields {missing}; was it written by train.py?")
+        n_rest = sum(1 for n in names if n.startswith("f_rest_"))
+        sh_degree = None
+        if "f_dc_0" in names:
+            sh_degree = int(round(math.sqrt(n_rest // 3 + 1))) - 1
+        col = lambda *keys: torch.from_numpy(np.stack([np.asarray(vertex[k], np.float32) for k in keys], 1))
+        model = cls(torch.from_numpy(np.asarray(vertex["binding"], np.int64)), sh_degree)
+        with torch.no_grad():
+            model.params["xyz"].data = col("x", "y", "z")
+            model.params["rotation"].data = col(*[f"rot_{i}" for i in range(4)])
+            model.params["log_scale"].data = col(*[f"scale_{i}" for i in range(3)])
+            model.params["opacity"].data = col("opacity")[:, 0]
+            if sh_degree is not None:
+                model.params["sh0"].data = col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :]
+                if n_rest:
+                    rest = col(*[f"f_rest_{i}" for i in range(n_rest)])
+                    model.params["shN"].data = rest.reshape(len(model), 3, -1).transpose(1, 2).contiguous()
+        return model
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def make_optimizers(self, lrs: dict[str, float]) -> dict[str, torch.optim.Adam]:
+        """One Adam per attribute (``lrs`` maps attribute name -> learning rate)."""
+        missing = set(self.params) - set(lrs)
+        if missing:
+            raise ValueError(f"no learning rate given for splat attributes {sorted(missing)}")
+        return {
+            name: torch.optim.Adam([{"params": [param], "lr": lrs[name], "name": name}], eps=1e-15)
+            for name, param in self.params.items()
+        }
+
+    def replace_rows(self, optimizers: dict, fn_param, fn_state, binding: torch.Tensor) -> None:
+        """Rebuild every attribute (and its Adam moments) after a change of splat count.
+
+        ``fn_param(name, tensor) -> tensor`` builds the new parameter values and
+        ``fn_state(name, key, tensor) -> tensor`` the new optimiser moments.
+        """
+        for name in list(self.params):
+            old = self.params[name]
+            new = torch.nn.Parameter(fn_param(name, old.data))
+            opt = optimizers.get(name)
+            if opt is not None:
+                state = opt.state.pop(old, None)
+                opt.param_groups[0]["params"] = [new]
+                if state is not None:
+                    for key, value in list(state.items()):
+                        if key != "step" and torch.is_tensor(value) and value.shape == old.shape:
+                            state[key] = fn_state(name, key, value)
+                    opt.state[new] = state
+            self.params[name] = new
+        self.binding = binding

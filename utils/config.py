@@ -1,0 +1,298 @@
+"""Training configuration: dataclass defaults, overridden by YAML files, then by the command line.
+
+Resolution order (later wins): the defaults below -> each ``--config`` YAML in the order given ->
+``--set section.key=value`` and named flags such as ``--iterations``. Every key in a YAML file
+must exist here: an unknown key is an error naming the file and the key, never silently ignored.
+The resolved config is saved as ``MODEL/config.yaml`` and read back by render.py / evaluate.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from utils.errors import InputFileError, MissingFileError
+
+
+@dataclass
+class ModelConfig:
+    """What the avatar is made of. Every paper component can be switched off (ablations, GA)."""
+
+    n_shape: int = 300
+    n_expr: int = 100
+    add_teeth: bool = True
+    # Colour: triplane + MLP decoder (paper) or per-splat spherical harmonics (GA).
+    use_triplane: bool = True
+    triplane_resolution: int = 128
+    triplane_channels: list = field(default_factory=lambda: [32, 16, 16])
+    view_pe_freqs: int = 4
+    color_hidden: int = 128
+    sh_degree: int = 3  # used only when use_triplane is false
+    # Expression-dependent opacity: 1D feature-line blendshapes + MLP (paper) or static (GA).
+    use_feature_lines: bool = True
+    n_expr_bases: int = 80
+    n_jaw_bases: int = 16
+    line_resolution: int = 64
+    line_channels: int = 32
+    opacity_hidden: int = 128
+    # The canonical head box (triplane) is the canonical mesh's bounding box grown by this
+    # fraction on every side; the face box (feature lines) is the face region's box, grown alike.
+    box_padding: float = 0.1
+    face_box_regions: list = field(default_factory=lambda: ["face", "eye_region", "lips", "teeth"])
+
+
+@dataclass
+class OptimConfig:
+    iterations: int = 600_000
+    # Splat attributes (GA). The position lr is multiplied by the cameras' extent.
+    position_lr_init: float = 5e-3
+    position_lr_final: float = 5e-5
+    opacity_lr: float = 0.05
+    scaling_lr: float = 0.017
+    rotation_lr: float = 1e-3
+    sh_lr: float = 2.5e-3
+    # Tensorial appearance (paper): grids (triplane planes, feature lines) and MLP decoders.
+    grid_lr: float = 2e-3
+    mlp_lr: float = 1e-4
+    # Feature lines are switched on after this fraction of the schedule (paper: 10%).
+    feature_lines_warmup: float = 0.1
+    # Losses (paper eq. 3 and the image loss).
+    lambda_dssim: float = 0.2
+    lambda_position: float = 0.01
+    threshold_position: float = 1.0
+    lambda_scale: float = 1.0
+    threshold_scale: float = 0.6
+    # Optional GA-style fine-tuning of per-timestep FLAME parameters.
+    train_flame: bool = False
+    flame_expr_lr: float = 1e-3
+    flame_pose_lr: float = 1e-5
+    flame_trans_lr: float = 1e-6
+
+
+@dataclass
+class DensifyConfig:
+    enabled: bool = True
+    densify_from_iter: int = 10_000
+    densify_until_iter: int = 600_000
+    densification_interval: int = 2_000
+    grad_threshold: float = 2e-4
+    percent_dense: float = 0.01
+    min_opacity: float = 0.005
+    opacity_reset_interval: int = 60_000
+    max_splats: int = 0  # 0 = unlimited; a safety cap for small machines
+
+
+@dataclass
+class SamplingConfig:
+    class_balanced: bool = True
+    n_classes: int = 16
+
+
+@dataclass
+class PenaltyConfig:
+    enabled: bool = True
+    lambda_opacity: float = 1.0
+    tau_face: float = 1e-3
+    tau_other: float = 2e-3
+    weight_face: float = 1.0
+    weight_other: float = 2.0
+
+
+@dataclass
+class RunConfig:
+    """How the run is executed; none of these change what is learned, except seed."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    backend: str = "auto"  # rasterizer backend: auto | torch | gsplat
+    resolution_scale: float = 1.0
+    background: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    eval_interval: int = 10_000
+    eval_max_frames: int = 64  # per split, evenly spaced; 0 = all
+    save_interval: int = 50_000
+    keep_checkpoints: int = 3
+    log_interval: int = 10
+    image_cache_gb: float = 4.0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _merge(target: Any, updates: dict, source: str, prefix: str = "") -> None:
+    """Apply nested ``updates`` onto dataclass ``target`` in place; unknown keys are errors."""
+    if not isinstance(updates, dict):
+        raise InputFileError(f"{source}: '{prefix or 'top level'}' must be a mapping, got {type(updates).__name__}")
+    names = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise InputFileError(
+                f"{source}: unknown config key '{path}'. Valid keys here: {', '.join(sorted(names))}"
+            )
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, source, prefix=f"{path}.")
+        else:
+            setattr(target, key, _coerce(current, value, source, path))
+
+
+def _coerce(current: Any, value: Any, source: str, path: str) -> Any:
+    """Check/convert ``value`` to the type of the default ``current`` (ints accepted for floats)."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else _fail(source, path, value, "an integer")
+            except ValueError:
+                pass
+    elif isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(current, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(current, list):
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return yaml.safe_load(value) if value.startswith("[") else [v.strip() for v in value.split(",")]
+    else:
+        return value
+    return _fail(source, path, value, type(current).__name__)
+
+
+def _fail(source: str, path: str, value: Any, expected: str):
+    raise InputFileError(f"{source}: config key '{path}' must be {expected}, got {value!r}")
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"config file not found: {path} (see configs/ for the shipped configs)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputFileError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_assignment(text: str) -> dict:
+    """``"optim.grid_lr=1e-3"`` -> ``{"optim": {"grid_lr": "1e-3"}}`` (typed later by _coerce)."""
+    if "=" not in text:
+        raise InputFileError(f"--set expects section.key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value.strip()
+    return nested
+
+
+def resolve_config(
+    config_files: Iterable[str | os.PathLike] = (),
+    overrides: Iterable[dict] = (),
+    base: dict | None = None,
+) -> TrainConfig:
+    """Defaults <- ``base`` (e.g. a saved run's config) <- YAML files in order <- ``overrides``."""
+    config = TrainConfig()
+    if base is not None:
+        _merge(config, base, "saved config")
+    for path in config_files:
+        _merge(config, load_yaml(path), str(path))
+    for update in overrides:
+        _merge(config, update, "command line")
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    m = config.model
+    if len(m.triplane_channels) != 3:
+        raise InputFileError("model.triplane_channels must list 3 channel counts (XY, XZ, YZ)")
+    if m.n_expr_bases > m.n_expr:
+        raise InputFileError("model.n_expr_bases cannot exceed model.n_expr")
+    if config.run.device not in ("auto", "cpu", "cuda") and not config.run.device.startswith("cuda:"):
+        raise InputFileError(f"run.device must be auto, cpu or cuda[:N], got {config.run.device!r}")
+    if config.run.backend not in ("auto", "torch", "gsplat"):
+        raise InputFileError(f"run.backend must be auto, torch or gsplat, got {config.run.backend!r}")
+    if not 0 < config.run.resolution_scale <= 1.0:
+        raise InputFileError("run.resolution_scale must be in (0, 1]")
+    if config.optim.iterations < 1:
+        raise InputFileError("optim.iterations must be at least 1")
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write the resolved config (plus run facts in ``extra``, e.g. data paths) atomically."""
+    data = {"config": config.to_dict()}
+    if extra:
+        data.update(extra)
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def load_saved_config(model_dir: str | os.PathLike) -> tuple[TrainConfig, dict]:
+    """Read ``MODEL/config.yaml`` back: (config, the extra run facts saved beside it)."""
+    path = Path(model_dir) / "config.yaml"
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path} not found: {model_dir} is not a trained model folder (train one with "
+            f"`python train.py -s SUBJECT -m {model_dir}`)"
+        )
+    data = load_yaml(path)
+    if "config" not in data:
+        raise InputFileError(f"{path}: missing the 'config' section; was it written by train.py?")
+    extra = {k: v for k, v in data.items() if k != "config"}
+    return resolve_config(base=data["config"]), extra
+
+
+def config_differences(a: TrainConfig, b: TrainConfig, ignore: Iterable[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs, except the ``ignore`` prefixes."""
+    out = []
+
+    def walk(x: dict, y: dict, prefix: str) -> None:
+        for key in x:
+            path = f"{prefix}{key}"
+            if any(path == p or path.startswith(p + ".") for p in ignore):
+                continue
+            if isinstance(x[key], dict):
+                walk(x[key], y[key], path + ".")
+            elif x[key] != y[key]:
+                out.append(f"{path}: {x[key]!r} -> {y[key]!r}")
+
+    walk(a.to_dict(), b.to_dict(), "")
+    return out
