@@ -1,0 +1,417 @@
+"""Class-balanced frame sampling (DESIGN.md section 4, paper section 3.4).
+
+Most training frames show small expressions; a few show large ones. Timesteps are grouped by
+how their FLAME meshes differ from neutral, then training draws a class uniformly and a frame
+uniformly inside it, so rare large expressions are seen as often as the common small ones.
+
+Pipeline:
+  1. :func:`expression_displacements` - per timestep, vertices of the expression mesh
+     (expression + jaw + eyes; no global rotation, neck or translation) minus the canonical mesh.
+  2. :func:`timestep_distance_matrix` - mean per-vertex Euclidean distance between two
+     timesteps' displacements over face-region vertices, eye-region vertices weighted x2
+     (weighted mean). (The paper writes a weighted squared L2; DESIGN.md's mean distance wins.)
+  3. :func:`cluster_timesteps` - spectral clustering (scikit-learn) of a Gaussian-kernel
+     affinity of that distance into 16 classes.
+  4. :class:`ClassBalancedSampler` - the infinite frame-index stream; :class:`UniformFrameSampler`
+     is the ablation with the same interface.
+  5. :func:`save_clusters` / :func:`load_clusters` - cache of step 3, keyed on the training
+     timesteps and the settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "expression_displacements",
+    "timestep_distance_matrix",
+    "cluster_timesteps",
+    "ClassBalancedSampler",
+    "UniformFrameSampler",
+    "UniformSampler",
+    "cluster_cache_key",
+    "save_clusters",
+    "load_clusters",
+]
+
+
+# ----------------------------------------------------------------------------- distances
+
+
+def expression_displacements(expression_verts: torch.Tensor, canonical_verts: torch.Tensor) -> torch.Tensor:
+    """Per-vertex displacement from neutral.
+
+    Args:
+        expression_verts: (T, V, 3) FLAME vertices per timestep with expression, jaw and eye
+            poses applied and rotation, neck and translation zero (same shape + static offset
+            as the canonical mesh).
+        canonical_verts: (V, 3) or (1, V, 3) canonical mesh.
+    Returns:
+        (T, V, 3) displacements.
+    """
+    return expression_verts - canonical_verts.reshape(1, -1, 3)
+
+
+def _vertex_index(sel, n_verts: int) -> torch.Tensor:
+    """Long indices from an index list or a (V,) bool mask."""
+    t = torch.as_tensor(np.asarray(sel))
+    if t.dtype == torch.bool:
+        if t.numel() != n_verts:
+            raise ValueError(f"vertex mask has {t.numel()} entries, mesh has {n_verts} vertices")
+        return t.nonzero(as_tuple=True)[0]
+    return t.reshape(-1).long()
+
+
+def timestep_distance_matrix(
+    displacements: torch.Tensor,
+    face_vertex_idx,
+    eye_vertex_idx,
+    eye_weight: float = 2.0,
+    max_chunk_elements: int = 1 << 24,
+) -> torch.Tensor:
+    """Pairwise expression distance between timesteps.
+
+    Args:
+        displacements: (T, V, 3) from :func:`expression_displacements`.
+        face_vertex_idx: face-region vertices, index list or (V,) bool mask.
+        eye_vertex_idx: eye-region vertices, likewise (usually inside the face region; a vertex
+            in both counts once, with the eye weight).
+        eye_weight: weight of eye-region vertices (2, the paper's empirical value: eyes move
+            far less than lips, so without it eye motion barely separates classes).
+        max_chunk_elements: memory bound for the (rows, T, S, 3) difference block.
+    Returns:
+        (T, T) float32 symmetric, zero diagonal:
+        dist(i, j) = sum_v w_v |D_i,v - D_j,v| / sum_v w_v over the selected vertices.
+    """
+    T, V, _ = displacements.shape
+    face = _vertex_index(face_vertex_idx, V)
+    eye = _vertex_index(eye_vertex_idx, V)
+    sel = torch.unique(torch.cat([face, eye]))
+    if sel.numel() == 0:
+        raise ValueError("no face/eye vertices selected for the expression distance")
+    w = torch.ones(sel.numel(), dtype=torch.float32)
+    w[torch.isin(sel, eye)] = float(eye_weight)
+    w = w / w.sum()
+    D = displacements.detach().to(torch.float32).cpu().index_select(1, sel)  # (T, S, 3)
+    S = sel.numel()
+    rows = max(1, int(max_chunk_elements // max(1, T * S * 3)))
+    out = torch.zeros(T, T, dtype=torch.float32)
+    for i0 in range(0, T, rows):
+        i1 = min(T, i0 + rows)
+        # Symmetric: only columns >= i0 are computed, the rest mirrored.
+        diff = D[i0:i1, None] - D[None, i0:]  # (b, T - i0, S, 3)
+        block = (diff.norm(dim=-1) * w).sum(-1)
+        out[i0:i1, i0:] = block
+        out[i0:, i0:i1] = block.t()
+    out.fill_diagonal_(0.0)
+    return out
+
+
+# ----------------------------------------------------------------------------- clustering
+
+
+def _distinct_groups(distance: np.ndarray, tol: float) -> np.ndarray:
+    """Label timesteps whose distance is <= tol (transitively) with the same group id."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, groups = connected_components(csr_matrix(distance <= tol), directed=False)
+    return groups
+
+
+def _relabel_by_first_occurrence(labels: np.ndarray) -> np.ndarray:
+    """Map labels to 0..K-1 in order of first appearance (stable, no empty classes)."""
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first)
+    uniq = np.unique(labels)[order]
+    remap = {int(u): i for i, u in enumerate(uniq)}
+    return np.array([remap[int(l)] for l in labels], dtype=np.int64)
+
+
+def cluster_timesteps(distance, n_classes: int = 16, seed: int = 0, duplicate_tol: float = 1e-12) -> np.ndarray:
+    """Spectral clustering of timesteps.
+
+    Args:
+        distance: (T, T) symmetric distances (tensor or array).
+        n_classes: wanted classes (16).
+        seed: random state of the eigensolver start vector.
+        duplicate_tol: timesteps this close count as the same expression.
+    Returns:
+        (T,) int64 labels in 0..K-1, numbered by first appearance, K = min(n_classes, number of
+        distinct expressions). With K equal to the number of distinct expressions the groups of
+        duplicates are the classes (spectral clustering would have nothing to decide).
+
+    Affinity: A = exp(-d^2 / (2 sigma^2)) with sigma = median off-diagonal distance - a
+    scale-free choice that works in metres or millimetres alike. Label assignment uses
+    scikit-learn's "cluster_qr" (deterministic, no k-means restarts to seed).
+    """
+    d = np.asarray(distance.detach().cpu() if isinstance(distance, torch.Tensor) else distance, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ValueError(f"distance must be square (T, T), got {d.shape}")
+    T = d.shape[0]
+    if T == 0:
+        return np.zeros(0, dtype=np.int64)
+    d = 0.5 * (d + d.T)
+    groups = _distinct_groups(d, duplicate_tol)
+    n_distinct = int(groups.max()) + 1
+    k = max(1, min(int(n_classes), n_distinct))
+    if k == n_distinct:
+        return _relabel_by_first_occurrence(groups)
+
+    off = d[~np.eye(T, dtype=bool)]
+    sigma = float(np.median(off))
+    if not np.isfinite(sigma) or sigma <= 0:
+        sigma = float(off[off > 0].mean())
+    affinity = np.exp(-(d ** 2) / (2.0 * sigma ** 2))
+
+    from sklearn.cluster import SpectralClustering
+
+    model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, assign_labels="cluster_qr")
+    with warnings.catch_warnings():
+        # Well-separated expression groups can give a (numerically) disconnected graph;
+        # the spectral embedding handles that, the warning is noise here.
+        warnings.filterwarnings("ignore", message=".*not fully connected.*")
+        labels = model.fit_predict(affinity)
+    return _relabel_by_first_occurrence(np.asarray(labels))
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+class ClassBalancedSampler:
+    """Infinite stream of training-frame indices, uniform over classes then over frames.
+
+    Args:
+        labels: (n_timesteps,) class per timestep.
+        frame_timesteps: (n_frames,) timestep of each training frame (a frame = one
+            (timestep, camera) image); values are entries of ``timesteps``. None: ``labels``
+            already holds one class per frame.
+        timesteps: (n_timesteps,) the timestep value that ``labels[i]`` belongs to; default
+            0..n_timesteps-1 (i.e. ``frame_timesteps`` holds positions into ``labels``).
+        seed: seed of the numpy PCG64 generator.
+
+    A frame inherits its timestep's class. Classes with no frame are dropped. Each draw takes
+    two generator calls (class, then frame in class), so the stream is fully determined by the
+    generator state: :meth:`state_dict` / :meth:`load_state_dict` resume it exactly. (When a
+    DataLoader prefetches indices from this iterator, the saved state is ahead of what the
+    trainer consumed; draw indices in the training loop itself for exact resume.)
+    """
+
+    kind = "class_balanced"
+
+    def __init__(self, labels, frame_timesteps=None, timesteps=None, seed: int = 0) -> None:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if frame_timesteps is None:
+            frame_timesteps = np.arange(labels.shape[0])
+        frame_timesteps = np.asarray(frame_timesteps, dtype=np.int64).reshape(-1)
+        if timesteps is None:
+            timesteps = np.arange(labels.shape[0])
+        timesteps = np.asarray(timesteps, dtype=np.int64).reshape(-1)
+        if timesteps.shape != labels.shape:
+            raise ValueError("labels and timesteps must have the same length")
+        if frame_timesteps.size == 0:
+            raise ValueError("no training frames to sample from")
+        lookup = {int(t): int(l) for t, l in zip(timesteps, labels)}
+        missing = sorted({int(t) for t in frame_timesteps} - lookup.keys())
+        if missing:
+            raise ValueError(f"frames reference timesteps without a class label: {missing[:10]}")
+        self.frame_classes = np.array([lookup[int(t)] for t in frame_timesteps], dtype=np.int64)
+        self.class_frames = [np.flatnonzero(self.frame_classes == c) for c in np.unique(self.frame_classes)]
+        self.n_frames = int(frame_timesteps.size)
+        self.seed = int(seed)
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+        self.n_drawn = 0
+
+    @property
+    def n_classes(self) -> int:
+        """Number of non-empty classes."""
+        return len(self.class_frames)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        c = int(self._rng.integers(len(self.class_frames)))
+        frames = self.class_frames[c]
+        self.n_drawn += 1
+        return int(frames[int(self._rng.integers(frames.size))])
+
+    def next(self) -> int:
+        """The next frame index (same as ``next(sampler)``)."""
+        return self.__next__()
+
+    def sample(self, n: int) -> np.ndarray:
+        """The next ``n`` frame indices as an (n,) int64 array (same stream as ``next``)."""
+        return np.array([next(self) for _ in range(n)], dtype=np.int64)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Resumable state (plain Python types, fits torch.save and JSON)."""
+        return {"kind": self.kind, "rng": self._rng.bit_generator.state, "n_drawn": self.n_drawn}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next draws repeat the saved stream exactly."""
+        if state.get("kind") != self.kind:
+            raise ValueError(f"sampler state is for {state.get('kind')!r}, not {self.kind!r}")
+        self._rng.bit_generator.state = state["rng"]
+        self.n_drawn = int(state["n_drawn"])
+
+
+class UniformFrameSampler:
+    """Ablation sampler with the same interface: every frame equally often.
+
+    Args:
+        n_frames: number of training frames.
+        seed: numpy PCG64 seed.
+    Draws epochs of random permutations (like GA, which pops from a reshuffled list), so each
+    frame appears once per epoch. State = generator state at the start of the current epoch +
+    position in it; the permutation is regenerated on load.
+    """
+
+    kind = "uniform"
+
+    def __init__(self, n_frames: int, seed: int = 0) -> None:
+        if n_frames < 1:
+            raise ValueError("no training frames to sample from")
+        self.n_frames = int(n_frames)
+        self.seed = int(seed)
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+        self.n_drawn = 0
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self._epoch_state = self._rng.bit_generator.state
+        self._perm = self._rng.permutation(self.n_frames)
+        self._pos = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        if self._pos >= self.n_frames:
+            self._new_epoch()
+        i = int(self._perm[self._pos])
+        self._pos += 1
+        self.n_drawn += 1
+        return i
+
+    def next(self) -> int:
+        """The next frame index (same as ``next(sampler)``)."""
+        return self.__next__()
+
+    def sample(self, n: int) -> np.ndarray:
+        """The next ``n`` frame indices as an (n,) int64 array."""
+        return np.array([next(self) for _ in range(n)], dtype=np.int64)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Resumable state (plain Python types)."""
+        return {"kind": self.kind, "epoch_rng": self._epoch_state, "pos": self._pos, "n_drawn": self.n_drawn}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly."""
+        if state.get("kind") != self.kind:
+            raise ValueError(f"sampler state is for {state.get('kind')!r}, not {self.kind!r}")
+        self._rng.bit_generator.state = state["epoch_rng"]
+        self._new_epoch()
+        self._pos = int(state["pos"])
+        self.n_drawn = int(state["n_drawn"])
+
+
+UniformSampler = UniformFrameSampler  # short alias
+
+
+# ----------------------------------------------------------------------------- cache
+
+_CACHE_VERSION = 1
+
+
+def cluster_cache_key(timesteps: Sequence[int], meta: Dict[str, Any]) -> str:
+    """sha256 over the sorted training timesteps and the settings in ``meta``.
+
+    ``meta`` must hold ``n_classes`` and should hold everything else the labels depend on
+    (seed, eye weight, subject folder, ...); it must be JSON-serialisable.
+    """
+    if "n_classes" not in meta:
+        raise ValueError("cluster cache meta must include 'n_classes'")
+    payload = {
+        "version": _CACHE_VERSION,
+        "timesteps": sorted(int(t) for t in np.asarray(timesteps).reshape(-1)),
+        "meta": meta,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def save_clusters(path, labels, timesteps, meta: Dict[str, Any]) -> None:
+    """Write the cluster labels as JSON, atomically (tmp file in the same folder + os.replace).
+
+    Args:
+        path: target .json file (folders are created).
+        labels: (T,) class per timestep.
+        timesteps: (T,) timestep values the labels belong to.
+        meta: settings dict (see :func:`cluster_cache_key`).
+    """
+    labels = [int(l) for l in np.asarray(labels).reshape(-1)]
+    timesteps = [int(t) for t in np.asarray(timesteps).reshape(-1)]
+    if len(labels) != len(timesteps):
+        raise ValueError("labels and timesteps must have the same length")
+    doc = {
+        "version": _CACHE_VERSION,
+        "key": cluster_cache_key(timesteps, meta),
+        "timesteps": timesteps,
+        "labels": labels,
+        "meta": meta,
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".clusters_", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_clusters(
+    path, timesteps: Optional[Sequence[int]] = None, meta: Optional[Dict[str, Any]] = None
+) -> Optional[Tuple[np.ndarray, np.ndarray, Dict[str, Any]]]:
+    """Read a cache written by :func:`save_clusters`.
+
+    Args:
+        path: the .json file.
+        timesteps, meta: the current training timesteps and settings; when both are given the
+            cache is used only if its key matches, and labels come back in the order of
+            ``timesteps``.
+    Returns:
+        (labels (T,) int64, timesteps (T,) int64, meta) or None when the file is missing,
+        unreadable, from another version, or stale (key mismatch) - the caller re-clusters.
+    """
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        if doc.get("version") != _CACHE_VERSION:
+            return None
+        labels = np.asarray(doc["labels"], dtype=np.int64)
+        stored_ts = np.asarray(doc["timesteps"], dtype=np.int64)
+        stored_meta = doc["meta"]
+        if doc["key"] != cluster_cache_key(stored_ts, stored_meta):
+            return None  # edited or corrupted by hand
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if timesteps is not None and meta is not None:
+        if cluster_cache_key(timesteps, meta) != doc["key"]:
+            return None
+        pos = {int(t): i for i, t in enumerate(stored_ts)}
+        want = np.asarray(timesteps, dtype=np.int64).reshape(-1)
+        return labels[[pos[int(t)] for t in want]], want, stored_meta
+    return labels, stored_ts, stored_meta

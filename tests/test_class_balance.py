@@ -1,0 +1,150 @@
+"""Expression distances, spectral clustering, class-balanced sampling, cluster cache."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scene.class_balance import (
+    ClassBalancedSampler,
+    UniformFrameSampler,
+    cluster_timesteps,
+    expression_displacements,
+    load_clusters,
+    save_clusters,
+    timestep_distance_matrix,
+)
+
+
+def test_distance_matrix_weighted_mean_by_hand():
+    torch.manual_seed(0)
+    canon = torch.randn(6, 3)
+    verts = canon + torch.randn(4, 6, 3) * 0.01
+    disp = expression_displacements(verts, canon)
+    assert torch.allclose(disp, verts - canon)
+    face = [0, 1, 2, 3]
+    eye = [3, 4]  # vertex 3 is in both: counted once, weight 2; vertex 5 ignored
+    d = timestep_distance_matrix(disp, face, eye, max_chunk_elements=40)  # forces chunking
+    w = torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0])
+    sel = [0, 1, 2, 3, 4]
+    for i in range(4):
+        for j in range(4):
+            per_vertex = (disp[i, sel] - disp[j, sel]).norm(dim=-1)
+            assert abs(float(d[i, j]) - float((per_vertex * w).sum() / w.sum())) < 1e-6
+    assert torch.allclose(d, d.T) and (d.diagonal() == 0).all()
+    # bool masks give the same result
+    fm = torch.zeros(6, dtype=torch.bool)
+    fm[face] = True
+    em = torch.zeros(6, dtype=torch.bool)
+    em[eye] = True
+    assert torch.allclose(timestep_distance_matrix(disp, fm, em), d)
+
+
+def _groups(n_per_group, n_groups=4, V=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_groups, V, 3, generator=g) * 0.01
+    disp, truth = [], []
+    for k, n in enumerate(n_per_group):
+        disp.append(centres[k] + 1e-4 * torch.randn(n, V, 3, generator=g))
+        truth += [k] * n
+    return torch.cat(disp), np.array(truth)
+
+
+def test_spectral_clustering_separates_groups():
+    disp, truth = _groups([30, 5, 12, 3])
+    d = timestep_distance_matrix(disp, list(range(20)), list(range(20, 30)))
+    labels = cluster_timesteps(d, n_classes=4, seed=0)
+    assert labels.shape == truth.shape and set(labels.tolist()) == {0, 1, 2, 3}
+    # same partition up to renaming
+    for k in range(4):
+        assert len(set(labels[truth == k].tolist())) == 1
+    assert len({labels[truth == k][0] for k in range(4)}) == 4
+    assert labels[0] == 0  # numbered by first appearance
+    # deterministic
+    assert (cluster_timesteps(d, n_classes=4, seed=0) == labels).all()
+
+
+def test_fewer_timesteps_or_distinct_expressions_than_classes():
+    d = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.5], [2.0, 1.5, 0.0]])
+    assert sorted(cluster_timesteps(d, n_classes=16).tolist()) == [0, 1, 2]
+    dup = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    assert cluster_timesteps(dup, n_classes=16).tolist() == [0, 0, 1]
+    assert cluster_timesteps(torch.zeros(1, 1), n_classes=16).tolist() == [0]
+
+
+def test_class_balanced_frequencies_and_within_class_uniformity():
+    # timesteps 0..9: class 0 has 8 timesteps, class 1 has one, class 2 has one
+    labels = [0] * 8 + [1, 2]
+    cams = 4
+    frame_ts = np.repeat(np.arange(10), cams)  # 40 frames
+    s = ClassBalancedSampler(labels, frame_ts, seed=3)
+    draws = s.sample(30000)
+    cls = s.frame_classes[draws]
+    freq = np.bincount(cls, minlength=3) / draws.size
+    assert np.allclose(freq, 1 / 3, atol=0.015)
+    in0 = np.bincount(draws[cls == 0], minlength=40)[:32]
+    assert np.allclose(in0 / in0.sum(), 1 / 32, atol=0.01)
+    in1 = np.bincount(draws[cls == 1], minlength=40)[32:36]
+    assert np.allclose(in1 / in1.sum(), 1 / 4, atol=0.03)
+
+
+def test_sampler_with_timestep_values_and_dropping_empty_classes():
+    s = ClassBalancedSampler(labels=[0, 1, 2], timesteps=[100, 205, 300], frame_timesteps=[205, 100, 100], seed=0)
+    assert s.n_classes == 2
+    assert set(s.sample(200).tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError):
+        ClassBalancedSampler(labels=[0], timesteps=[5], frame_timesteps=[6])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ClassBalancedSampler([0, 0, 1, 2, 2], np.repeat(np.arange(5), 3), seed=7),
+    lambda: UniformFrameSampler(7, seed=7),
+])
+def test_resume_reproduces_sequence(make):
+    a = make()
+    a.sample(23)
+    state = json.loads(json.dumps(a.state_dict()))  # survives serialisation
+    rest = a.sample(40)
+    b = make()
+    b.load_state_dict(state)
+    assert (b.sample(40) == rest).all()
+    assert b.n_drawn == a.n_drawn
+    c = make()
+    assert not (c.sample(40) == rest).all()
+
+
+def test_uniform_sampler_epochs():
+    s = UniformFrameSampler(10, seed=1)
+    for _ in range(3):
+        assert sorted(s.sample(10).tolist()) == list(range(10))
+    with pytest.raises(ValueError):
+        s.load_state_dict(ClassBalancedSampler([0], [0]).state_dict())
+
+
+def test_cluster_cache_round_trip_and_invalidation(tmp_path):
+    path = tmp_path / "sub" / "clusters.json"
+    ts = [10, 11, 12, 13]
+    labels = [0, 1, 1, 0]
+    meta = {"n_classes": 16, "seed": 0}
+    save_clusters(path, labels, ts, meta)
+    out = load_clusters(path, ts, meta)
+    assert out is not None
+    assert out[0].tolist() == labels and out[1].tolist() == ts and out[2] == meta
+    # same set in another order: labels follow the requested order
+    assert load_clusters(path, [13, 10, 12, 11], meta)[0].tolist() == [0, 0, 1, 1]
+    assert load_clusters(path, [10, 11, 12], meta) is None  # other training timesteps
+    assert load_clusters(path, ts, {"n_classes": 8, "seed": 0}) is None  # other n_classes
+    assert load_clusters(tmp_path / "missing.json", ts, meta) is None
+    path.write_text("{not json")
+    assert load_clusters(path, ts, meta) is None
+    assert [p.name for p in path.parent.iterdir()] == ["clusters.json"]  # no temp files left
+    with pytest.raises(ValueError):
+        save_clusters(path, labels, ts, {"seed": 0})
+
+
+def test_per_frame_labels_and_next_method():
+    s = ClassBalancedSampler([0, 0, 0, 1], seed=0)  # one class per frame
+    draws = np.array([s.next() for _ in range(4000)])
+    assert abs((draws == 3).mean() - 0.5) < 0.03
+    u = UniformFrameSampler(3, seed=0)
+    assert sorted([u.next() for _ in range(3)]) == [0, 1, 2]

@@ -1,0 +1,139 @@
+"""Feature-line blendshapes and opacity decoder (scene/feature_lines.py)."""
+import pytest
+import torch
+
+from scene.feature_lines import FeatureLineBlendshapes, OpacityDecoder, lookup_lines
+
+LO = torch.tensor([-1.0, 0.0, 2.0])
+HI = torch.tensor([1.0, 3.0, 4.0])
+
+
+def _model(**kw):
+    args = dict(n_expr_bases=5, n_jaw_bases=3, resolution=8, channels=4, bbox_min=LO, bbox_max=HI)
+    args.update(kw)
+    return FeatureLineBlendshapes(**args)
+
+
+def _linear(line, s):
+    """Hand-rolled linear interpolation of line (C, R) at continuous sample coordinate s."""
+    R = line.shape[-1]
+    i0 = min(int(s), R - 2)
+    f = s - i0
+    return line[:, i0] * (1 - f) + line[:, i0 + 1] * f
+
+
+def test_lookup_matches_hand_linear_interpolation():
+    torch.manual_seed(0)
+    lines = torch.randn(3, 4, 8)
+    pts = torch.tensor([[0.3, 1.1, 2.2], [-1.0, 3.0, 4.0], [1.0, 0.0, 3.0], [-0.5, 1.5, 3.5]])
+    feats, inside = lookup_lines(lines, pts, LO, HI)
+    assert feats.shape == (4, 12) and inside.all()
+    for n in range(4):
+        s = ((pts[n] - LO) / (HI - LO) * 7).tolist()
+        want = torch.cat([_linear(lines[a], s[a]) for a in range(3)])
+        assert torch.allclose(feats[n], want, atol=1e-6)
+    # sample points: box min hits sample 0, box max the last sample
+    assert torch.allclose(feats[1, :4], lines[0, :, 0])
+    assert torch.allclose(feats[1, 4:8], lines[1, :, -1])
+
+
+def test_outside_points_get_zero_features_and_zero_offset():
+    torch.manual_seed(1)
+    m = _model()
+    with torch.no_grad():
+        m.expr_lines.normal_()
+        m.jaw_lines.normal_()
+        m.decoder.net[2].weight.normal_()
+        m.decoder.net[2].bias.fill_(0.7)
+    pts = torch.tensor([[0.0, 1.0, 3.0], [1.01, 1.0, 3.0], [0.0, -0.1, 3.0], [0.0, 1.0, 9.0]])
+    lines, _ = m.blend(torch.randn(5), torch.full((3,), 1 / 3))
+    feats, inside = m.lookup(lines, pts)
+    assert inside.tolist() == [True, False, False, False]
+    assert (feats[1:] == 0).all()
+    delta = m(pts, torch.randn(5), torch.full((3,), 1 / 3))
+    assert delta.shape == (4,)
+    assert delta[0] != 0 and (delta[1:] == 0).all()
+
+
+def test_zero_init_gives_exactly_zero_delta():
+    m = _model()
+    delta = m(torch.rand(50, 3) * (HI - LO) + LO, torch.randn(100), torch.rand(3))
+    assert (delta == 0).all()
+    assert (m.expr_lines == 0).all() and (m.jaw_lines == 0).all()
+
+
+def test_blend_equals_manual_weighted_sum_and_uses_first_components():
+    torch.manual_seed(2)
+    m = _model()
+    with torch.no_grad():
+        m.expr_lines.normal_()
+        m.jaw_lines.normal_()
+    expr = torch.randn(1, 100)  # full FLAME expression vector: the first 5 are used
+    jw = torch.tensor([0.2, 0.5, 0.3])
+    eb, jb = m.blend(expr, jw)
+    want_e = sum(expr[0, i] * m.expr_lines[i] for i in range(5))
+    want_j = sum(jw[k] * m.jaw_lines[k] for k in range(3))
+    assert torch.allclose(eb, want_e, atol=1e-6) and torch.allclose(jb, want_j, atol=1e-6)
+    with pytest.raises(ValueError):
+        m.blend(torch.randn(4), jw)
+
+
+def test_delta_is_decoder_of_concatenated_lookups():
+    torch.manual_seed(3)
+    m = _model()
+    with torch.no_grad():
+        m.expr_lines.normal_()
+        m.jaw_lines.normal_()
+        m.decoder.net[2].weight.normal_()
+    pts = torch.rand(6, 3) * (HI - LO) + LO
+    expr, jw = torch.randn(5), torch.tensor([0.1, 0.3, 0.6])
+    eb, jb = m.blend(expr, jw)
+    fe, _ = m.lookup(eb, pts)
+    fj, _ = m.lookup(jb, pts)
+    want = m.decoder(torch.cat([fe, fj], -1))[:, 0]
+    assert torch.allclose(m(pts, expr, jw), want, atol=1e-6)
+
+
+def test_gradients_flow_to_lines_after_first_step():
+    torch.manual_seed(4)
+    m = _model()
+    pts = torch.rand(64, 3) * (HI - LO) + LO
+    expr, jw = torch.randn(5), torch.tensor([0.2, 0.3, 0.5])
+    target = torch.randn(64)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    grads = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = ((m(pts, expr, jw) - target) ** 2).mean()
+        loss.backward()
+        grads.append(m.expr_lines.grad.abs().sum().item() + m.jaw_lines.grad.abs().sum().item())
+        opt.step()
+    # Step 1: output layer is zero, so lines get no gradient; the output layer does (it sees
+    # ReLU(b1) != 0) and from step 2 on the lines train.
+    assert grads[0] == 0.0
+    assert grads[1] > 0 and grads[2] > 0
+    assert m.expr_lines.abs().sum() > 0 and m.jaw_lines.abs().sum() > 0
+
+
+def test_decoder_shapes():
+    dec = OpacityDecoder(192, 128)
+    assert dec(torch.randn(7, 192)).shape == (7, 1)
+    m = FeatureLineBlendshapes()
+    assert m.expr_lines.shape == (80, 3, 32, 64) and m.jaw_lines.shape == (16, 3, 32, 64)
+
+
+def test_external_decoder():
+    torch.manual_seed(5)
+    m = _model(hidden=None)
+    assert m.decoder is None
+    dec = OpacityDecoder(24, 16)
+    with torch.no_grad():
+        m.expr_lines.normal_()
+        dec.net[2].weight.normal_()
+    pts = torch.rand(5, 3) * (HI - LO) + LO
+    expr, jw = torch.randn(5), torch.tensor([0.2, 0.3, 0.5])
+    eb, jb = m.blend(expr, jw)
+    want = dec(torch.cat([m.lookup(eb, pts)[0], m.lookup(jb, pts)[0]], -1))[:, 0]
+    assert torch.allclose(m(pts, expr, jw, dec), want, atol=1e-6)
+    with pytest.raises(ValueError):
+        m(pts, expr, jw)
