@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Reenactment videos for trained avatars.
+#
+#   ./render.sh                       every trained model under output/
+#   ./render.sh output/A output/B     these model folders
+#
+# For each avatar: self-reenactment (its held-out test sequence, with ground truth, and its
+# FREE driving sequence when the data has one) and cross-identity reenactment driven by the
+# other avatars' FREE/test sequences, seen by the avatar's own front camera (camera 8).
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/setup_env.sh
+
+models=("$@")
+if [[ ${#models[@]} -eq 0 ]]; then
+    for dir in output/*/; do
+        [[ -f "$dir/config.yaml" ]] && models+=("${dir%/}")
+    done
+fi
+[[ ${#models[@]} -gt 0 ]] || { echo "error: no trained models found; run ./run.sh first" >&2; exit 2; }
+
+# A subject's driving sequence: its FREE sibling sequence when there is one.
+driving_sequence() {
+    local source="$1" parent
+    parent="$(dirname "$source")"
+    local free
+    free="$(find "$parent" -maxdepth 1 -type d -name '*FREE*' | sort | head -n 1)"
+    echo "$free"
+}
+source_of() { "$PYTHON" -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]+'/config.yaml'))['source_path'])" "$1"; }
+
+# Cross-identity drivers also include FREE sequences of synthetic identities nobody trained on.
+drivers=()
+for model in "${models[@]}"; do
+    d="$(driving_sequence "$(source_of "$model")")"
+    [[ -n "$d" ]] && drivers+=("$d")
+done
+if [[ -d data/synthetic ]]; then
+    while IFS= read -r d; do drivers+=("$d"); done < <(find data/synthetic -mindepth 2 -maxdepth 2 -type d -name '*FREE*' | sort)
+fi
+
+for model in "${models[@]}"; do
+    own="$(driving_sequence "$(source_of "$model")")"
+    echo "== $model: self-reenactment"
+    "$PYTHON" render.py -m "$model" --split test --video
+    [[ -n "$own" ]] && "$PYTHON" render.py -m "$model" --target "$own" --video
+    for d in $(printf '%s\n' "${drivers[@]}" | sort -u); do
+        [[ "$d" == "$own" ]] && continue
+        echo "== $model: cross-identity reenactment driven by $(basename "$d")"
+        "$PYTHON" render.py -m "$model" --target "$d" --camera 8 --video
+    done
+done
+echo "== videos: find output -name '*.mp4'"

@@ -1,0 +1,141 @@
+"""The avatar: FLAME-bound splats with triplane colour and feature-line opacity blendshapes.
+
+Given a posed FLAME mesh, the frame's expression/jaw and a camera, :meth:`GaussianAvatar.splats`
+produces the world-space splat attributes the rasterizer takes. Components follow DESIGN.md 4 and
+each can be switched off (``ModelConfig``) so that GaussianAvatars and the paper's ablations run
+from the same code:
+
+- colour: triplane features at the splat's canonical position + view direction (in the
+  canonical frame) -> MLP, or per-splat SH (GA);
+- opacity: canonical logit + feature-line offset for the frame's expression and jaw, or static.
+"""
+from __future__ import annotations
+
+import torch
+
+from scene.binding import local_to_world, triangle_frames
+from scene.feature_lines import FeatureLineBlendshapes, OpacityDecoder
+from scene.gaussian_model import BoundGaussians
+from scene.jaw_bases import jaw_weights
+from scene.triplane import ColorDecoder, Triplane, canonical_view_dirs
+from utils.config import ModelConfig
+
+
+def padded_box(points: torch.Tensor, padding: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axis-aligned box of ``points`` (P, 3) grown by ``padding`` x its size on every side."""
+    lo, hi = points.min(0).values, points.max(0).values
+    grow = (hi - lo) * padding
+    return lo - grow, hi + grow
+
+
+class GaussianAvatar(torch.nn.Module):
+    """FLAME-bound Gaussian head avatar.
+
+    Args:
+        cfg: model configuration.
+        faces: (F, 3) mesh triangles (FLAME with teeth).
+        canonical_vertices: (V, 3) neutral mesh of the subject (shape + static offset).
+        face_vertex_mask: (V,) bool, vertices whose box bounds the feature lines (face region).
+        jaw_bases: (K, 4) wxyz jaw-rotation bases (feature lines only), or None.
+    """
+
+    def __init__(self, cfg: ModelConfig, faces: torch.Tensor, canonical_vertices: torch.Tensor,
+                 face_vertex_mask: torch.Tensor | None = None, jaw_bases: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("faces", faces.long().clone())
+        self.register_buffer("canonical_vertices", canonical_vertices.float().clone())
+        rot, scale, origin = triangle_frames(self.canonical_vertices, self.faces)
+        self.register_buffer("canonical_rot", rot)
+        self.register_buffer("canonical_scale", scale)
+        self.register_buffer("canonical_origin", origin)
+        self.gaussians = BoundGaussians.one_per_triangle(faces.shape[0], None if cfg.use_triplane else cfg.sh_degree)
+
+        head_lo, head_hi = padded_box(self.canonical_vertices, cfg.box_padding)
+        self.register_buffer("head_box", torch.stack([head_lo, head_hi]))
+        self.triplane = self.color_decoder = None
+        if cfg.use_triplane:
+            self.triplane = Triplane(cfg.triplane_resolution, tuple(cfg.triplane_channels), head_lo, head_hi)
+            self.color_decoder = ColorDecoder(sum(cfg.triplane_channels), cfg.view_pe_freqs, cfg.color_hidden)
+
+        self.feature_lines = self.opacity_decoder = None
+        if cfg.use_feature_lines:
+            if jaw_bases is None:
+                raise ValueError("feature lines need jaw bases")
+            pts = self.canonical_vertices if face_vertex_mask is None or not face_vertex_mask.any() else self.canonical_vertices[face_vertex_mask]
+            face_lo, face_hi = padded_box(pts, cfg.box_padding)
+            self.register_buffer("face_box", torch.stack([face_lo, face_hi]))
+            self.register_buffer("jaw_bases", jaw_bases.float().clone())
+            self.feature_lines = FeatureLineBlendshapes(cfg.n_expr_bases, cfg.n_jaw_bases, cfg.line_resolution,
+                                                        cfg.line_channels, face_lo, face_hi, hidden=None)
+            self.opacity_decoder = OpacityDecoder(6 * cfg.line_channels, cfg.opacity_hidden)
+
+    # -- geometry -------------------------------------------------------------------------------
+
+    def canonical_splat_positions(self) -> torch.Tensor:
+        """(N, 3) splat centres on the canonical mesh (where triplane and lines are looked up)."""
+        g = self.gaussians
+        means, _, _ = local_to_world(self.canonical_rot, self.canonical_scale, self.canonical_origin,
+                                     g.binding, g.params["xyz"], g.params["rotation"], g.params["log_scale"])
+        return means
+
+    def canonical_world_scales(self) -> torch.Tensor:
+        """(N, 3) splat scales in world units on the canonical mesh (for densification)."""
+        g = self.gaussians
+        return self.canonical_scale[g.binding, None] * torch.exp(g.params["log_scale"])
+
+    # -- appearance -----------------------------------------------------------------------------
+
+    def opacity_offsets(self, canonical_means: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor) -> torch.Tensor:
+        """(N,) logit-space opacity offsets for one frame's expression (E,) and jaw pose (3,)."""
+        weights = jaw_weights(jaw_pose[None], self.jaw_bases, pad_to=self.cfg.n_jaw_bases)[0]
+        return self.feature_lines(canonical_means, expr[: self.cfg.n_expr_bases], weights, self.opacity_decoder)
+
+    def splats(self, vertices: torch.Tensor, camera_center: torch.Tensor, expr: torch.Tensor,
+               jaw_pose: torch.Tensor, use_feature_lines: bool = True) -> dict:
+        """World-space splats of one frame.
+
+        Args:
+            vertices: (V, 3) posed mesh; camera_center: (3,) world position of the camera.
+            expr: (n_expr,) expression coefficients; jaw_pose: (3,) axis-angle.
+            use_feature_lines: False during the warm-up (offsets are then zero).
+        Returns:
+            dict with means (N,3), quats (N,4), scales (N,3), opacities (N,), and either
+            colors (N,3) or sh (N,K,3); plus delta (N,) opacity offsets (zeros when off).
+        """
+        g = self.gaussians
+        rot, scale, origin = triangle_frames(vertices, self.faces)
+        means, quats, scales = local_to_world(rot, scale, origin, g.binding, g.params["xyz"],
+                                              g.params["rotation"], g.params["log_scale"])
+        out = {"means": means, "quats": quats, "scales": scales}
+        need_canonical = self.triplane is not None or (self.feature_lines is not None and use_feature_lines)
+        canonical_means = self.canonical_splat_positions() if need_canonical else None
+
+        if self.triplane is not None:
+            view = torch.nn.functional.normalize(means.detach() - camera_center, dim=-1)
+            view_c = canonical_view_dirs(view, self.canonical_rot[g.binding], rot[g.binding])
+            out["colors"] = self.color_decoder.rgb(self.triplane(canonical_means), view_c)
+        else:
+            out["sh"] = g.sh
+
+        logit = g.params["opacity"]
+        if self.feature_lines is not None and use_feature_lines:
+            delta = self.opacity_offsets(canonical_means, expr, jaw_pose)
+        else:
+            delta = torch.zeros_like(logit)
+        out["delta"] = delta
+        out["opacities"] = torch.sigmoid(logit + delta)
+        return out
+
+    # -- parameters -----------------------------------------------------------------------------
+
+    def network_param_groups(self, grid_lr: float, mlp_lr: float) -> list[dict]:
+        """Adam parameter groups for the tensorial appearance (grids and MLP decoders)."""
+        groups = []
+        if self.triplane is not None:
+            groups.append({"params": list(self.triplane.parameters()), "lr": grid_lr, "name": "triplane"})
+            groups.append({"params": list(self.color_decoder.parameters()), "lr": mlp_lr, "name": "color_decoder"})
+        if self.feature_lines is not None:
+            groups.append({"params": list(self.feature_lines.parameters()), "lr": grid_lr, "name": "feature_lines"})
+            groups.append({"params": list(self.opacity_decoder.parameters()), "lr": mlp_lr, "name": "opacity_decoder"})
+        return groups

@@ -1,0 +1,447 @@
+"""Train one avatar from a NeRSemble-format subject.
+
+    python train.py -s SUBJECT -m OUTPUT [--config configs/tensorial.yaml ...] [--flame PATH]
+                    [--eval] [--iterations N] [--resolution-scale F] [--set section.key=value]
+                    [--resume]
+
+Configs compose in order (later wins), then command-line overrides. The resolved config is saved
+as OUTPUT/config.yaml; checkpoints go to OUTPUT/checkpoints/ (atomic, the last K kept), and
+``--resume`` continues the latest one exactly. Ctrl-C saves a checkpoint before exiting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flame_model import DEFAULT_FLAME_MODEL_PATH
+from scene.avatar import GaussianAvatar
+from scene.avatar_io import build_flame, face_vertex_mask, save_avatar
+from scene.class_balance import (ClassBalancedSampler, UniformSampler, cluster_timesteps, load_clusters,
+                                 save_clusters, timestep_distance_matrix)
+from scene.densification import BindingAwareDensification
+from scene.jaw_bases import farthest_point_jaw_bases
+from scene.mesh_cache import FlameSequence
+from scene.opacity_penalty import truncated_opacity_penalty
+from scene.rendering import render_avatar
+from scene.subject import load_subject
+from utils.checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, seed_everything,
+                              write_checkpoint)
+from utils.config import (TrainConfig, config_differences, load_saved_config, parse_assignment, resolve_config,
+                          save_config)
+from utils.errors import InputFileError, MissingFileError, UserFacingError
+from utils.image_metrics import psnr, ssim
+
+# Keys that may change between a run and its resumption (they do not change what is learned).
+RESUMABLE_CHANGES = ("optim.iterations", "run.device", "run.backend", "run.eval_interval", "run.eval_max_frames",
+                     "run.save_interval", "run.keep_checkpoints", "run.log_interval", "run.image_cache_gb")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a compact tensorial Gaussian head avatar.")
+    p.add_argument("-s", "--source_path", help="subject folder (transforms_*.json); taken from OUTPUT/config.yaml with --resume")
+    p.add_argument("-m", "--model_path", required=True, help="output folder")
+    p.add_argument("--config", action="append", default=[], help="YAML config; repeat to compose (later wins)")
+    p.add_argument("--flame", help=f"FLAME model pickle (default {DEFAULT_FLAME_MODEL_PATH})")
+    p.add_argument("--flame-masks", help="FLAME_masks.pkl (default: beside the model)")
+    p.add_argument("--eval", action="store_true", help="hold out val/test (GA protocol); otherwise train on every frame")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--resolution-scale", type=float, help="train on images and intrinsics scaled by F")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--backend", help="rasterizer: auto | torch | gsplat")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config override")
+    p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in OUTPUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def cli_overrides(args) -> list[dict]:
+    named = {
+        ("optim", "iterations"): args.iterations,
+        ("run", "resolution_scale"): args.resolution_scale,
+        ("run", "seed"): args.seed,
+        ("run", "device"): args.device,
+        ("run", "backend"): args.backend,
+    }
+    out = [{section: {key: value}} for (section, key), value in named.items() if value is not None]
+    out += [parse_assignment(text) for text in args.set]
+    return out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputFileError("run.device is cuda but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def position_lr(cfg: TrainConfig, step: int, extent: float) -> float:
+    """GA's log-linear decay of the position learning rate, scaled by the cameras' extent."""
+    t = min(max(step / max(cfg.optim.iterations, 1), 0.0), 1.0)
+    lr = math.exp((1 - t) * math.log(cfg.optim.position_lr_init) + t * math.log(cfg.optim.position_lr_final))
+    return lr * extent
+
+
+def even_subset(items: list, limit: int) -> list:
+    if limit <= 0 or len(items) <= limit:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in idx]
+
+
+class Trainer:
+    """Everything one training run holds: data, avatar, optimisers, schedule, checkpoints."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.model_dir = Path(args.model_path)
+        self.cfg, self.source, flame_path, masks_path, self.resume_from = self._resolve_run(args)
+        cfg = self.cfg
+        self.device = pick_device(cfg.run.device)
+        seed_everything(cfg.run.seed)
+        self.log(f"[train] subject {self.source}  ->  {self.model_dir}  ({self.device}, {cfg.optim.iterations} iterations)")
+
+        self.subject = load_subject(self.source, resolution_scale=cfg.run.resolution_scale,
+                                    image_cache_bytes=int(cfg.run.image_cache_gb * (1 << 30)))
+        self.train_frames = list(self.subject.frames["train"])
+        if not args.eval:
+            self.train_frames += self.subject.frames["val"] + self.subject.frames["test"]
+        if not self.train_frames:
+            raise InputFileError(f"{self.source}: transforms_train.json has no frames to train on")
+        self.eval_splits = {s: even_subset(self.subject.frames[s], cfg.run.eval_max_frames)
+                            for s in ("val", "test") if args.eval and self.subject.frames[s]}
+
+        self.flame = build_flame(cfg, {}, flame_path, masks_path).to(self.device)
+        self.flame_paths = (str(Path(self.flame.model_path).resolve()), None if self.flame.masks_path is None else str(Path(self.flame.masks_path).resolve()))
+        self.sequence = FlameSequence(self.flame, {k: v.to(self.device) for k, v in self.subject.flame.items()},
+                                      self.subject.shape.to(self.device),
+                                      None if self.subject.static_offset is None else self.subject.static_offset.to(self.device),
+                                      trainable=cfg.optim.train_flame)
+        self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
+                 f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
+        self.sequence.precompute()
+        self.train_rows = sorted({self.subject.timestep_row[f.timestep] for f in self.train_frames})
+
+        jaw_bases = None
+        if cfg.model.use_feature_lines:
+            jaw = self.subject.flame["jaw_pose"][self.train_rows]
+            jaw_bases = farthest_point_jaw_bases(jaw, cfg.model.n_jaw_bases)
+        self.avatar = GaussianAvatar(cfg.model, self.flame.faces, self.sequence.canonical_vertices(),
+                                     face_vertex_mask(self.flame, cfg.model.face_box_regions), jaw_bases).to(self.device)
+        self.face_region = self._penalty_face_region()
+        self.extent = float(self.subject.cameras_extent)
+        self._make_optimizers()
+        self.strategy = BindingAwareDensification(cfg.densify, self.extent, self.flame.num_faces)
+        self.sampler = self._make_sampler()
+        self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
+        self.step = 0
+        self.writer = self._tensorboard()
+        if self.resume_from is not None:
+            self._load_training_state(self.resume_from)
+        save_config(cfg, self.model_dir / "config.yaml", extra={
+            "source_path": str(Path(self.source).resolve()), "flame_model": self.flame_paths[0],
+            "flame_masks": self.flame_paths[1], "eval": bool(args.eval)})
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        if not self.args.quiet:
+            tqdm.write(text)
+
+    def _resolve_run(self, args):
+        """Config, data path and FLAME paths; refuses folders that hold another config's run."""
+        overrides = cli_overrides(args)
+        saved_path = self.model_dir / "config.yaml"
+        if saved_path.is_file():
+            saved_cfg, extra = load_saved_config(self.model_dir)
+            cfg = resolve_config(args.config, overrides, base=saved_cfg.to_dict()) if args.resume else resolve_config(args.config, overrides)
+            diffs = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES)
+            if diffs:
+                raise InputFileError(
+                    f"{self.model_dir} holds a run with another config ({'; '.join(diffs[:5])}"
+                    f"{' ...' if len(diffs) > 5 else ''}); choose another -m folder or delete this one")
+            ckpt = latest_checkpoint(self.model_dir)
+            if ckpt is not None and not args.resume:
+                raise InputFileError(
+                    f"{self.model_dir} already holds a checkpoint (iteration {ckpt[0]}); pass --resume to continue it, "
+                    "or choose another -m folder")
+            source = args.source_path or extra.get("source_path")
+            flame_path = args.flame or (extra.get("flame_model") if args.resume else None)
+            masks_path = args.flame_masks or (extra.get("flame_masks") if args.resume else None)
+            if args.resume and "eval" in extra:
+                args.eval = bool(extra["eval"])
+            return cfg, source, flame_path or str(DEFAULT_FLAME_MODEL_PATH), masks_path, ckpt if args.resume else None
+        if args.resume:
+            raise MissingFileError(f"--resume: {saved_path} not found; nothing to resume in {self.model_dir}")
+        if not args.source_path:
+            raise InputFileError("-s SUBJECT is required (the folder with transforms_train.json)")
+        cfg = resolve_config(args.config, overrides)
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        return cfg, args.source_path, args.flame or str(DEFAULT_FLAME_MODEL_PATH), args.flame_masks, None
+
+    def _penalty_face_region(self) -> torch.Tensor:
+        masks = self.flame.face_masks
+        regions = [masks[r] for r in ("face", "eye_region", "lips") if r in masks]
+        if not regions:
+            return torch.zeros(self.flame.num_faces, dtype=torch.bool, device=self.device)
+        return torch.stack(regions).any(0).to(self.device)
+
+    def _make_optimizers(self) -> None:
+        o = self.cfg.optim
+        lrs = {"xyz": position_lr(self.cfg, 0, self.extent), "rotation": o.rotation_lr, "log_scale": o.scaling_lr,
+               "opacity": o.opacity_lr, "sh0": o.sh_lr, "shN": o.sh_lr / 20.0}
+        self.optimizers = self.avatar.gaussians.make_optimizers({k: lrs[k] for k in self.avatar.gaussians.params})
+        groups = self.avatar.network_param_groups(o.grid_lr, o.mlp_lr)
+        self.net_optimizer = torch.optim.Adam(groups) if groups else None
+        self.flame_optimizer = None
+        if o.train_flame:
+            v = self.sequence.values
+            self.flame_optimizer = torch.optim.Adam([
+                {"params": [v["expr"]], "lr": o.flame_expr_lr, "name": "expr"},
+                {"params": [v["rotation"], v["neck_pose"], v["jaw_pose"], v["eyes_pose"]], "lr": o.flame_pose_lr, "name": "pose"},
+                {"params": [v["translation"]], "lr": o.flame_trans_lr, "name": "translation"},
+            ])
+
+    def _make_sampler(self):
+        frame_timesteps = [self.subject.timestep_row[f.timestep] for f in self.train_frames]
+        seed = self.cfg.run.seed
+        if not self.cfg.sampling.class_balanced:
+            return UniformSampler(len(self.train_frames), seed=seed)
+        labels = self._timestep_classes()
+        frame_labels = [labels[self.train_rows.index(r)] for r in frame_timesteps]
+        return ClassBalancedSampler(frame_labels, seed=seed)
+
+    def _timestep_classes(self) -> list[int]:
+        """Spectral clusters of the training timesteps' expressions, cached in OUTPUT/clusters.json."""
+        n_classes = self.cfg.sampling.n_classes
+        timesteps = [self.subject.timesteps[r] for r in self.train_rows]
+        cache = self.model_dir / "clusters.json"
+        meta = {"n_classes": n_classes, "seed": self.cfg.run.seed, "source": str(Path(self.source).resolve())}
+        cached = load_clusters(cache, timesteps, meta)
+        if cached is not None:
+            return [int(v) for v in cached[0]]
+        self.log(f"[train] clustering {len(timesteps)} training timesteps into {n_classes} expression classes")
+        rows = torch.tensor(self.train_rows, device=self.device)
+        with torch.no_grad():
+            disp = torch.cat([self.sequence.expression_vertices(rows[i:i + 64]) for i in range(0, len(rows), 64)])
+            disp = disp - self.sequence.canonical_vertices()
+        vm = self.flame.vertex_masks
+        face_idx = torch.nonzero(vm["face"]).squeeze(1) if "face" in vm else torch.arange(self.flame.num_vertices)
+        eye_idx = torch.nonzero(vm["eye_region"]).squeeze(1) if "eye_region" in vm else torch.zeros(0, dtype=torch.long)
+        distance = timestep_distance_matrix(disp.cpu(), face_idx, eye_idx)
+        labels = cluster_timesteps(distance, n_classes=n_classes, seed=self.cfg.run.seed)
+        save_clusters(cache, labels, timesteps, meta)
+        return list(np.asarray(labels))
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.model_dir / "tensorboard"))
+
+    # -- one iteration --------------------------------------------------------------------------
+
+    def lines_active(self, step: int) -> bool:
+        return self.avatar.feature_lines is not None and step > self.cfg.optim.feature_lines_warmup * self.cfg.optim.iterations
+
+    def sh_degree_active(self, step: int) -> int | None:
+        # GA raises the SH degree by one every 1000 iterations; shorter schedules scale that.
+        if self.avatar.gaussians.sh_degree is None:
+            return None
+        interval = max(1, min(1000, self.cfg.optim.iterations // 10))
+        return min(self.avatar.gaussians.sh_degree, step // interval)
+
+    def render_frame(self, frame, step: int):
+        row = self.subject.timestep_row[frame.timestep]
+        rows = torch.tensor([row], device=self.device)
+        verts = self.sequence.vertices(rows)[0]
+        p = self.sequence.row_params(rows)
+        return render_avatar(self.avatar, verts, p["expr"][0], p["jaw_pose"][0], frame.viewmat.to(self.device),
+                             frame.K.to(self.device), frame.width, frame.height, self.background,
+                             backend=self.cfg.run.backend, use_feature_lines=self.lines_active(step),
+                             sh_degree=self.sh_degree_active(step)), row
+
+    def training_step(self, step: int) -> dict:
+        cfg, o = self.cfg, self.cfg.optim
+        for group in self.optimizers["xyz"].param_groups:
+            group["lr"] = position_lr(cfg, step, self.extent)
+        frame = self.train_frames[self.sampler.next()]
+        gt = self.subject.load_image(frame).to(self.device)
+        result, row = self.render_frame(frame, step)
+        image = result.image
+        l1 = (image - gt).abs().mean()
+        d_ssim = 1.0 - ssim(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
+        loss = (1 - o.lambda_dssim) * l1 + o.lambda_dssim * d_ssim
+        g = self.avatar.gaussians.params
+        loss_pos = torch.relu(g["xyz"].norm(dim=1) - o.threshold_position).mean()
+        loss_scale = torch.relu(torch.exp(g["log_scale"]) - o.threshold_scale).norm(dim=1).mean()
+        loss = loss + o.lambda_position * loss_pos + o.lambda_scale * loss_scale
+        loss_pen = torch.zeros((), device=self.device)
+        if cfg.penalty.enabled and self.lines_active(step):
+            disp = self.sequence.triangle_displacement(torch.tensor([row], device=self.device))[0]
+            p = cfg.penalty
+            loss_pen = truncated_opacity_penalty(result.splats["delta"], self.avatar.gaussians.binding, disp,
+                                                 self.face_region, tau_face=p.tau_face, tau_other=p.tau_other,
+                                                 weight_face=p.weight_face, weight_other=p.weight_other)
+            loss = loss + p.lambda_opacity * loss_pen
+        loss.backward()
+
+        with torch.no_grad():
+            self.strategy.update_statistics(result.meta, frame.width, frame.height)
+            for opt in self._all_optimizers():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            events = self.strategy.step(step, self.avatar.gaussians, self.optimizers, self.avatar.canonical_world_scales())
+            mse = ((image - gt) ** 2).mean()
+        return {"loss": float(loss.detach()), "l1": float(l1.detach()), "psnr": float(-10 * torch.log10(mse.clamp_min(1e-10))),
+                "penalty": float(loss_pen.detach()), "splats": len(self.avatar.gaussians), **events}
+
+    def _all_optimizers(self):
+        opts = list(self.optimizers.values())
+        if self.net_optimizer is not None:
+            opts.append(self.net_optimizer)
+        if self.flame_optimizer is not None:
+            opts.append(self.flame_optimizer)
+        return opts
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """Mean PSNR/SSIM per held-out split, each frame with its own opacity offsets."""
+        results = {}
+        for split, frames in self.eval_splits.items():
+            values = []
+            for frame in frames:
+                result, _ = self.render_frame(frame, max(step, 1))
+                gt = self.subject.load_image(frame).to(self.device)
+                values.append((float(psnr(result.image, gt)),
+                               float(ssim(result.image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean())))
+            arr = np.asarray(values)
+            results[split] = {"PSNR": float(arr[:, 0].mean()), "SSIM": float(arr[:, 1].mean()), "n_images": len(values)}
+        return results
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, step: int) -> Path:
+        def writer(folder: Path) -> None:
+            save_avatar(folder, self.avatar, self.sequence.shape, self.sequence.static_offset)
+            if self.cfg.optim.train_flame:
+                torch.save({k: v.detach().cpu() for k, v in self.sequence.values.items()}, folder / "flame_params.pt")
+            torch.save({
+                "iteration": step,
+                "splat_optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+                "net_optimizer": None if self.net_optimizer is None else self.net_optimizer.state_dict(),
+                "flame_optimizer": None if self.flame_optimizer is None else self.flame_optimizer.state_dict(),
+                "strategy": self.strategy.state_dict(),
+                "sampler": self.sampler.state_dict(),
+                "rng": capture_rng_state(),
+            }, folder / "training_state.pt")
+        return write_checkpoint(self.model_dir, step, writer, keep=self.cfg.run.keep_checkpoints)
+
+    def _load_training_state(self, checkpoint) -> None:
+        from scene.avatar_io import COMPONENT_FILES, _load
+        from scene.gaussian_model import BoundGaussians
+        iteration, folder = checkpoint
+        self.avatar.gaussians = BoundGaussians.load_ply(folder / COMPONENT_FILES["splats"]).to(self.device)
+        for name in ("triplane", "color_decoder", "feature_lines", "opacity_decoder"):
+            module = getattr(self.avatar, name)
+            if module is not None:
+                module.load_state_dict(_load(folder / COMPONENT_FILES[name]))
+        if self.avatar.feature_lines is not None:
+            self.avatar.jaw_bases.copy_(_load(folder / COMPONENT_FILES["jaw_bases"]))
+        if self.cfg.optim.train_flame:
+            state = _load(folder / "flame_params.pt")
+            with torch.no_grad():
+                for k, v in state.items():
+                    self.sequence.values[k].copy_(v)
+        self._make_optimizers()
+        state = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=False)
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["splat_optimizers"][k])
+        if self.net_optimizer is not None:
+            self.net_optimizer.load_state_dict(state["net_optimizer"])
+        if self.flame_optimizer is not None:
+            self.flame_optimizer.load_state_dict(state["flame_optimizer"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng_state(state["rng"])
+        self.step = int(state["iteration"])
+        self.log(f"[train] resumed from {folder} (iteration {self.step}, {len(self.avatar.gaussians)} splats)")
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        total = cfg.optim.iterations
+        log_path = self.model_dir / "train_log.jsonl"
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=self.args.quiet, dynamic_ncols=True)
+        start = time.time()
+        last_eval: dict = {}
+        ema_loss = ema_psnr = None
+        try:
+            while self.step < total:
+                step = self.step + 1
+                stats = self.training_step(step)
+                self.step = step
+                ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
+                ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
+                if step % cfg.run.log_interval == 0 or step == total:
+                    bar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{ema_psnr:.2f}", splats=stats["splats"])
+                    if self.writer is not None:
+                        for k in ("loss", "l1", "psnr", "penalty", "splats"):
+                            self.writer.add_scalar(f"train/{k}", stats[k], step)
+                if any(k in stats for k in ("cloned", "split", "pruned", "opacity_reset")):
+                    self.log(f"[train] iteration {step}: " + ", ".join(
+                        f"{k} {stats[k]}" for k in ("cloned", "split", "pruned", "opacity_reset") if k in stats)
+                        + f" -> {stats['splats']} splats")
+                if self.eval_splits and (step % cfg.run.eval_interval == 0 or step == total):
+                    last_eval = self.evaluate(step)
+                    self.log(f"[eval] iteration {step}: " + "  ".join(
+                        f"{s} PSNR {r['PSNR']:.2f} SSIM {r['SSIM']:.4f}" for s, r in last_eval.items()))
+                    with open(log_path, "a") as fh:
+                        fh.write(json.dumps({"iteration": step, "eval": last_eval, "splats": stats["splats"],
+                                             "elapsed_s": time.time() - start}) + "\n")
+                    if self.writer is not None:
+                        for s, r in last_eval.items():
+                            self.writer.add_scalar(f"{s}/psnr", r["PSNR"], step)
+                if step % cfg.run.save_interval == 0 or step == total:
+                    self.save(step)
+                bar.update(1)
+        except KeyboardInterrupt:
+            bar.close()
+            if self.step > 0:
+                path = self.save(self.step)
+                print(f"\n[train] interrupted: saved {path}; continue with --resume", file=sys.stderr)
+            raise
+        bar.close()
+        elapsed = time.time() - start
+        summary = {"iterations": self.step, "splats": len(self.avatar.gaussians), "train_seconds": elapsed, "eval": last_eval}
+        (self.model_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        self.log(f"[train] done: {self.step} iterations, {len(self.avatar.gaussians)} splats, {elapsed:.0f} s")
+        return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        trainer = Trainer(args)
+        trainer.train()
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
