@@ -1,0 +1,125 @@
+"""train.py end to end: exact resume, clear errors, and learning on the synthetic subject."""
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flame_fixtures import make_small_model, write_pickle  # noqa: E402
+from subject_fixtures import write_fake_subject  # noqa: E402
+
+import train  # noqa: E402
+
+SMALL_SCHEDULE = ["--config", str(REPO / "configs/tensorial.yaml"), "--config", str(REPO / "configs/demo.yaml"),
+                  "--set", "run.eval_interval=1000", "--set", "densify.densify_from_iter=5",
+                  "--set", "densify.densification_interval=10", "--set", "optim.feature_lines_warmup=0.2",
+                  "--set", "sampling.n_classes=2", "--eval", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny FLAME-layout model and a fake NeRSemble subject (random images) that fits it."""
+    root = tmp_path_factory.mktemp("tiny")
+    model, masks = make_small_model()
+    model.pop("J", None)
+    flame_path = write_pickle(root / "flame" / "flame2023.pkl", model)
+    with open(root / "flame" / "FLAME_masks.pkl", "wb") as f:
+        pickle.dump(masks, f)
+    from flame_model import FLAME
+    n_vertices = FLAME(flame_path).num_vertices
+    write_fake_subject(root / "data", n_cameras=4, n_timesteps=3, width=48, height=64, n_vertices=n_vertices, distance=0.6)
+    return {"flame": flame_path, "subject": root / "data" / "UNION"}
+
+
+def run_cli(args, **kw):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=REPO, capture_output=True, text=True, **kw)
+
+
+def checkpoint_tensors(folder: Path) -> dict:
+    out = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix == ".pt" and f.name != "training_state.pt":
+            value = torch.load(f, weights_only=True)
+            items = value.items() if isinstance(value, dict) else [("", value)]
+            out.update({f"{f.name}:{k}": v for k, v in items if torch.is_tensor(v)})
+    out["splats.ply"] = (folder / "splats.ply").read_bytes()
+    return out
+
+
+def test_resume_continues_bit_exact(tiny, tmp_path):
+    common = ["-s", tiny["subject"], "--flame", tiny["flame"], *SMALL_SCHEDULE, "--set", "run.save_interval=15"]
+    assert train.main(list(map(str, ["-m", tmp_path / "straight", *common, "--iterations", "30"]))) == 0
+    # The same run, interrupted after its checkpoint at 15 and resumed.
+    args = train.parse_args(list(map(str, ["-m", tmp_path / "resumed", *common, "--iterations", "30"])))
+    trainer = train.Trainer(args)
+    for _ in range(15):
+        trainer.step += 1
+        trainer.training_step(trainer.step)
+    trainer.save(trainer.step)
+    del trainer
+    assert train.main(list(map(str, ["-m", tmp_path / "resumed", "--resume", "--quiet"]))) == 0
+    a = checkpoint_tensors(tmp_path / "straight/checkpoints/iteration_0000030")
+    b = checkpoint_tensors(tmp_path / "resumed/checkpoints/iteration_0000030")
+    assert a.keys() == b.keys()
+    for key in a:
+        same = a[key] == b[key] if isinstance(a[key], bytes) else torch.equal(a[key], b[key])
+        assert same, key
+    # Densification happened, so the resume restored the strategy and optimiser rows too.
+    assert len(a["splats.ply"]) > 0
+    saved = (tmp_path / "resumed/config.yaml").read_text()
+    assert "source_path" in saved and "flame_model" in saved
+
+
+def test_missing_flame_model_is_one_clear_error(tiny, tmp_path):
+    result = run_cli(["-s", tiny["subject"], "-m", tmp_path / "m", "--flame", tmp_path / "nowhere/flame2023.pkl", "--quiet"])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "flame.is.tue.mpg.de" in result.stderr and str(tmp_path / "nowhere/flame2023.pkl") in result.stderr
+
+
+def test_folder_that_is_not_a_subject(tiny, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli(["-s", tmp_path / "empty", "-m", tmp_path / "m", "--flame", tiny["flame"], "--quiet"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "transforms_train.json" in result.stderr
+
+
+def test_output_folder_from_another_config(tiny, tmp_path):
+    common = ["-s", tiny["subject"], "-m", tmp_path / "m", "--flame", tiny["flame"]]
+    assert train.main(list(map(str, [*common, *SMALL_SCHEDULE, "--iterations", "3"]))) == 0
+    result = run_cli([*common, "--config", REPO / "configs/gaussian_avatars.yaml", "--iterations", "3", "--quiet"])
+    assert result.returncode == 2 and "another config" in result.stderr and "Traceback" not in result.stderr
+    again = run_cli([*common, *SMALL_SCHEDULE, "--iterations", "3"])
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_gaussian_avatars_config_trains_with_sh(tiny, tmp_path):
+    args = ["-s", tiny["subject"], "-m", tmp_path / "ga", "--flame", tiny["flame"], "--config",
+            REPO / "configs/gaussian_avatars.yaml", "--config", REPO / "configs/demo.yaml", "--iterations", "5", "--quiet", "--eval"]
+    assert train.main(list(map(str, args))) == 0
+    ckpt = tmp_path / "ga/checkpoints/iteration_0000005"
+    assert (ckpt / "splats.ply").is_file()
+    assert not (ckpt / "triplane.pt").exists() and not (ckpt / "feature_lines.pt").exists()
+
+
+@pytest.mark.slow
+def test_training_raises_validation_psnr_on_synthetic_subject(synthetic_dataset, tmp_path):
+    subject = synthetic_dataset["subjects"]["s000"]["union"]
+    model = tmp_path / "avatar"
+    args = ["-s", subject, "-m", model, "--flame", synthetic_dataset["flame_model"],
+            "--config", REPO / "configs/tensorial.yaml", "--config", REPO / "configs/demo.yaml",
+            "--iterations", "300", "--set", "run.eval_interval=150", "--set", "densify.densify_from_iter=100",
+            "--set", "densify.densification_interval=100", "--set", "densify.densify_until_iter=250", "--eval", "--quiet"]
+    trainer = train.Trainer(train.parse_args(list(map(str, args))))
+    before = trainer.evaluate(0)["val"]["PSNR"]
+    summary = trainer.train()
+    after = summary["eval"]["val"]["PSNR"]
+    assert after > before + 5.0, (before, after)
+    log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["iteration"] for entry in log] == [150, 300]
