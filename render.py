@@ -35,7 +35,7 @@ from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
 from scene.rendering import render_avatar
 from scene.subject import load_sequence, load_subject
 from utils.errors import InputFileError, MissingFileError, UserFacingError
-from utils.image_io import save_png
+from utils.image_io import read_rgb, write_png
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 
@@ -147,12 +147,12 @@ class Renderer:
             verts = reenactment_vertices(self.model, motion)[0]
             cam = camera_frame or frame
             image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], cam.viewmat, cam.K, cam.width, cam.height)
-            save_png(out / "renders" / f"{frame.image_name}.png", image)
+            write_png(out / "renders" / f"{frame.image_name}.png", image)
             if camera_frame is None:  # the target's own camera: its photo is the ground truth
-                save_png(out / "gt" / f"{frame.image_name}.png", subject.load_image(frame))
+                write_png(out / "gt" / f"{frame.image_name}.png", subject.load_image(frame))
                 mask = subject.load_mask(frame)
                 if mask is not None:
-                    save_png(out / "masks" / f"{frame.image_name}.png", mask)
+                    write_png(out / "masks" / f"{frame.image_name}.png", mask)
             names.append(frame.image_name)
         self.log(f"[render] {len(names)} frames -> {out}")
         if self.args.video and names:
@@ -250,7 +250,7 @@ class Renderer:
             motion = motion_fn(t)
             verts = reenactment_vertices(self.model, motion)[0]
             image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], view, reference.K, reference.width, reference.height)
-            save_png(out / f"{i:05d}.png", image)
+            write_png(out / f"{i:05d}.png", image)
             names.append(f"{i:05d}")
         self.log(f"[render] orbit of {len(names)} frames -> {out}")
         if self.args.video:
@@ -261,7 +261,6 @@ class Renderer:
     def write_videos(self, out: Path, names: list[str]) -> None:
         """render.mp4 of all frames in order, and compare.mp4 (render | GT | error) where GT exists."""
         import imageio.v2 as imageio
-        from utils.image_io import load_png
 
         def even(a: np.ndarray) -> np.ndarray:  # H.264 in yuv420p needs even sizes
             return a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2]
@@ -271,10 +270,10 @@ class Renderer:
         if has_gt:
             videos["compare.mp4"] = []
         for n in names:
-            render = load_png(out / "renders" / f"{n}.png")
+            render = read_rgb(out / "renders" / f"{n}.png")
             videos["render.mp4"].append(even(to_uint8(render)))
             if has_gt:
-                gt = load_png(out / "gt" / f"{n}.png")
+                gt = read_rgb(out / "gt" / f"{n}.png")
                 videos["compare.mp4"].append(even(to_uint8(torch.cat([render, gt, error_map(render, gt)], dim=1))))
         for file, frames in videos.items():
             with imageio.get_writer(out / file, fps=self.args.fps, codec="libx264", quality=8, macro_block_size=1) as w:
