@@ -1,0 +1,28 @@
+"""Shared pytest fixtures.
+
+``synthetic_dataset`` (session scope) generates a SMALL synthetic dataset once per test session
+and returns the dict of :func:`utils.synthetic.generate_dataset` (absolute ``str`` paths):
+
+    {"root", "flame_model", "flame_masks", "manifest", "settings",
+     "subjects": {"s000": {"union": <UNION folder>,
+                           "sequences": {"EXP-1", "EXP-2", "TEST", "FREE": <sequence folder>}}}}
+
+Contents: one identity ``s000``, 16 cameras (camera 8 = frontal validation camera), 55 x 80
+images (downscale 10), training sequences EXP-1 and EXP-2 with 4 timesteps each, TEST and FREE
+with 3 each. The union's train split has 2 x 4 x 15 frames, val 2 x 4 x 1, test 3 x 16.
+Keep this contract stable: other modules' tests rely on it.
+"""
+from __future__ import annotations
+
+import pytest
+
+SYNTHETIC_FIXTURE_SETTINGS = dict(seed=0, n_identities=1, downscale=10, n_cameras=16, timesteps_per_sequence=4,
+                                  n_train_sequences=2, test_timesteps=3, free_timesteps=3)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> dict:
+    """A small synthetic dataset (see module doc), generated once per session (~5 s)."""
+    from utils.synthetic import generate_dataset
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate_dataset(root, progress=False, **SYNTHETIC_FIXTURE_SETTINGS)
