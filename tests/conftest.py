@@ -14,7 +14,13 @@ Keep this contract stable: other modules' tests rely on it.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+FETCH_LPIPS = Path(__file__).resolve().parents[1] / "scripts" / "fetch_lpips_weights.py"
 
 SYNTHETIC_FIXTURE_SETTINGS = dict(seed=0, n_identities=1, downscale=10, n_cameras=16, timesteps_per_sequence=4,
                                   n_train_sequences=2, test_timesteps=3, free_timesteps=3)
@@ -26,3 +32,13 @@ def synthetic_dataset(tmp_path_factory) -> dict:
     from utils.synthetic import generate_dataset
     root = tmp_path_factory.mktemp("synthetic")
     return generate_dataset(root, progress=False, **SYNTHETIC_FIXTURE_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def lpips_weights():
+    """Fetch + convert the LPIPS weights once (cached; a no-op when present and verified)."""
+    proc = subprocess.run([sys.executable, str(FETCH_LPIPS)], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/fetch_lpips_weights.py failed:\n{proc.stdout}\n{proc.stderr}")
+    from utils.lpips import lpips_cache_dir
+    return lpips_cache_dir()

@@ -19,17 +19,6 @@ FETCH = REPO / "scripts" / "fetch_lpips_weights.py"
 H, W = 48, 40
 
 
-@pytest.fixture(scope="session")
-def lpips_weights():
-    """Fetch + convert the LPIPS weights once (cached; a no-op when present and verified)."""
-    proc = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
-                          timeout=1800)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/fetch_lpips_weights.py failed:\n{proc.stdout}\n{proc.stderr}")
-    from utils.lpips import lpips_cache_dir
-    return lpips_cache_dir()
-
-
 @pytest.fixture(scope="module")
 def lpips_alex(lpips_weights):
     from utils.lpips import LPIPS

@@ -20,17 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 FETCH = REPO / "scripts" / "fetch_lpips_weights.py"
 
 
-@pytest.fixture(scope="session")
-def lpips_weights():
-    """Fetch + convert the LPIPS weights once (cached; a no-op when present and verified)."""
-    proc = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
-                          timeout=1800)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/fetch_lpips_weights.py failed:\n{proc.stdout}\n{proc.stderr}")
-    from utils.lpips import lpips_cache_dir
-    return lpips_cache_dir()
-
-
 def _sk_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     return structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
                                  use_sample_covariance=False, data_range=data_range,

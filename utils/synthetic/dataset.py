@@ -35,7 +35,9 @@ from .head_model import SyntheticHeadModel, build_head_model, write_flame_files
 from .head_surface import PART_LEFT_EYE, PART_RIGHT_EYE
 from .motion import TRAIN_FOCUS, FlameSequence, add_tracking_noise, make_sequence
 from .threads import single_thread_torch
-from .subject_writer import frame_entry, transforms_document, write_json, write_npz, write_png_gray, write_png_rgb
+from utils.image_io import write_png
+
+from .subject_writer import frame_entry, transforms_document, write_json, write_npz
 
 __all__ = ["generate_dataset", "SyntheticSettingsError", "DEFAULT_TIMESTEPS", "DEFAULT_EVAL_TIMESTEPS", "GENERATOR_VERSION", "MANIFEST_NAME",
            "sequence_folder_name", "union_folder_name", "Identity", "make_identity", "load_flame"]
@@ -378,8 +380,8 @@ def _write_pngs(seq_dir: Path, t: int, images: np.ndarray, alpha: np.ndarray) ->
     """images/<t>_<cam>.png and fg_masks/<t>_<cam>.png for all cameras of one timestep."""
     for c in range(images.shape[0]):
         stem = f"{t:05d}_{c:02d}.png"
-        write_png_rgb(seq_dir / "images" / stem, images[c])
-        write_png_gray(seq_dir / "fg_masks" / stem, alpha[c])
+        write_png(seq_dir / "images" / stem, images[c])
+        write_png(seq_dir / "fg_masks" / stem, alpha[c])
 
 
 def _pose(flame, identity: Identity, seq: FlameSequence) -> torch.Tensor:

@@ -14,9 +14,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-__all__ = ["write_npz", "write_png_rgb", "write_png_gray", "write_json", "frame_entry", "transforms_document",
+__all__ = ["write_npz", "write_json", "frame_entry", "transforms_document",
            "FLAME_NPZ_KEYS"]
 
 FLAME_NPZ_KEYS = ("translation", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "shape", "expr", "static_offset")
@@ -39,20 +38,6 @@ def write_npz(path: str | os.PathLike, arrays: dict) -> None:
             np.lib.format.write_array(data, np.ascontiguousarray(arr), allow_pickle=False)
             zf.writestr(info, data.getvalue())
     Path(path).write_bytes(buf.getvalue())
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
-def write_png_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an (H, W, 3) float image in [0, 1] as 8-bit RGB PNG."""
-    Image.fromarray(_to_uint8(image), mode="RGB").save(path, format="PNG", compress_level=6)
-
-
-def write_png_gray(path: str | os.PathLike, alpha: np.ndarray) -> None:
-    """Write an (H, W) float matte in [0, 1] as 8-bit grayscale PNG."""
-    Image.fromarray(_to_uint8(alpha), mode="L").save(path, format="PNG", compress_level=6)
 
 
 def write_json(path: str | os.PathLike, doc: dict) -> None:
