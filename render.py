@@ -385,10 +385,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         renderer = Renderer(args)
-        did = False
         if args.split or not (args.target or args.orbit or args.benchmark or args.half):
             renderer.render_splits(args.split or ["val", "test"])
-            did = True
         if args.target and not args.orbit:
             renderer.render_target(args.target)
         if args.orbit:

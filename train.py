@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from flame_model import DEFAULT_FLAME_MODEL_PATH
 from scene.avatar import GaussianAvatar
-from scene.avatar_io import build_flame, face_vertex_mask, save_avatar
+from scene.avatar_io import build_flame, face_vertex_mask, load_avatar_components, load_component, save_avatar
 from scene.class_balance import (ClassBalancedSampler, UniformSampler, cluster_timesteps, load_clusters,
                                  save_clusters, timestep_distance_matrix)
 from scene.densification import BindingAwareDensification
@@ -348,18 +348,10 @@ class Trainer:
         return write_checkpoint(self.model_dir, step, writer, keep=self.cfg.run.keep_checkpoints)
 
     def _load_training_state(self, checkpoint) -> None:
-        from scene.avatar_io import COMPONENT_FILES, _load
-        from scene.gaussian_model import BoundGaussians
-        iteration, folder = checkpoint
-        self.avatar.gaussians = BoundGaussians.load_ply(folder / COMPONENT_FILES["splats"]).to(self.device)
-        for name in ("triplane", "color_decoder", "feature_lines", "opacity_decoder"):
-            module = getattr(self.avatar, name)
-            if module is not None:
-                module.load_state_dict(_load(folder / COMPONENT_FILES[name]))
-        if self.avatar.feature_lines is not None:
-            self.avatar.jaw_bases.copy_(_load(folder / COMPONENT_FILES["jaw_bases"]))
+        _, folder = checkpoint
+        load_avatar_components(self.avatar, folder)
         if self.cfg.optim.train_flame:
-            state = _load(folder / "flame_params.pt")
+            state = load_component(folder / "flame_params.pt")
             with torch.no_grad():
                 for k, v in state.items():
                     self.sequence.values[k].copy_(v)

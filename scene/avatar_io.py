@@ -68,13 +68,31 @@ def save_avatar(folder: Path, avatar: GaussianAvatar, shape: torch.Tensor, stati
     )
 
 
-def _load(path: Path):
+def load_component(path: Path):
     if not path.is_file():
         raise MissingFileError(f"checkpoint file missing: {path} (the checkpoint is incomplete; use another --iteration)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputFileError(f"{path}: cannot be read as a checkpoint component ({exc})") from None
+
+
+def load_avatar_components(avatar: GaussianAvatar, folder: Path) -> None:
+    """Load a checkpoint's splats, grids, decoders and jaw bases into ``avatar`` (in place)."""
+    folder = Path(folder)
+    device = avatar.faces.device
+    avatar.gaussians = BoundGaussians.load_ply(folder / COMPONENT_FILES["splats"]).to(device)
+    for name in ("triplane", "color_decoder", "feature_lines", "opacity_decoder"):
+        module = getattr(avatar, name)
+        if module is not None:
+            # float(): a --half export stores 16-bit weights; computation stays in float32.
+            module.load_state_dict({k: v.float() for k, v in load_component(folder / COMPONENT_FILES[name]).items()})
+    if avatar.feature_lines is not None:
+        bases = load_component(folder / COMPONENT_FILES["jaw_bases"]).float()
+        if bases.shape != avatar.jaw_bases.shape:
+            raise InputFileError(f"{folder / COMPONENT_FILES['jaw_bases']}: {tuple(bases.shape)} jaw bases, "
+                                 f"the model expects {tuple(avatar.jaw_bases.shape)}")
+        avatar.jaw_bases.copy_(bases)
 
 
 def storage_report(folder: Path) -> dict[str, int]:
@@ -130,19 +148,14 @@ def load_model(model_dir: str | os.PathLike, iteration: int | None = None, flame
     config, extra = load_saved_config(model_dir)
     it, folder = resolve_checkpoint(model_dir, iteration)
     flame = build_flame(config, extra, flame_path, masks_path)
-    identity = _load(folder / COMPONENT_FILES["identity"])
+    identity = load_component(folder / COMPONENT_FILES["identity"])
     shape, static_offset = identity["shape"].float(), identity["static_offset"]
     static_offset = None if static_offset is None else static_offset.float()
     canonical = flame.canonical_vertices(shape, None if static_offset is None else static_offset[None])[0]
-    jaw_bases = _load(folder / COMPONENT_FILES["jaw_bases"]).float() if config.model.use_feature_lines else None
+    jaw_bases = load_component(folder / COMPONENT_FILES["jaw_bases"]).float() if config.model.use_feature_lines else None
     avatar = GaussianAvatar(config.model, flame.faces, canonical,
                             face_vertex_mask(flame, config.model.face_box_regions), jaw_bases)
-    avatar.gaussians = BoundGaussians.load_ply(folder / COMPONENT_FILES["splats"])
-    for name in ("triplane", "color_decoder", "feature_lines", "opacity_decoder"):
-        module = getattr(avatar, name)
-        if module is not None:
-            state = {k: v.float() for k, v in _load(folder / COMPONENT_FILES[name]).items()}
-            module.load_state_dict(state)
+    load_avatar_components(avatar, folder)
     avatar.eval()
     return LoadedModel(config, extra, it, folder, flame.to(device), avatar.to(device), shape.to(device),
                        None if static_offset is None else static_offset.to(device))

@@ -123,3 +123,19 @@ def test_training_raises_validation_psnr_on_synthetic_subject(synthetic_dataset,
     assert after > before + 5.0, (before, after)
     log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
     assert [entry["iteration"] for entry in log] == [150, 300]
+
+
+def test_single_timestep_union_with_empty_test_split(tiny, tmp_path):
+    """One training sequence of one timestep, no test frames: trains, evaluates val only."""
+    from flame_model import FLAME
+    n_vertices = FLAME(tiny["flame"]).num_vertices
+    fake = write_fake_subject(tmp_path / "data", n_cameras=3, n_train_sequences=1, n_timesteps=1, test_sequence=False,
+                              width=32, height=40, n_vertices=n_vertices, distance=0.6)
+    model = tmp_path / "m"
+    args = ["-s", fake.union, "-m", model, "--flame", tiny["flame"], *SMALL_SCHEDULE, "--iterations", "12",
+            "--set", "run.eval_interval=6"]
+    assert train.main(list(map(str, args))) == 0
+    log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
+    assert [set(entry["eval"]) for entry in log] == [{"val"}, {"val"}]
+    labels = json.loads((model / "clusters.json").read_text())["labels"]
+    assert labels == [0]
