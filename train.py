@@ -235,8 +235,8 @@ class Trainer:
             disp = torch.cat([self.sequence.expression_vertices(rows[i:i + 64]) for i in range(0, len(rows), 64)])
             disp = disp - self.sequence.canonical_vertices()
         vm = self.flame.vertex_masks
-        face_idx = torch.nonzero(vm["face"]).squeeze(1) if "face" in vm else torch.arange(self.flame.num_vertices)
-        eye_idx = torch.nonzero(vm["eye_region"]).squeeze(1) if "eye_region" in vm else torch.zeros(0, dtype=torch.long)
+        face_idx = torch.nonzero(vm["face"].cpu()).squeeze(1) if "face" in vm else torch.arange(self.flame.num_vertices)
+        eye_idx = torch.nonzero(vm["eye_region"].cpu()).squeeze(1) if "eye_region" in vm else torch.zeros(0, dtype=torch.long)
         distance = timestep_distance_matrix(disp.cpu(), face_idx, eye_idx)
         labels = cluster_timesteps(distance, n_classes=n_classes, seed=self.cfg.run.seed)
         save_clusters(cache, labels, timesteps, meta)
