@@ -25,7 +25,7 @@ driving_sequence() {
     parent="$(dirname "$source")"
     local free
     free="$(find "$parent" -maxdepth 1 -type d -name '*FREE*' | sort | head -n 1)"
-    echo "$free"
+    [[ -n "$free" ]] && realpath "$free"
 }
 source_of() { "$PYTHON" -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]+'/config.yaml'))['source_path'])" "$1"; }
 
@@ -36,7 +36,7 @@ for model in "${models[@]}"; do
     [[ -n "$d" ]] && drivers+=("$d")
 done
 if [[ -d data/synthetic ]]; then
-    while IFS= read -r d; do drivers+=("$d"); done < <(find data/synthetic -mindepth 2 -maxdepth 2 -type d -name '*FREE*' | sort)
+    while IFS= read -r d; do drivers+=("$(realpath "$d")"); done < <(find data/synthetic -mindepth 2 -maxdepth 2 -type d -name '*FREE*' | sort)
 fi
 
 for model in "${models[@]}"; do
