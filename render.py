@@ -34,7 +34,7 @@ from tqdm import tqdm
 from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
 from scene.rendering import render_avatar
 from scene.subject import load_sequence, load_subject
-from utils.errors import InputFileError, MissingFileError, UserFacingError
+from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, write_png
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
