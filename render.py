@@ -34,8 +34,9 @@ from tqdm import tqdm
 from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
 from scene.rendering import render_avatar
 from scene.subject import load_sequence, load_subject
+from utils.cli_common import even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
-from utils.image_io import read_rgb, write_png
+from utils.image_io import read_rgb, to_uint8, write_png
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 
@@ -62,12 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
     """FLAME vertices (B, V, 3) with the avatar's identity and the target's motion.
 
@@ -78,17 +73,6 @@ def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
     offset = None if model.static_offset is None else model.static_offset[None]
     return model.flame(model.shape, motion["expr"], motion["rotation"], motion["neck_pose"], motion["jaw_pose"],
                        motion["eyes_pose"], motion["translation"], static_offset=offset)
-
-
-def even_subset(items: list, limit: int) -> list:
-    if limit <= 0 or len(items) <= limit:
-        return list(items)
-    idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
-    return [items[i] for i in idx]
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def error_map(render: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:

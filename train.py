@@ -34,6 +34,7 @@ from scene.rendering import render_avatar
 from scene.subject import load_subject
 from utils.checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, seed_everything,
                               write_checkpoint)
+from utils.cli_common import even_subset, pick_device
 from utils.config import (TrainConfig, config_differences, load_saved_config, parse_assignment, resolve_config,
                           save_config)
 from utils.errors import InputFileError, MissingFileError, UserFacingError
@@ -76,26 +77,11 @@ def cli_overrides(args) -> list[dict]:
     return out
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputFileError("run.device is cuda but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
 def position_lr(cfg: TrainConfig, step: int, extent: float) -> float:
     """GA's log-linear decay of the position learning rate, scaled by the cameras' extent."""
     t = min(max(step / max(cfg.optim.iterations, 1), 0.0), 1.0)
     lr = math.exp((1 - t) * math.log(cfg.optim.position_lr_init) + t * math.log(cfg.optim.position_lr_final))
     return lr * extent
-
-
-def even_subset(items: list, limit: int) -> list:
-    if limit <= 0 or len(items) <= limit:
-        return list(items)
-    idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
-    return [items[i] for i in idx]
 
 
 class Trainer:

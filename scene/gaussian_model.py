@@ -21,9 +21,6 @@ from plyfile import PlyData, PlyElement
 
 from utils.errors import InputFileError, MissingFileError
 
-SH_C0 = 0.28209479177387814
-
-
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1 - x))
 
@@ -69,11 +66,6 @@ class BoundGaussians(torch.nn.Module):
     def sh(self) -> torch.Tensor:
         """(N, K, 3) SH coefficients (only with per-splat colour)."""
         return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)
-
-    def init_colors(self, rgb: torch.Tensor) -> None:
-        """Set the degree-0 SH term so that the splats start with colour ``rgb`` (N, 3)."""
-        with torch.no_grad():
-            self.params["sh0"][:, 0] = (rgb - 0.5) / SH_C0
 
     # -- storage -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from flame_model import FLAME
+from scene.opacity_penalty import triangle_displacements
 
 POSE_KEYS = ("rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 
@@ -81,9 +82,7 @@ class FlameSequence(torch.nn.Module):
         for start in range(0, self.num_timesteps, batch):
             rows = torch.arange(start, min(start + batch, self.num_timesteps), device=canonical.device)
             verts.append(self._forward(self.row_params(rows)))
-            # Mean of the three vertex displacements: a triangle 'moves' when its corners do.
-            d = (self.expression_vertices(rows) - canonical).norm(dim=-1)  # (B, V)
-            disp.append(d[:, faces].mean(-1))
+            disp.append(triangle_displacements(self.expression_vertices(rows), canonical, faces))
         self._verts = torch.cat(verts)
         self._expr_disp = torch.cat(disp)
 
@@ -92,5 +91,4 @@ class FlameSequence(torch.nn.Module):
         if self._expr_disp is not None and not self.trainable:
             return self._expr_disp[rows]
         with torch.no_grad():
-            d = (self.expression_vertices(rows) - self.canonical_vertices()).norm(dim=-1)
-            return d[:, self.flame.faces].mean(-1)
+            return triangle_displacements(self.expression_vertices(rows), self.canonical_vertices(), self.flame.faces)

@@ -138,7 +138,10 @@ def resize_float(arr: np.ndarray, size: Size) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def _quantize(arr: np.ndarray) -> np.ndarray:
+def to_uint8(arr) -> np.ndarray:
+    """Float image in [0, 1] (numpy or torch) -> uint8, rounded to the nearest level."""
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().cpu().numpy()
     return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -164,7 +167,7 @@ def load_rgb_uint8(path: Path, size: Optional[Size] = None, expected_size: Optio
     if alpha is not None:
         # Composite over white: rgb * a + 1 * (1 - a).
         colour = colour * alpha[..., None] + (1.0 - alpha[..., None])
-    return _quantize(resize_float(colour, target))
+    return to_uint8(resize_float(colour, target))
 
 
 def load_mask_uint8(path: Path, size: Optional[Size] = None, expected_size: Optional[Size] = None) -> np.ndarray:
@@ -186,7 +189,7 @@ def load_mask_uint8(path: Path, size: Optional[Size] = None, expected_size: Opti
         matte = alpha[..., None]
     else:
         matte = colour.max(axis=2, keepdims=True)
-    return _quantize(resize_float(matte, target))
+    return to_uint8(resize_float(matte, target))
 
 
 def uint8_to_float(t: torch.Tensor) -> torch.Tensor:
@@ -305,7 +308,7 @@ def write_png(path: Path, image) -> None:
     """
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
-    arr = _quantize(np.asarray(image, dtype=np.float32))
+    arr = to_uint8(np.asarray(image, dtype=np.float32))
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     path = Path(path)
