@@ -186,7 +186,7 @@ class Trainer:
         lrs = {"xyz": position_lr(self.cfg, 0, self.extent), "rotation": o.rotation_lr, "log_scale": o.scaling_lr,
                "opacity": o.opacity_lr, "sh0": o.sh_lr, "shN": o.sh_lr / 20.0}
         self.optimizers = self.avatar.gaussians.make_optimizers({k: lrs[k] for k in self.avatar.gaussians.params})
-        groups = self.avatar.network_param_groups(o.grid_lr, o.mlp_lr)
+        groups = self.avatar.network_param_groups(o.grid_lr, o.mlp_lr, o.opacity_mlp_lr)
         self.net_optimizer = torch.optim.Adam(groups) if groups else None
         self.flame_optimizer = None
         if o.train_flame:

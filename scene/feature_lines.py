@@ -6,13 +6,16 @@ coefficient-weighted sums; each splat reads its canonical x, y, z on the blended
 lines and on the blended jaw lines (6 lookups, 6C features) and a 2-layer MLP turns them into
 an opacity offset in logit space: opacity = sigmoid(o_canonical + delta).
 
-Start state: lines are zero and the decoder's *output layer* (weight and bias) is zero, so
-delta is exactly 0 at init (the avatar starts as the static-opacity model). The hidden layer
-keeps PyTorch's default init on purpose: with zero features its activations are ReLU(b1),
-non-zero for about half the units, so the first step gives the output weights a gradient,
-which in turn opens the gradient path to the lines. (Zeroing the hidden bias instead would
-put every pre-activation at exactly 0, where ReLU's gradient is 0, and the lines would never
-receive a gradient.)
+Start state: lines are zero and delta is exactly 0, without stalling the decoder. With a
+zero output layer (the obvious way to get delta = 0) the start is a saddle point: the lines'
+gradient is proportional to the output weights, and the output weights' gradient varies across
+splats only through the lines, so with both at zero only a constant offset is learned (which
+the penalty removes) and the lines stayed near zero for a whole 2000-iteration demo run. So
+the decoder measures its hidden layer from the zero-feature point instead,
+delta = W2 (ReLU(W1 f + b1) - ReLU(b1)) + b2, a re-parameterised 2-layer MLP (b2 absorbs the
+constant W2 ReLU(b1)) with default-initialised weights and b2 = 0: delta(0) is exactly 0 in
+floating point (W1 0 + b1 = b1 exactly) and the first step already sends a gradient to the
+lines.
 """
 from __future__ import annotations
 
@@ -75,18 +78,20 @@ class OpacityDecoder(nn.Module):
     Args:
         in_features: 6 C (192 for C = 32): 3 expression + 3 jaw lookups.
         hidden: 128.
-    The output layer starts at zero (module docstring), so the initial offset is exactly 0.
+    The hidden layer is measured from its zero-feature activation and the output bias starts
+    at 0, so the offset for zero features (zero lines, a neutral frame) is exactly 0 at init
+    while every weight passes gradient (module docstring).
     """
 
     def __init__(self, in_features: int = 192, hidden: int = 128) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[2].weight)
         nn.init.zeros_(self.net[2].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, in_features) -> (N, 1) opacity logit offsets."""
-        return self.net(features)
+        first, last = self.net[0], self.net[2]
+        return last(torch.relu(first(features)) - torch.relu(first.bias))
 
 
 class FeatureLineBlendshapes(nn.Module):

@@ -62,6 +62,18 @@ def test_zero_init_gives_exactly_zero_delta():
     assert (m.expr_lines == 0).all() and (m.jaw_lines == 0).all()
 
 
+def test_decoder_is_exactly_zero_on_zero_features_for_any_batch():
+    # Not a zero output layer: the output weights are live, and zero features still map to 0.0
+    # exactly whatever the batch size (BLAS blocking must not leave rounding residue).
+    for seed in range(10):
+        torch.manual_seed(seed)
+        dec = OpacityDecoder(192, 128)
+        assert dec.net[2].weight.abs().sum() > 0
+        for n in (1, 2, 7, 64, 1000):
+            assert (dec(torch.zeros(n, 192)) == 0).all()
+        assert (dec(torch.randn(4, 192)) != 0).all()
+
+
 def test_blend_equals_manual_weighted_sum_and_uses_first_components():
     torch.manual_seed(2)
     m = _model()
@@ -108,10 +120,9 @@ def test_gradients_flow_to_lines_after_first_step():
         loss.backward()
         grads.append(m.expr_lines.grad.abs().sum().item() + m.jaw_lines.grad.abs().sum().item())
         opt.step()
-    # Step 1: output layer is zero, so lines get no gradient; the output layer does (it sees
-    # ReLU(b1) != 0) and from step 2 on the lines train.
-    assert grads[0] == 0.0
-    assert grads[1] > 0 and grads[2] > 0
+    # Delta starts at exactly 0, yet the lines get a gradient from the very first step (the
+    # decoder's start is not the zero-output saddle; see scene/feature_lines.py).
+    assert grads[0] > 0 and grads[1] > 0 and grads[2] > 0
     assert m.expr_lines.abs().sum() > 0 and m.jaw_lines.abs().sum() > 0
 
 

@@ -121,6 +121,16 @@ def test_training_raises_validation_psnr_on_synthetic_subject(synthetic_dataset,
     summary = trainer.train()
     after = summary["eval"]["val"]["PSNR"]
     assert after > before + 5.0, (before, after)
+    # The feature lines learn: each training expression gets its own, non-trivial opacity
+    # offsets (a decoder stuck at its start state gives |delta| < 0.01 everywhere).
+    avatar = trainer.avatar
+    with torch.no_grad():
+        canonical = avatar.canonical_splat_positions()
+        deltas = torch.stack([avatar.opacity_offsets(canonical, trainer.subject.flame["expr"][row],
+                                                     trainer.subject.flame["jaw_pose"][row])
+                              for row in trainer.train_rows])
+    assert deltas.abs().max() > 0.5, deltas.abs().max()
+    assert (deltas - deltas.mean(0)).abs().max() > 0.5
     log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
     assert [entry["iteration"] for entry in log] == [150, 300]
 

@@ -58,6 +58,9 @@ class OptimConfig:
     # Tensorial appearance (paper): grids (triplane planes, feature lines) and MLP decoders.
     grid_lr: float = 2e-3
     mlp_lr: float = 1e-4
+    # The opacity decoder's rate, separate so a short schedule can raise it without touching the
+    # colour decoder (the paper uses mlp_lr for both over 600k iterations).
+    opacity_mlp_lr: float = 1e-4
     # Feature lines are switched on after this fraction of the schedule (paper: 10%).
     feature_lines_warmup: float = 0.1
     # Losses (paper eq. 3 and the image loss).
