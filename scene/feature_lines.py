@@ -85,6 +85,8 @@ class OpacityDecoder(nn.Module):
 
     def __init__(self, in_features: int = 192, hidden: int = 128) -> None:
         super().__init__()
+        # The plain MLP's layout (state dict net.0 / net.2); forward() applies it from the
+        # zero-feature point.
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[2].bias)
 
