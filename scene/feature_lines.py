@@ -9,9 +9,10 @@ an opacity offset in logit space: opacity = sigmoid(o_canonical + delta).
 Start state: lines are zero and delta is exactly 0, without stalling the decoder. With a
 zero output layer (the obvious way to get delta = 0) the start is a saddle point: the lines'
 gradient is proportional to the output weights, and the output weights' gradient varies across
-splats only through the lines, so with both at zero only a constant offset is learned (which
-the penalty removes) and the lines stayed near zero for a whole 2000-iteration demo run. So
-the decoder measures its hidden layer from the zero-feature point instead,
+splats only through the lines, so at first only a constant offset is learned (which the
+penalty removes) and the lines grow late (demo schedule, training-time eval val / test PSNR:
+33.46 / 34.36 dB with a zero output layer, 33.77 / 34.54 with this start). So the decoder
+measures its hidden layer from the zero-feature point instead,
 delta = W2 (ReLU(W1 f + b1) - ReLU(b1)) + b2, a re-parameterised 2-layer MLP (b2 absorbs the
 constant W2 ReLU(b1)) with default-initialised weights and b2 = 0: delta(0) is exactly 0 in
 floating point (W1 0 + b1 = b1 exactly) and the first step already sends a gradient to the
