@@ -122,8 +122,8 @@ def test_training_raises_validation_psnr_on_synthetic_subject(synthetic_dataset,
     after = summary["eval"]["val"]["PSNR"]
     assert after > before + 5.0, (before, after)
     # The feature lines learn: each training expression gets its own, non-trivial opacity
-    # offsets (lines that learn nothing leave |delta| near 0 everywhere, as the penalty at
-    # lambda 1.0 did on the demo schedule).
+    # offsets (lines cut off from the image loss, or a decoder that never leaves its start,
+    # leave delta at exactly 0).
     avatar = trainer.avatar
     with torch.no_grad():
         canonical = avatar.canonical_splat_positions()
