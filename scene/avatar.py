@@ -129,15 +129,15 @@ class GaussianAvatar(torch.nn.Module):
 
     # -- parameters -----------------------------------------------------------------------------
 
-    def network_param_groups(self, grid_lr: float, mlp_lr: float, opacity_mlp_lr: float | None = None) -> list[dict]:
-        """Adam parameter groups for the tensorial appearance (grids and MLP decoders); the opacity
-        decoder uses ``opacity_mlp_lr`` (default: ``mlp_lr``)."""
+    def network_param_groups(self, grid_lr: float, mlp_lr: float, opacity_mlp_lr: float) -> list[dict]:
+        """Adam parameter groups for the tensorial appearance: grids at ``grid_lr``, the colour
+        decoder at ``mlp_lr``, the opacity decoder at ``opacity_mlp_lr``."""
         groups = []
         if self.triplane is not None:
             groups.append({"params": list(self.triplane.parameters()), "lr": grid_lr, "name": "triplane"})
             groups.append({"params": list(self.color_decoder.parameters()), "lr": mlp_lr, "name": "color_decoder"})
         if self.feature_lines is not None:
             groups.append({"params": list(self.feature_lines.parameters()), "lr": grid_lr, "name": "feature_lines"})
-            groups.append({"params": list(self.opacity_decoder.parameters()),
-                           "lr": mlp_lr if opacity_mlp_lr is None else opacity_mlp_lr, "name": "opacity_decoder"})
+            groups.append({"params": list(self.opacity_decoder.parameters()), "lr": opacity_mlp_lr,
+                           "name": "opacity_decoder"})
         return groups
