@@ -1,5 +1,13 @@
-"""Pure-PyTorch tile rasterizer (any device): projection -> SH -> binning -> compositing."""
+"""Pure-PyTorch tile rasterizer (any device): projection -> SH -> binning -> compositing.
+
+The part before compositing (projection, SH colours, per-splat features, backgrounds) and the meta
+dict are shared with the Triton backend (``triton_backend.py``) through :func:`prepare_splats`,
+:func:`finish_render` and :func:`build_meta`, so both backends feed their compositors identical
+tensors.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -12,6 +20,95 @@ from .tiles import TilePlan, bin_gaussians, plan_chunks
 # of them alive, i.e. ~48 MB in float32 backward. Tiles with longer lists are split in K-blocks.
 WORK_BUDGET = 1 << 19
 K_BLOCK = 256
+
+
+@dataclass
+class SplatInputs:
+    """Everything the compositor needs, per camera (C cameras, N splats, D feature channels).
+
+    ``proj``: the dict of :func:`projection.project_gaussians` (means2d (C, N, 2) with
+    ``retain_grad()`` called when it requires grad, conics (C, N, 3), depths (C, N), radii_xy
+    (C, N, 2) int32, radii (C, N) int32, visible (C, N) bool); ``opacities`` (C, N); ``feats``
+    (C, N, D) composited features (colours, then the depth channel when the mode has one);
+    ``backgrounds`` (C, D) or None (zero under the depth channel); ``rgb`` (C, N, D_rgb) evaluated
+    colours or None (depth-only modes).
+    """
+
+    proj: dict
+    opacities: torch.Tensor
+    feats: torch.Tensor
+    backgrounds: torch.Tensor | None
+    rgb: torch.Tensor | None
+
+
+def prepare_splats(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
+    near_plane, far_plane, sh_degree, backgrounds, render_mode, eps2d,
+) -> SplatInputs:
+    """Project the splats and build their per-camera features (arguments as ``rasterize_torch``)."""
+    C, N = viewmats.shape[0], means.shape[0]
+    opac = opacities if opacities.dim() == 2 else opacities.unsqueeze(0).expand(C, N)
+    covars = quat_scale_to_covar(quats, scales)
+    proj = project_gaussians(means, covars, opac, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
+    if proj["means2d"].requires_grad:
+        proj["means2d"].retain_grad()
+
+    want_rgb = render_mode in ("RGB", "RGB+D", "RGB+ED")
+    want_depth = render_mode != "RGB"
+    feats = []
+    rgb = None
+    if want_rgb:
+        if sh_degree is not None:
+            dirs = means.unsqueeze(0) - camera_centers(viewmats).unsqueeze(1)  # (C, N, 3)
+            coeffs = colors if colors.dim() == 4 else colors.unsqueeze(0).expand(C, *colors.shape)
+            rgb = torch.clamp_min(eval_sh(sh_degree, coeffs, dirs) + 0.5, 0.0)
+        else:
+            rgb = colors if colors.dim() == 3 else colors.unsqueeze(0).expand(C, *colors.shape)
+        feats.append(rgb)
+    if want_depth:
+        feats.append(proj["depths"].unsqueeze(-1))
+    feats = feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+
+    bg = None
+    if want_rgb and backgrounds is not None:
+        bg = backgrounds
+        if want_depth:
+            bg = torch.cat([bg, torch.zeros_like(bg[:, :1])], dim=-1)
+    return SplatInputs(proj=proj, opacities=opac, feats=feats, backgrounds=bg, rgb=rgb)
+
+
+def finish_render(render: torch.Tensor, alphas: torch.Tensor, render_mode: str) -> torch.Tensor:
+    """Turn the accumulated depth channel into expected depth (D / alpha) for the "ED" modes.
+
+    render (C, H, W, D), alphas (C, H, W, 1) -> (C, H, W, D)."""
+    if render_mode in ("ED", "RGB+ED"):
+        render = torch.cat([render[..., :-1], render[..., -1:] / alphas.clamp_min(1e-10)], dim=-1)
+    return render
+
+
+def build_meta(backend: str, inputs: SplatInputs, tiles_per_gauss: torch.Tensor, n_isects: int,
+               width: int, height: int, tile_size: int) -> dict:
+    """The meta dict documented in :func:`gaussian_renderer.api.rasterize` (tiles_per_gauss (C, N))."""
+    proj = inputs.proj
+    return {
+        "backend": backend,
+        "means2d": proj["means2d"],
+        "radii": proj["radii"],
+        "radii_xy": proj["radii_xy"],
+        "depths": proj["depths"],
+        "visible": proj["visible"],
+        "conics": proj["conics"],
+        "opacities": inputs.opacities,
+        "colors": inputs.rgb,
+        "tiles_per_gauss": tiles_per_gauss,
+        "n_isects": n_isects,
+        "tile_size": tile_size,
+        "tile_width": (width + tile_size - 1) // tile_size,
+        "tile_height": (height + tile_size - 1) // tile_size,
+        "width": width,
+        "height": height,
+        "n_cameras": proj["depths"].shape[0],
+    }
 
 
 def build_plan(means2d, radii_xy, depths, visible, width, height, tile_size,
@@ -34,58 +131,14 @@ def rasterize_torch(
     budget: int = WORK_BUDGET, block: int = K_BLOCK,
 ):
     """Arguments already validated by :func:`gaussian_renderer.api.rasterize`."""
-    C, N = viewmats.shape[0], means.shape[0]
-    opac = opacities if opacities.dim() == 2 else opacities.unsqueeze(0).expand(C, N)
-    covars = quat_scale_to_covar(quats, scales)
-    proj = project_gaussians(means, covars, opac, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
-    means2d, conics, depths = proj["means2d"], proj["conics"], proj["depths"]
-    if means2d.requires_grad:
-        means2d.retain_grad()
-
-    want_rgb = render_mode in ("RGB", "RGB+D", "RGB+ED")
-    want_depth = render_mode != "RGB"
-    feats = []
-    rgb = None
-    if want_rgb:
-        if sh_degree is not None:
-            dirs = means.unsqueeze(0) - camera_centers(viewmats).unsqueeze(1)  # (C, N, 3)
-            coeffs = colors if colors.dim() == 4 else colors.unsqueeze(0).expand(C, *colors.shape)
-            rgb = torch.clamp_min(eval_sh(sh_degree, coeffs, dirs) + 0.5, 0.0)
-        else:
-            rgb = colors if colors.dim() == 3 else colors.unsqueeze(0).expand(C, *colors.shape)
-        feats.append(rgb)
-    if want_depth:
-        feats.append(depths.unsqueeze(-1))
-    feats = feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
-
-    bg = None
-    if want_rgb and backgrounds is not None:
-        bg = backgrounds
-        if want_depth:
-            bg = torch.cat([bg, torch.zeros_like(bg[:, :1])], dim=-1)
-
-    plan = build_plan(means2d, proj["radii_xy"], depths, proj["visible"], width, height, tile_size, budget, block)
-    render, alphas = composite(means2d, conics, opac, feats, bg, plan, block)
-    if render_mode in ("ED", "RGB+ED"):
-        render = torch.cat([render[..., :-1], render[..., -1:] / alphas.clamp_min(1e-10)], dim=-1)
-
-    meta = {
-        "backend": "torch",
-        "means2d": means2d,
-        "radii": proj["radii"],
-        "radii_xy": proj["radii_xy"],
-        "depths": depths,
-        "visible": proj["visible"],
-        "conics": conics,
-        "opacities": opac,
-        "colors": rgb,
-        "tiles_per_gauss": plan.tiles_per_gauss,
-        "n_isects": plan.n_isects,
-        "tile_size": tile_size,
-        "tile_width": plan.tiles_x,
-        "tile_height": plan.tiles_y,
-        "width": width,
-        "height": height,
-        "n_cameras": C,
-    }
+    inputs = prepare_splats(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=near_plane,
+        far_plane=far_plane, sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode, eps2d=eps2d)
+    proj = inputs.proj
+    plan = build_plan(proj["means2d"], proj["radii_xy"], proj["depths"], proj["visible"], width, height,
+                      tile_size, budget, block)
+    render, alphas = composite(proj["means2d"], proj["conics"], inputs.opacities, inputs.feats,
+                               inputs.backgrounds, plan, block)
+    render = finish_render(render, alphas, render_mode)
+    meta = build_meta("torch", inputs, plan.tiles_per_gauss, plan.n_isects, width, height, tile_size)
     return render, alphas, meta

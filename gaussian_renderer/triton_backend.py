@@ -1,0 +1,187 @@
+"""Triton rasterizer backend: the torch backend's projection, SH and binning + Triton compositing.
+
+Projection, SH evaluation, per-splat features and the depth-sorted tile binning are the torch
+backend's own functions (``torch_backend.prepare_splats``, ``tiles.bin_gaussians``); only the
+per-tile alpha compositing and its backward run as Triton kernels (``triton_kernels.py``): one
+program per (camera, tile) over the flat intersection list, so a frame is two kernel launches
+(forward, backward) whatever the number of tiles, and no host sync beyond the binning's own.
+
+Results equal the torch backend's to float32 rounding: same 0.99 clamp, 1/255 skip and 1e-4
+transmittance stop (``compositing.py``), same parameter table. float32 only.
+
+Triton is imported lazily (``triton_available``, first call of ``rasterize_triton``), so the
+package imports where triton is absent. On CPU tensors the kernels need Triton's interpreter
+(``TRITON_INTERPRET=1`` in the environment; slow, meant for tests); it is honoured as set at the
+time of the call: the kernel module is re-imported when the setting changed since its import,
+because ``triton.jit`` fixes compiled-vs-interpreted when it decorates a kernel.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from .compositing import _conic_table
+from .gsplat_backend import BackendUnavailableError
+from .tiles import bin_gaussians
+from .torch_backend import build_meta, finish_render, prepare_splats
+
+_KERNELS_MODULE = "gaussian_renderer.triton_kernels"
+_G_COLS = 6  # columns of the kernel's per-splat gradient table (triton_kernels.G_COLS)
+
+
+def triton_available() -> bool:
+    """True when the triton package imports (it may still need a GPU or TRITON_INTERPRET=1 to run)."""
+    try:
+        import triton  # noqa: F401
+        return True
+    except Exception:  # ImportError, or a broken install
+        return False
+
+
+def _interpret_requested() -> bool:
+    """TRITON_INTERPRET as triton reads it (1 / true / on / yes, any case)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _kernels():
+    """The kernel module, decorated in the mode (compiled / interpreted) TRITON_INTERPRET asks for now."""
+    mod = importlib.import_module(_KERNELS_MODULE)
+    if mod.INTERPRETED != _interpret_requested():
+        mod = importlib.reload(mod)
+    return mod
+
+
+def _check_runnable(t: torch.Tensor) -> None:
+    """Raise BackendUnavailableError when Triton cannot run on ``t``'s device or dtype."""
+    if not triton_available():
+        raise BackendUnavailableError(
+            "rasterize(backend='triton'): the triton package cannot be imported; install it with "
+            "`pip install triton` (Linux x86_64), or use backend='torch'")
+    if t.device.type != "cuda" and not (t.device.type == "cpu" and _interpret_requested()):
+        raise BackendUnavailableError(
+            f"rasterize(backend='triton') needs CUDA tensors, got tensors on '{t.device}'; move the inputs to "
+            "a CUDA device, set TRITON_INTERPRET=1 to run the kernels in Triton's (slow) CPU interpreter, "
+            "or use backend='torch'")
+    if t.dtype != torch.float32:
+        raise BackendUnavailableError(
+            f"rasterize(backend='triton') needs float32 tensors, got {t.dtype}; use backend='torch'")
+
+
+def _launch_config(tile_size: int, n_channels: int) -> dict:
+    """Compile-time sizes: pixel lanes PIX (tile_size^2 padded to a power of two, >= 16 for
+    tl.dot), chunk length BLOCK (~8k elements per (PIX, BLOCK) tensor, 16..64) and padded
+    channels DPAD (>= 16 for tl.dot)."""
+    pix = max(16, 1 << (tile_size * tile_size - 1).bit_length())
+    block = max(16, min(64, 8192 // pix))
+    dpad = max(16, 1 << (n_channels - 1).bit_length())
+    return {"TILE": tile_size, "PIX": pix, "BLOCK": block, "DPAD": dpad,
+            "num_warps": 8 if pix * block >= 8192 else 4}
+
+
+class _Binning:
+    """Depth-sorted intersections of ``tiles.bin_gaussians`` and the image / tile layout.
+
+    isect (n_isects,) int64 flat splat ids, offsets / counts (C * tiles,) int64."""
+
+    def __init__(self, isect, offsets, counts, n_cameras, width, height, tile_size):
+        self.isect = isect if isect.numel() else torch.zeros(1, dtype=torch.int64, device=isect.device)
+        self.offsets = offsets.contiguous()
+        self.counts = counts.contiguous()
+        self.n_cameras, self.width, self.height, self.tile_size = n_cameras, width, height, tile_size
+        self.tiles_x = (width + tile_size - 1) // tile_size
+        self.tiles_per_cam = self.tiles_x * ((height + tile_size - 1) // tile_size)
+
+    def grid(self):
+        return (self.n_cameras * self.tiles_per_cam,)
+
+    def layout_args(self, n_channels: int):
+        return (self.width, self.height, self.tiles_x, self.tiles_per_cam, n_channels)
+
+
+class _TritonComposite(torch.autograd.Function):
+    """(C, N) splats -> (C, H, W, D) colours (background included) and (C, H, W, 1) alphas."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, feats, backgrounds, binning: _Binning):
+        """means2d (C, N, 2), conics (C, N, 3), opacities (C, N), feats (C, N, D), backgrounds (C, D) or None."""
+        C, N, D = feats.shape
+        H, W = binning.height, binning.width
+        kern = _kernels()
+        table = _conic_table(means2d.detach(), conics.detach(), opacities.detach(), feats.dtype, feats.device)
+        feat_flat = feats.detach().reshape(C * N, D).contiguous()
+        color = torch.zeros(C, H, W, D, dtype=feats.dtype, device=feats.device)
+        T = torch.ones(C, H, W, dtype=feats.dtype, device=feats.device)
+        cfg = _launch_config(binning.tile_size, D)
+        kern.composite_forward_kernel[binning.grid()](
+            table, feat_flat, binning.isect, binning.offsets, binning.counts, color, T,
+            *binning.layout_args(D), **cfg)
+
+        image = color if backgrounds is None else color + T.unsqueeze(-1) * backgrounds[:, None, None, :]
+        ctx.binning = binning
+        ctx.save_for_backward(table, feat_flat, color, T, backgrounds)
+        return image, (1.0 - T).unsqueeze(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, v_image, v_alphas):
+        """v_image (C, H, W, D), v_alphas (C, H, W, 1) -> gradients of forward's tensor inputs."""
+        table, feat_flat, color, T, backgrounds = ctx.saved_tensors
+        binning: _Binning = ctx.binning
+        C, H, W, D = color.shape
+        N = feat_flat.shape[0] // C
+        v_image = torch.zeros_like(color) if v_image is None else v_image.contiguous()
+        v_alphas = torch.zeros_like(T) if v_alphas is None else v_alphas[..., 0]
+        # per pixel: sum_k w_k g_k = colour . dL/dC, and the part behind the last splat
+        # T_final (bg . dL/dC - dL/dalpha) (alpha = 1 - T_final)
+        behind = -v_alphas if backgrounds is None else (v_image * backgrounds[:, None, None, :]).sum(-1) - v_alphas
+        rest = ((color * v_image).sum(-1) + T * behind).contiguous()
+        v_bg = None if backgrounds is None else (T.unsqueeze(-1) * v_image).sum((1, 2))
+
+        g_table = torch.zeros(C * N, _G_COLS, dtype=T.dtype, device=T.device)
+        g_feats = torch.zeros(C * N, D, dtype=T.dtype, device=T.device)
+        cfg = _launch_config(binning.tile_size, D)
+        _kernels().composite_backward_kernel[binning.grid()](
+            table, feat_flat, binning.isect, binning.offsets, binning.counts, v_image, rest, g_table, g_feats,
+            *binning.layout_args(D), **cfg)
+
+        v_means2d = g_table[:, 0:2].reshape(C, N, 2)
+        v_conics = g_table[:, 2:5].reshape(C, N, 3)
+        v_opac = g_table[:, 5].reshape(C, N)
+        return v_means2d, v_conics, v_opac, g_feats.reshape(C, N, D), v_bg, None
+
+
+def rasterize_triton(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
+    near_plane, far_plane, sh_degree, backgrounds, render_mode, eps2d, tile_size,
+):
+    """Rasterize N splats into C cameras with Triton compositing kernels.
+
+    Arguments, shapes and return value as :func:`torch_backend.rasterize_torch` (already
+    validated by :func:`gaussian_renderer.api.rasterize`): means (N, 3), quats (N, 4), scales
+    (N, 3), opacities (N,) or (C, N), colors (N, D) / (C, N, D) or SH (N, K, 3) / (C, N, K, 3),
+    viewmats (C, 4, 4), Ks (C, 3, 3), backgrounds (C, D) or None. Returns render (C, H, W, D[+1]),
+    alphas (C, H, W, 1) and the meta dict of ``rasterize_torch`` with ``meta["backend"] = "triton"``.
+
+    Raises:
+        BackendUnavailableError: triton missing, tensors not on CUDA (CPU needs TRITON_INTERPRET=1),
+            or not float32.
+    """
+    _check_runnable(means)
+    C = viewmats.shape[0]
+    inputs = prepare_splats(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=near_plane,
+        far_plane=far_plane, sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode, eps2d=eps2d)
+    proj = inputs.proj
+    with torch.no_grad():
+        isect, counts, offsets, tiles_per_gauss = bin_gaussians(
+            proj["means2d"].detach(), proj["radii_xy"], proj["depths"].detach(), proj["visible"],
+            width, height, tile_size)
+    binning = _Binning(isect, offsets, counts, C, width, height, tile_size)
+    bg = inputs.backgrounds.contiguous() if inputs.backgrounds is not None else None
+    render, alphas = _TritonComposite.apply(proj["means2d"], proj["conics"], inputs.opacities,
+                                            inputs.feats, bg, binning)
+    render = finish_render(render, alphas, render_mode)
+    meta = build_meta("triton", inputs, tiles_per_gauss, int(isect.numel()), width, height, tile_size)
+    return render, alphas, meta
