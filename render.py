@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,10 @@ import torch
 from tqdm import tqdm
 
 from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
-from scene.rendering import render_avatar
+from gaussian_renderer import select_backend
+from scene.rendering import measure_render_speed, render_avatar
 from scene.subject import load_sequence, load_subject
-from utils.cli_common import even_subset, pick_device
+from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png
 
@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-frames", type=int, default=0, help="render at most N frames per split/target (evenly spaced)")
     p.add_argument("--flame", help="FLAME model pickle (default: the one training used)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", help="rasterizer: auto | torch | triton | gsplat (default: the training run's)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -89,7 +90,8 @@ class Renderer:
         self.model_dir = Path(args.model_path)
         cfg = self.model.config
         self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
-        self.backend = cfg.run.backend
+        self.backend = select_backend(args.backend or cfg.run.backend, self.device)
+        self.log(f"[render] device {describe_device(self.device)}; {self.backend.describe()}")
         self._subject = None
         self.fine_tuned = None
         ft = self.model.folder / "flame_params.pt"
@@ -116,7 +118,7 @@ class Renderer:
     @torch.no_grad()
     def render(self, vertices, expr, jaw, viewmat, K, width, height):
         return render_avatar(self.model.avatar, vertices, expr, jaw, viewmat.to(self.device), K.to(self.device),
-                             width, height, self.background, backend=self.backend).image
+                             width, height, self.background, backend=self.backend.name).image
 
     # -- frames with ground truth ---------------------------------------------------------------
 
@@ -269,54 +271,20 @@ class Renderer:
 
     def benchmark(self) -> dict:
         """Frames per second at the data's resolution, split into decoders and rasterization."""
-        from gaussian_renderer import rasterize
         avatar = self.model.avatar
         frame = (self.subject.frames["test"] or self.subject.frames["val"] or self.subject.frames["train"])[0]
         motion = self.motion_from(self.subject, self.fine_tuned)(frame.timestep)
         verts = reenactment_vertices(self.model, motion)[0]
-        viewmat, K = frame.viewmat.to(self.device), frame.K.to(self.device)
-        cam_center = torch.linalg.inv(viewmat)[:3, 3]
-        expr, jaw = motion["expr"][0], motion["jaw_pose"][0]
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-
-        def timed(fn, n):
-            for _ in range(max(3, n // 10)):
-                fn()
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            sync()
-            return (time.perf_counter() - t0) / n
-
-        n = self.args.benchmark_frames
-        with torch.no_grad():
-            full = timed(lambda: render_avatar(avatar, verts, expr, jaw, viewmat, K, frame.width, frame.height,
-                                               self.background, backend=self.backend), n)
-            splats = avatar.splats(verts, cam_center, expr, jaw)
-            colors = splats["colors"] if "colors" in splats else splats["sh"]
-            degree = None if "colors" in splats else avatar.gaussians.sh_degree
-            raster = timed(lambda: rasterize(splats["means"], splats["quats"], splats["scales"], splats["opacities"], colors,
-                                             viewmat[None], K[None], frame.width, frame.height, sh_degree=degree,
-                                             backgrounds=self.background[None], backend=self.backend), n)
-            decoders = {}
-            canon = avatar.canonical_splat_positions()
-            if avatar.triplane is not None:
-                view = torch.nn.functional.normalize(splats["means"] - cam_center, dim=-1)
-                decoders["triplane"] = timed(lambda: avatar.color_decoder(avatar.triplane(canon), view), n)
-            if avatar.feature_lines is not None:
-                decoders["feature_lines"] = timed(lambda: avatar.opacity_offsets(canon, expr, jaw), n)
-        result = {
-            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-            "backend": self.backend, "width": frame.width, "height": frame.height, "splats": len(avatar.gaussians),
-            "fps": 1.0 / full, "ms_per_frame": 1000 * full, "ms_rasterization": 1000 * raster,
-            "ms_decoders": {k: 1000 * v for k, v in decoders.items()}, "frames_timed": n,
-        }
+        speed = measure_render_speed(avatar, verts, motion["expr"][0], motion["jaw_pose"][0],
+                                     frame.viewmat.to(self.device), frame.K.to(self.device), frame.width, frame.height,
+                                     self.background, self.backend.name, frames=self.args.benchmark_frames)
+        result = {"device": describe_device(self.device), "backend": self.backend.name,
+                  "backend_reason": self.backend.reason, "width": frame.width, "height": frame.height,
+                  "splats": len(avatar.gaussians), **speed}
         (self.model_dir / "benchmark.json").write_text(json.dumps(result, indent=2))
-        dec = ", ".join(f"{k} {v:.2f} ms" for k, v in result["ms_decoders"].items()) or "none"
-        print(f"[benchmark] {result['fps']:.1f} FPS at {frame.width}x{frame.height} on {result['device']} "
-              f"({result['splats']} splats): {result['ms_per_frame']:.2f} ms/frame; rasterization "
-              f"{result['ms_rasterization']:.2f} ms; decoders {dec}")
+        print(f"[benchmark] {result['fps']:.1f} FPS at {frame.width}x{frame.height} on {result['device']} with "
+              f"{result['backend']} ({result['splats']} splats): {result['ms_per_frame']:.2f} ms/frame; "
+              f"decoders {result['ms_decoders']:.2f} ms, rasterization {result['ms_rasterization']:.2f} ms")
         return result
 
     def storage(self) -> dict:

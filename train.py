@@ -22,11 +22,13 @@ import torch
 from tqdm import tqdm
 
 from flame_model import DEFAULT_FLAME_MODEL_PATH
+from gaussian_renderer import select_backend
 from scene.avatar import GaussianAvatar
 from scene.avatar_io import build_flame, face_vertex_mask, load_avatar_components, load_component, save_avatar
 from scene.class_balance import (ClassBalancedSampler, UniformSampler, cluster_timesteps, load_clusters,
                                  save_clusters, timestep_distance_matrix)
 from scene.densification import BindingAwareDensification
+from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
 from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import truncated_opacity_penalty
@@ -34,15 +36,17 @@ from scene.rendering import render_avatar
 from scene.subject import load_subject
 from utils.checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, seed_everything,
                               write_checkpoint)
-from utils.cli_common import even_subset, pick_device
+from utils.cli_common import describe_device, even_subset, pick_device
 from utils.config import (TrainConfig, config_differences, load_saved_config, parse_assignment, resolve_config,
                           save_config)
 from utils.errors import InputFileError, MissingFileError, UserFacingError
 from utils.image_metrics import psnr, ssim
+from utils.phase_timer import DISABLED, PhaseTimer
 
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_CHANGES = ("optim.iterations", "run.device", "run.backend", "run.eval_interval", "run.eval_max_frames",
-                     "run.save_interval", "run.keep_checkpoints", "run.log_interval", "run.image_cache_gb")
+                     "run.save_interval", "run.keep_checkpoints", "run.log_interval", "run.image_cache_gb",
+                     "run.loader_workers", "run.prefetch_frames", "run.device_image_cache_gb")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resolution-scale", type=float, help="train on images and intrinsics scaled by F")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--backend", help="rasterizer: auto | torch | gsplat")
+    p.add_argument("--backend", help="rasterizer: auto | torch | triton | gsplat")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config override")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in OUTPUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -93,8 +97,15 @@ class Trainer:
         self.cfg, self.source, flame_path, masks_path, self.resume_from = self._resolve_run(args)
         cfg = self.cfg
         self.device = pick_device(cfg.run.device)
+        self.backend = select_backend(cfg.run.backend, self.device)
+        self.runtime = {"device": describe_device(self.device), "backend": self.backend.name,
+                        "backend_reason": self.backend.reason}
         seed_everything(cfg.run.seed)
-        self.log(f"[train] subject {self.source}  ->  {self.model_dir}  ({self.device}, {cfg.optim.iterations} iterations)")
+        self.log(f"[train] subject {self.source}  ->  {self.model_dir}  ({cfg.optim.iterations} iterations)")
+        self.log(f"[train] device {self.runtime['device']}; {self.backend.describe()}")
+        # Phases of the step (bench/step_profile.py switches it on); a no-op otherwise.
+        self.timer: PhaseTimer = DISABLED
+        self._cameras: dict = {}
 
         self.subject = load_subject(self.source, resolution_scale=cfg.run.resolution_scale,
                                     image_cache_bytes=int(cfg.run.image_cache_gb * (1 << 30)))
@@ -115,6 +126,8 @@ class Trainer:
         self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
                  f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
         self.sequence.precompute()
+        # Timestep rows as device tensors, sliced per step: a host-built index would be a copy.
+        self.row_index = torch.arange(self.sequence.num_timesteps, device=self.device)
         self.train_rows = sorted({self.subject.timestep_row[f.timestep] for f in self.train_frames})
 
         jaw_bases = None
@@ -133,9 +146,13 @@ class Trainer:
         self.writer = self._tensorboard()
         if self.resume_from is not None:
             self._load_training_state(self.resume_from)
+        # Ground truth decoded ahead along the sampler's future draws (its state is final now).
+        self.loader = frame_loader_for(self.subject, self.train_frames, self.device, self.sampler,
+                                       depth=cfg.run.prefetch_frames, workers=cfg.run.loader_workers,
+                                       device_cache_bytes=int(cfg.run.device_image_cache_gb * (1 << 30)))
         save_config(cfg, self.model_dir / "config.yaml", extra={
             "source_path": str(Path(self.source).resolve()), "flame_model": self.flame_paths[0],
-            "flame_masks": self.flame_paths[1], "eval": bool(args.eval)})
+            "flame_masks": self.flame_paths[1], "eval": bool(args.eval), "runtime": self.runtime})
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -247,50 +264,70 @@ class Trainer:
         interval = max(1, min(1000, self.cfg.optim.iterations // 10))
         return min(self.avatar.gaussians.sh_degree, step // interval)
 
-    def render_frame(self, frame, step: int):
+    def _camera(self, frame) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame's (4, 4) viewmat and (3, 3) K on the device, copied once per frame."""
+        key = (str(frame.image_path), frame.camera_index, frame.timestep)
+        cam = self._cameras.get(key)
+        if cam is None:
+            cam = self._cameras[key] = (frame.viewmat.to(self.device), frame.K.to(self.device))
+        return cam
+
+    def render_frame(self, frame, step: int, timer: PhaseTimer = DISABLED):
         row = self.subject.timestep_row[frame.timestep]
-        rows = torch.tensor([row], device=self.device)
-        verts = self.sequence.vertices(rows)[0]
-        p = self.sequence.row_params(rows)
-        return render_avatar(self.avatar, verts, p["expr"][0], p["jaw_pose"][0], frame.viewmat.to(self.device),
-                             frame.K.to(self.device), frame.width, frame.height, self.background,
-                             backend=self.cfg.run.backend, use_feature_lines=self.lines_active(step),
-                             sh_degree=self.sh_degree_active(step)), row
+        with timer("flame"):
+            rows = self.row_index[row:row + 1]
+            verts = self.sequence.vertices(rows)[0]
+            p = self.sequence.row_params(rows)
+            viewmat, K = self._camera(frame)
+        return render_avatar(self.avatar, verts, p["expr"][0], p["jaw_pose"][0], viewmat, K, frame.width, frame.height,
+                             self.background, backend=self.backend.name, use_feature_lines=self.lines_active(step),
+                             sh_degree=self.sh_degree_active(step), timer=timer), row
 
     def training_step(self, step: int) -> dict:
-        cfg, o = self.cfg, self.cfg.optim
+        """One iteration. Returns device tensors (loss, l1, psnr, penalty) and host facts (splats,
+        densification events): nothing here waits for the GPU; the loop reads the tensors only at
+        its logging interval."""
+        cfg, o, timer = self.cfg, self.cfg.optim, self.timer
         for group in self.optimizers["xyz"].param_groups:
             group["lr"] = position_lr(cfg, step, self.extent)
-        frame = self.train_frames[self.sampler.next()]
-        gt = self.subject.load_image(frame).to(self.device)
-        result, row = self.render_frame(frame, step)
+        index = self.sampler.next()
+        frame = self.train_frames[index]
+        with timer("data"):
+            gt = self.loader.get(index)
+        result, row = self.render_frame(frame, step, timer)
         image = result.image
-        l1 = (image - gt).abs().mean()
-        d_ssim = 1.0 - ssim(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
-        loss = (1 - o.lambda_dssim) * l1 + o.lambda_dssim * d_ssim
-        g = self.avatar.gaussians.params
-        loss_pos = torch.relu(g["xyz"].norm(dim=1) - o.threshold_position).mean()
-        loss_scale = torch.relu(torch.exp(g["log_scale"]) - o.threshold_scale).norm(dim=1).mean()
-        loss = loss + o.lambda_position * loss_pos + o.lambda_scale * loss_scale
-        loss_pen = torch.zeros((), device=self.device)
-        if cfg.penalty.enabled and self.lines_active(step):
-            disp = self.sequence.triangle_displacement(torch.tensor([row], device=self.device))[0]
-            p = cfg.penalty
-            loss_pen = truncated_opacity_penalty(result.splats["delta"], self.avatar.gaussians.binding, disp,
-                                                 self.face_region, tau_face=p.tau_face, tau_other=p.tau_other,
-                                                 weight_face=p.weight_face, weight_other=p.weight_other)
-            loss = loss + p.lambda_opacity * loss_pen
-        loss.backward()
+        with timer("loss"):
+            l1 = (image - gt).abs().mean()
+            d_ssim = 1.0 - ssim(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
+            loss = (1 - o.lambda_dssim) * l1 + o.lambda_dssim * d_ssim
+            g = self.avatar.gaussians.params
+            loss_pos = torch.relu(g["xyz"].norm(dim=1) - o.threshold_position).mean()
+            loss_scale = torch.relu(torch.exp(g["log_scale"]) - o.threshold_scale).norm(dim=1).mean()
+            loss = loss + o.lambda_position * loss_pos + o.lambda_scale * loss_scale
+            loss_pen = torch.zeros((), device=self.device)
+            if cfg.penalty.enabled and self.lines_active(step):
+                disp = self.sequence.triangle_displacement(self.row_index[row:row + 1])[0]
+                p = cfg.penalty
+                loss_pen = truncated_opacity_penalty(result.splats["delta"], self.avatar.gaussians.binding, disp,
+                                                     self.face_region, tau_face=p.tau_face, tau_other=p.tau_other,
+                                                     weight_face=p.weight_face, weight_other=p.weight_other)
+                loss = loss + p.lambda_opacity * loss_pen
+        with timer("backward"):
+            loss.backward()
 
         with torch.no_grad():
-            self.strategy.update_statistics(result.meta, frame.width, frame.height)
-            for opt in self._all_optimizers():
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            events = self.strategy.step(step, self.avatar.gaussians, self.optimizers, self.avatar.canonical_world_scales())
+            with timer("densification"):
+                self.strategy.update_statistics(result.meta, frame.width, frame.height)
+            with timer("optimisers"):
+                for opt in self._all_optimizers():
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            with timer("densification"):
+                events = self.strategy.step(step, self.avatar.gaussians, self.optimizers,
+                                            self.avatar.canonical_world_scales())
             mse = ((image - gt) ** 2).mean()
-        return {"loss": float(loss.detach()), "l1": float(l1.detach()), "psnr": float(-10 * torch.log10(mse.clamp_min(1e-10))),
-                "penalty": float(loss_pen.detach()), "splats": len(self.avatar.gaussians), **events}
+        return {"loss": loss.detach(), "l1": l1.detach(), "psnr": -10 * torch.log10(mse.clamp_min(1e-10)),
+                "penalty": loss_pen.detach(), "splats": len(self.avatar.gaussians), **events}
 
     def _all_optimizers(self):
         opts = list(self.optimizers.values())
@@ -364,7 +401,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc="train", disable=self.args.quiet, dynamic_ncols=True)
         start = time.time()
         last_eval: dict = {}
-        ema_loss = ema_psnr = None
+        ema_loss = ema_psnr = None  # device tensors: read (a sync) only at the logging interval
         try:
             while self.step < total:
                 step = self.step + 1
@@ -373,10 +410,10 @@ class Trainer:
                 ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
                 ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
                 if step % cfg.run.log_interval == 0 or step == total:
-                    bar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{ema_psnr:.2f}", splats=stats["splats"])
+                    bar.set_postfix(loss=f"{float(ema_loss):.4f}", psnr=f"{float(ema_psnr):.2f}", splats=stats["splats"])
                     if self.writer is not None:
                         for k in ("loss", "l1", "psnr", "penalty", "splats"):
-                            self.writer.add_scalar(f"train/{k}", stats[k], step)
+                            self.writer.add_scalar(f"train/{k}", float(stats[k]), step)
                 if any(k in stats for k in ("cloned", "split", "pruned", "opacity_reset")):
                     self.log(f"[train] iteration {step}: " + ", ".join(
                         f"{k} {stats[k]}" for k in ("cloned", "split", "pruned", "opacity_reset") if k in stats)
@@ -400,9 +437,12 @@ class Trainer:
                 path = self.save(self.step)
                 print(f"\n[train] interrupted: saved {path}; continue with --resume", file=sys.stderr)
             raise
+        finally:
+            self.loader.close()
         bar.close()
         elapsed = time.time() - start
-        summary = {"iterations": self.step, "splats": len(self.avatar.gaussians), "train_seconds": elapsed, "eval": last_eval}
+        summary = {"iterations": self.step, "splats": len(self.avatar.gaussians), "train_seconds": elapsed,
+                   "eval": last_eval, **self.runtime}
         (self.model_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         self.log(f"[train] done: {self.step} iterations, {len(self.avatar.gaussians)} splats, {elapsed:.0f} s")
         return summary

@@ -5,12 +5,13 @@ import numbers
 
 import torch
 
-from .gsplat_backend import gsplat_available, rasterize_gsplat
+from .backends import select_backend
+from .gsplat_backend import rasterize_gsplat
 from .sh import num_sh_bases
 from .torch_backend import rasterize_torch
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
-BACKENDS = ("auto", "torch", "gsplat")
+BACKENDS = ("auto", "torch", "triton", "gsplat")
 
 
 class RasterizerArgumentError(ValueError):
@@ -84,8 +85,10 @@ def rasterize(
         backgrounds: (C, D) (or (D,)) colour composited under the splats (colour channels only).
         render_mode: "RGB" (D channels), "D" (accumulated depth sum w_i z_i, 1 channel), "ED"
             (expected depth D / alpha), "RGB+D", "RGB+ED" (D + 1 channels, depth last).
-        backend: "torch", "gsplat" (CUDA + gsplat package) or "auto" (gsplat when the tensors are
-            float32 on CUDA and gsplat imports, else torch).
+        backend: "torch" (any device), "triton" (CUDA; Triton compositing kernels), "gsplat"
+            (CUDA + gsplat package) or "auto": on CUDA float32 tensors the first backend of
+            ``backends.AUTO_ORDER_CUDA`` that passes its one-time parity probe (skipped ones are
+            named in one warning line each), else torch. See ``backends.select_backend``.
         eps2d: low-pass filter added to the diagonal of every 2D covariance (pixels^2).
         tile_size: tile edge in pixels (results do not depend on it for the torch backend).
         packed, rasterize_mode: only gsplat's defaults here (False, "classic") are supported.
@@ -174,10 +177,13 @@ def rasterize(
 
     # ---- dispatch ------------------------------------------------------------------------------
     if backend == "auto":
-        use_gsplat = dev.type == "cuda" and dt == torch.float32 and gsplat_available()
-        backend = "gsplat" if use_gsplat else "torch"
+        # The accelerated backends are float32-only; the probe runs once per process and device.
+        backend = select_backend("auto", dev).name if dt == torch.float32 else "torch"
     kwargs = dict(near_plane=float(near_plane), far_plane=float(far_plane), sh_degree=sh_degree,
                   backgrounds=backgrounds, render_mode=render_mode, eps2d=float(eps2d), tile_size=tile_size)
     if backend == "gsplat":
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)
+    if backend == "triton":
+        from .triton_backend import rasterize_triton  # imports triton: only when asked for
+        return rasterize_triton(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)
     return rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)

@@ -184,19 +184,15 @@ class FeatureLineBlendshapes(nn.Module):
             decoder: optional (N, 6C) -> (N, 1) module used instead of ``self.decoder`` (for a
                 caller that owns the decoder; then build this module with ``hidden=None``).
         Returns:
-            delta (N,), exactly 0 for splats outside the box. Only inside splats go through
-            the decoder (the paper's speed-up: dynamic texture lives on the face).
+            delta (N,), exactly 0 (and no gradient) for splats outside the box.
         """
+        dec = self.decoder if decoder is None else decoder
+        if dec is None:
+            raise ValueError("no opacity decoder: pass one or build with hidden set")
         expr_blend, jaw_blend = self.blend(expr, jaw_weights)
-        _, inside = box_coordinates(points.detach(), self.bbox_min, self.bbox_max)
-        idx = inside.nonzero(as_tuple=True)[0]
-        delta = points.new_zeros(points.shape[0])
-        if idx.numel() > 0:
-            inner = points.index_select(0, idx)
-            f_expr, _ = self.lookup(expr_blend, inner)
-            f_jaw, _ = self.lookup(jaw_blend, inner)
-            dec = self.decoder if decoder is None else decoder
-            if dec is None:
-                raise ValueError("no opacity decoder: pass one or build with hidden set")
-            delta = delta.index_put((idx,), dec(torch.cat([f_expr, f_jaw], dim=-1))[:, 0])
-        return delta
+        f_expr, inside = self.lookup(expr_blend, points)
+        f_jaw, _ = self.lookup(jaw_blend, points)
+        # Every splat goes through the decoder and the outside ones are masked afterwards: selecting
+        # the inside ones first (nonzero) would stop the GPU for a host round trip every frame.
+        delta = dec(torch.cat([f_expr, f_jaw], dim=-1))[:, 0]
+        return torch.where(inside, delta, torch.zeros_like(delta))

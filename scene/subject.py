@@ -35,7 +35,7 @@ import torch
 from scene.cameras import cameras_extent as _cameras_extent
 from scene.cameras import focal_to_fov, opengl_c2w_to_opencv_w2c, scale_intrinsics, scaled_size
 from utils.errors import InputFileError, MissingFileError, UserFacingError
-from utils.image_io import DEFAULT_CACHE_BYTES, ImageCache, load_mask_uint8, load_rgb_uint8
+from utils.image_io import DEFAULT_CACHE_BYTES, ImageCache, load_mask_uint8, load_rgb_uint8, uint8_to_float
 
 __all__ = [
     "CameraFrame",
@@ -261,10 +261,15 @@ class Subject:
         returns a new tensor (safe to modify). Raises InputFileError if the PNG's size differs
         from the JSON's ``w``/``h`` or the file is unreadable.
         """
+        return uint8_to_float(self.load_image_uint8(frame))
+
+    def load_image_uint8(self, frame: CameraFrame) -> torch.Tensor:
+        """:meth:`load_image` as ``(height, width, 3)`` uint8: the cached tensor itself (do not
+        modify it). What the training loader copies to the device, 4x smaller than float32."""
         size = (frame.width, frame.height)
         orig = (frame.orig_width, frame.orig_height) if frame.orig_width else None
         key = ("rgb", str(frame.image_path), size)
-        return self.image_cache.get(key, lambda: load_rgb_uint8(frame.image_path, size=size, expected_size=orig))
+        return self.image_cache.get_uint8(key, lambda: load_rgb_uint8(frame.image_path, size=size, expected_size=orig))
 
     def load_mask(self, frame: CameraFrame) -> Optional[torch.Tensor]:
         """The frame's foreground matte as ``(height, width, 1)`` float32 in [0, 1], or None."""

@@ -24,6 +24,14 @@ if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
     "$PYTHON" -m pip install --disable-pip-version-check -q "torch==2.13.0"
 fi
 
+# A GPU that the installed torch cannot use (PyPI's CUDA 13 wheels need a driver of R580 or newer)
+# would otherwise mean quietly training on the CPU: say so, once, with the fix.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU ' \
+   && ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+    echo "[setup] warning: nvidia-smi sees a GPU but this torch ($("$PYTHON" -c 'import torch; print(torch.__version__)')) cannot use it;" \
+         "install the torch build for your driver first (README, 'On a GPU'), then run this again: it reuses that torch" >&2
+fi
+
 req_files=("$REPO_ROOT/requirements.txt")
 if [[ "${SETUP_DEV:-0}" == "1" ]]; then req_files+=("$REPO_ROOT/requirements-dev.txt"); fi
 if "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then

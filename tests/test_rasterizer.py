@@ -433,7 +433,7 @@ def _good_args(n=5, C=2):
     (dict(height=12.5), r"`height` must be a positive int"),
     (dict(backgrounds=torch.rand(2, 4)), r"`backgrounds` must have shape \(C, D\) = \(2, 3\)"),
     (dict(render_mode="RGBD"), r"`render_mode` must be one of RGB, D, ED, RGB\+D, RGB\+ED"),
-    (dict(backend="cuda"), r"`backend` must be one of auto, torch, gsplat"),
+    (dict(backend="cuda"), r"`backend` must be one of auto, torch, triton, gsplat"),
     (dict(scales=torch.rand(5, 3, dtype=torch.float64)), r"`scales` has dtype torch.float64 but `means`"),
     (dict(opacities=torch.randint(0, 2, (5,))), r"`opacities` must be a floating-point tensor"),
     (dict((k, v.half()) for k, v in _good_args().items() if torch.is_tensor(v)), r"`means` must be float32 or float64"),
