@@ -10,15 +10,14 @@ Results equal the torch backend's to float32 rounding: same 0.99 clamp, 1/255 sk
 transmittance stop (``compositing.py``), same parameter table. float32 only.
 
 Triton is imported lazily (``triton_available``, first call of ``rasterize_triton``), so the
-package imports where triton is absent. On CPU tensors the kernels need Triton's interpreter
-(``TRITON_INTERPRET=1`` in the environment; slow, meant for tests); it is honoured as set at the
-time of the call: the kernel module is re-imported when the setting changed since its import,
-because ``triton.jit`` fixes compiled-vs-interpreted when it decorates a kernel.
+package imports where triton is absent. On CPU tensors the kernels need Triton's interpreter:
+``TRITON_INTERPRET=1`` in the environment *before triton is first imported* in the process (slow,
+meant for tests), because ``triton.jit`` fixes compiled-vs-interpreted when it decorates a function,
+triton's own ``tl`` library included.
 """
 from __future__ import annotations
 
 import importlib
-import os
 
 import torch
 
@@ -40,17 +39,9 @@ def triton_available() -> bool:
         return False
 
 
-def _interpret_requested() -> bool:
-    """TRITON_INTERPRET as triton reads it (1 / true / on / yes, any case)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
 def _kernels():
-    """The kernel module, decorated in the mode (compiled / interpreted) TRITON_INTERPRET asks for now."""
-    mod = importlib.import_module(_KERNELS_MODULE)
-    if mod.INTERPRETED != _interpret_requested():
-        mod = importlib.reload(mod)
-    return mod
+    """The kernel module (imports triton on first use)."""
+    return importlib.import_module(_KERNELS_MODULE)
 
 
 def _check_runnable(t: torch.Tensor) -> None:
@@ -59,11 +50,16 @@ def _check_runnable(t: torch.Tensor) -> None:
         raise BackendUnavailableError(
             "rasterize(backend='triton'): the triton package cannot be imported; install it with "
             "`pip install triton` (Linux x86_64), or use backend='torch'")
-    if t.device.type != "cuda" and not (t.device.type == "cpu" and _interpret_requested()):
+    kern = _kernels()
+    if kern.INTERPRETED != kern.TL_INTERPRETED:
+        raise BackendUnavailableError(
+            "rasterize(backend='triton'): TRITON_INTERPRET changed after triton was imported; set it (or unset "
+            "it) in the environment before the first `import triton` of the process")
+    if t.device.type != "cuda" and not kern.INTERPRETED:
         raise BackendUnavailableError(
             f"rasterize(backend='triton') needs CUDA tensors, got tensors on '{t.device}'; move the inputs to "
-            "a CUDA device, set TRITON_INTERPRET=1 to run the kernels in Triton's (slow) CPU interpreter, "
-            "or use backend='torch'")
+            "a CUDA device, use backend='torch', or (slow, for tests) set TRITON_INTERPRET=1 in the environment "
+            "before triton is first imported to run the kernels in Triton's CPU interpreter")
     if t.dtype != torch.float32:
         raise BackendUnavailableError(
             f"rasterize(backend='triton') needs float32 tensors, got {t.dtype}; use backend='torch'")

@@ -1,8 +1,10 @@
 """Triton kernels of the per-tile compositing (forward and backward); see ``triton_backend.py``.
 
 Importing this module imports triton and decorates the kernels; ``triton.jit`` decides at that
-moment whether they run compiled (GPU) or in Triton's CPU interpreter (``TRITON_INTERPRET=1``), so
-``INTERPRETED`` records which one this import produced.
+moment whether they run compiled (GPU) or in Triton's CPU interpreter (``TRITON_INTERPRET=1``), and
+so it did for triton's own ``tl`` library functions (tl.sum, tl.cumsum, tl.zeros, ...) when triton
+was first imported. ``INTERPRETED`` records the mode of these kernels, ``TL_INTERPRETED`` that of
+triton's library; the kernels only run when both agree.
 
 Both kernels run one program per (camera, tile) over the flat, depth-sorted intersection list of
 ``tiles.bin_gaussians``. A program holds its tile's pixels as a vector of ``PIX`` lanes (tile_size^2
@@ -240,3 +242,4 @@ def composite_backward_kernel(
 
 
 INTERPRETED = _is_interpreted(composite_forward_kernel)
+TL_INTERPRETED = _is_interpreted(tl.sum)
