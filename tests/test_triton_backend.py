@@ -272,27 +272,41 @@ def test_transmittance_stop_forward_and_gradients():
     assert grads["means"][4:][hidden].abs().max() == 0
 
 
-@kernel_test
-def test_stop_rule_on_one_pixel():
-    """Analytic check at one pixel centre, where each splat's Gaussian is 1 so alpha = min(0.99, o):
-    alpha < 1/255 is skipped, the splat that would bring T below 1e-4 and every later one are not
-    composited (T after splat 5 would be 0.15^5 = 7.6e-5)."""
-    px, py = 3, 2
+def _one_pixel_scene(opacities, px=3, py=2):
+    """Tiny splats at depths 1, 2, ... whose means project onto the centre of pixel (px, py) in
+    both cameras, so each one's Gaussian there is 1 (alpha = min(0.99, o)) and ~0 elsewhere;
+    splat i has colour e_i."""
+    n = opacities.shape[0]
     K = torch.tensor([[[100.0, 0.0, 4.0], [0.0, 80.0, 4.0], [0.0, 0.0, 1.0]]]).expand(2, 3, 3).contiguous()
-    vm = torch.eye(4)[None].expand(2, 4, 4).contiguous()
-    z = torch.arange(1.0, 8.0)
+    z = torch.arange(1.0, n + 1.0)
     means = torch.stack([(px + 0.5 - 4.0) / 100.0 * z, (py + 0.5 - 4.0) / 80.0 * z, z], -1)
-    opac = torch.tensor([0.003, 0.85, 0.85, 0.85, 0.85, 0.85, 0.5])
-    scene = dict(means=means, quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 7), scales=1e-3 * z[:, None].expand(7, 3),
-                 opacities=opac, colors=torch.eye(7), viewmats=vm, Ks=K, backgrounds=None)
+    return dict(means=means, quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]] * n), scales=1e-3 * z[:, None].expand(n, 3),
+                opacities=opacities, colors=torch.eye(n, max(n, 3)), viewmats=torch.eye(4)[None].repeat(2, 1, 1),
+                Ks=K, backgrounds=None)
+
+
+@kernel_test
+def test_compositing_rules_on_one_pixel():
+    """Analytic check at one pixel centre: alpha < 1/255 is skipped, the splat that would bring T
+    below 1e-4 and every later one are not composited (T after splat 5 would be 0.15^5 = 7.6e-5),
+    and alpha clamps at 0.99 (where it does not depend on the splat: gradients as the torch backend)."""
+    px, py = 3, 2
+    scene = _one_pixel_scene(torch.tensor([0.003, 0.85, 0.85, 0.85, 0.85, 0.85, 0.5]), px, py)
     img, alpha, _, _ = render(rasterize_triton, scene, render_mode="RGB+D", tile_size=4)
     T = [1.0, 0.15, 0.0225, 0.003375]
     expected = torch.zeros(8)
     for i in range(4):
         expected[i + 1] = 0.85 * T[i]
-        expected[7] += 0.85 * T[i] * z[i + 1]
+        expected[7] += 0.85 * T[i] * (i + 2.0)
     torch.testing.assert_close(img[1, py, px], expected, rtol=1e-6, atol=1e-7)
     assert math.isclose(alpha[0, py, px, 0].item(), 1 - 0.15 ** 4, rel_tol=1e-6)
+
+    scene = _one_pixel_scene(torch.tensor([1.0]), px, py)
+    scene["backgrounds"] = torch.tensor([[0.0, 1.0, 0.0]] * 2)
+    img, _, _, grads = render(rasterize_triton, scene, grad=True)
+    torch.testing.assert_close(img[:, py, px], torch.tensor([[0.99, 0.01, 0.0]] * 2), rtol=1e-6, atol=1e-7)
+    _, _, _, tgrads = render(rasterize_torch, scene, grad=True)
+    assert_grads_close(grads, tgrads)
 
 
 # ---------------------------------------------------------------------------------------------
