@@ -49,7 +49,9 @@ class GaussianAvatar(torch.nn.Module):
         self.register_buffer("canonical_rot", rot)
         self.register_buffer("canonical_scale", scale)
         self.register_buffer("canonical_origin", origin)
-        self.gaussians = BoundGaussians.one_per_triangle(faces.shape[0], None if cfg.use_triplane else cfg.sh_degree)
+        self.gaussians = BoundGaussians.spread_over_triangles(self.canonical_vertices, self.faces,
+                                                              cfg.init_splats_per_triangle,
+                                                              None if cfg.use_triplane else cfg.sh_degree)
 
         head_lo, head_hi = padded_box(self.canonical_vertices, cfg.box_padding)
         self.register_buffer("head_box", torch.stack([head_lo, head_hi]))

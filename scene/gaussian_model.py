@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
+from scene.binding import triangle_frames, world_to_local
 from utils.errors import InputFileError, MissingFileError
 
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +54,34 @@ class BoundGaussians(torch.nn.Module):
     def one_per_triangle(cls, num_faces: int, sh_degree: int | None = None) -> "BoundGaussians":
         """GA initialisation: a splat at every triangle centroid, unit local scale, no rotation."""
         return cls(torch.arange(num_faces), sh_degree)
+
+    @classmethod
+    def spread_over_triangles(cls, vertices: torch.Tensor, faces: torch.Tensor, per_triangle: int,
+                              sh_degree: int | None = None, seed: int = 0) -> "BoundGaussians":
+        """``per_triangle`` splats on every triangle at uniform random points of it.
+
+        Starts an avatar at the splat count a real subject reaches after densification (about
+        100k), for timing and for schedules without densification. Each splat's local scale is
+        ``1 / sqrt(per_triangle)`` so that the splats of a triangle cover about what one did.
+
+        Args:
+            vertices: (V, 3) the mesh the frames are built on (the canonical mesh); faces: (F, 3).
+        """
+        if per_triangle <= 1:
+            return cls.one_per_triangle(faces.shape[0], sh_degree)
+        g = torch.Generator().manual_seed(seed)
+        binding = torch.arange(faces.shape[0]).repeat_interleave(per_triangle)
+        u = torch.rand(binding.shape[0], 2, generator=g, dtype=vertices.dtype)
+        flip = u.sum(1) > 1  # reflect into the triangle: uniform barycentric coordinates
+        u = torch.where(flip[:, None], 1 - u, u)
+        corners = vertices[faces[binding]]  # (N, 3, 3)
+        points = corners[:, 0] + u[:, :1] * (corners[:, 1] - corners[:, 0]) + u[:, 1:] * (corners[:, 2] - corners[:, 0])
+        frames = triangle_frames(vertices, faces)
+        splats = cls(binding, sh_degree)
+        with torch.no_grad():
+            splats.params["xyz"].copy_(world_to_local(*frames, binding, points))
+            splats.params["log_scale"].fill_(-0.5 * math.log(per_triangle))
+        return splats
 
     def __len__(self) -> int:
         return self.binding.shape[0]

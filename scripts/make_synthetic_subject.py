@@ -1,12 +1,21 @@
 #!/usr/bin/env python
 """Generate the synthetic FLAME-format head model and NeRSemble-format subjects.
 
-    python scripts/make_synthetic_subject.py --out data/synthetic [--seed 0] [--identities 1]
-        [--downscale 5] [--cameras 16] [--timesteps 20] [--test-timesteps 10] [--free-timesteps 10]
-        [--train-sequences 3] [--tracking-noise 0] [--preview] [--force] [--quiet]
+    python scripts/make_synthetic_subject.py --out data/synthetic [--preset demo|nersemble] [--seed 0]
+        [--identities 1] [--downscale 5] [--cameras 16] [--timesteps 20] [--test-timesteps 10]
+        [--free-timesteps 10] [--train-sequences 3] [--tracking-noise 0] [--workers 0] [--preview]
+        [--force] [--quiet]
 
-Skips the work when the output already holds a complete dataset with the same settings (see
-``OUT/synthetic_manifest.json``). Library: :func:`utils.synthetic.generate_dataset`.
+Presets (explicit options override them):
+  demo       110x160 images (downscale 5), 3 training sequences x 20 timesteps, TEST and FREE x 10:
+             the CPU demo of ./run.sh.
+  nersemble  NeRSemble's full 550x802 (downscale 1), 16 cameras, 2 training sequences x 8
+             timesteps, TEST and FREE x 4: speed measured on real image sizes (bench/gpu_check.py).
+
+Timesteps are rendered in parallel, one process per core (``--workers``); the output does not
+depend on the number of workers. Skips the work when the output already holds a complete dataset
+with the same settings (see ``OUT/synthetic_manifest.json``). Library:
+:func:`utils.synthetic.generate_dataset`.
 """
 from __future__ import annotations
 
@@ -22,24 +31,38 @@ from utils.errors import UserFacingError  # noqa: E402
 from utils.synthetic import DEFAULT_EVAL_TIMESTEPS, DEFAULT_TIMESTEPS, generate_dataset  # noqa: E402
 
 
+PRESETS = {
+    "demo": {"downscale": 5, "cameras": 16, "timesteps": DEFAULT_TIMESTEPS, "test_timesteps": DEFAULT_EVAL_TIMESTEPS,
+             "free_timesteps": DEFAULT_EVAL_TIMESTEPS, "train_sequences": 3},
+    "nersemble": {"downscale": 1, "cameras": 16, "timesteps": 8, "test_timesteps": 4, "free_timesteps": 4,
+                  "train_sequences": 2},
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (identities, motion, camera jitter)")
     p.add_argument("--identities", type=int, default=1, help="number of subjects s000, s001, ...")
-    p.add_argument("--downscale", type=int, default=5, help="image downscale of 550x802 (5 -> 110x160)")
-    p.add_argument("--cameras", type=int, default=16, help="cameras on the 120-degree arc (camera 8 = frontal)")
-    p.add_argument("--timesteps", type=int, default=DEFAULT_TIMESTEPS, help="timesteps per training sequence")
-    p.add_argument("--test-timesteps", type=int, default=None, help=f"TEST timesteps (default {DEFAULT_EVAL_TIMESTEPS})")
-    p.add_argument("--free-timesteps", type=int, default=None, help=f"FREE timesteps (default {DEFAULT_EVAL_TIMESTEPS})")
-    p.add_argument("--train-sequences", type=int, default=3, help="training sequences EXP-1..")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="sizes (see above)")
+    p.add_argument("--downscale", type=int, help="image downscale of 550x802 (5 -> 110x160)")
+    p.add_argument("--cameras", type=int, help="cameras on the 120-degree arc (camera 8 = frontal)")
+    p.add_argument("--timesteps", type=int, help="timesteps per training sequence")
+    p.add_argument("--test-timesteps", type=int, help="TEST timesteps")
+    p.add_argument("--free-timesteps", type=int, help="FREE timesteps")
+    p.add_argument("--train-sequences", type=int, help="training sequences EXP-1..")
+    p.add_argument("--workers", type=int, default=0, help="rendering processes (0: one per CPU core)")
     p.add_argument("--tracking-noise", type=float, default=0.0,
                    help="sigma (radians) of noise on the written FLAME parameters; images use clean ones")
     p.add_argument("--preview", action="store_true", help="also write OUT/<id>/contact_sheet.png")
     p.add_argument("--force", action="store_true", help="regenerate even if the output is complete")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def _disk_usage(path: Path) -> str:
@@ -58,7 +81,7 @@ def main(argv=None) -> int:
                                  n_cameras=args.cameras, timesteps_per_sequence=args.timesteps,
                                  n_train_sequences=args.train_sequences, tracking_noise=args.tracking_noise,
                                  force=args.force, progress=not args.quiet, test_timesteps=args.test_timesteps,
-                                 free_timesteps=args.free_timesteps)
+                                 free_timesteps=args.free_timesteps, workers=args.workers)
         if args.preview:
             from utils.synthetic.preview import write_contact_sheets
             for sheet in write_contact_sheets(paths, progress=not args.quiet):

@@ -185,3 +185,26 @@ def test_rotation_helpers_round_trip():
     assert torch.allclose(Rm[0], torch.eye(3))
     a, b = torch.randn(10, 4), torch.randn(10, 4)
     assert torch.allclose(quat_to_matrix(quat_multiply(a, b)), quat_to_matrix(a) @ quat_to_matrix(b), atol=1e-12)
+
+
+def test_spread_over_triangles_puts_splats_inside_their_triangles():
+    from scene.binding import local_to_world_positions
+    from scene.gaussian_model import BoundGaussians
+    g = torch.Generator().manual_seed(0)
+    verts = torch.randn(30, 3, generator=g)
+    faces = torch.randint(0, 30, (20, 3), generator=g)
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    splats = BoundGaussians.spread_over_triangles(verts, faces, per_triangle=7)
+    n = faces.shape[0] * 7
+    assert len(splats) == n and torch.equal(splats.binding, torch.arange(faces.shape[0]).repeat_interleave(7))
+    assert torch.allclose(splats.params["log_scale"], torch.full((n, 3), -0.5 * math.log(7)))
+    world = local_to_world_positions(*triangle_frames(verts, faces), splats.binding, splats.params["xyz"].detach())
+    # Barycentric coordinates of each splat in its triangle: all in [0, 1], residual zero.
+    a, b, c = (verts[faces[splats.binding, i]] for i in range(3))
+    m = torch.stack([b - a, c - a], dim=-1)  # (n, 3, 2)
+    uv = torch.linalg.lstsq(m, (world - a)[..., None]).solution[..., 0]
+    assert torch.allclose(a + (m @ uv[..., None])[..., 0], world, atol=1e-4)
+    assert (uv >= -1e-4).all() and (uv.sum(-1) <= 1 + 1e-4).all()
+    # Different points, not copies of the centroid; one per triangle is GA's centroid init.
+    assert world.reshape(-1, 7, 3).std(1).min() > 1e-3
+    assert len(BoundGaussians.spread_over_triangles(verts, faces, per_triangle=1)) == faces.shape[0]

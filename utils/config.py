@@ -25,6 +25,9 @@ class ModelConfig:
     n_shape: int = 300
     n_expr: int = 100
     add_teeth: bool = True
+    # Splats per triangle at the start: 1 is GA's (one at each centroid, then densification);
+    # about 10 starts FLAME at a real subject's ~100k splats (speed measurements).
+    init_splats_per_triangle: int = 1
     # Colour: triplane + MLP decoder (paper) or per-splat spherical harmonics (GA).
     use_triplane: bool = True
     triplane_resolution: int = 128

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +172,7 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
                      timesteps_per_sequence: int = DEFAULT_TIMESTEPS, n_train_sequences: int = 3,
                      tracking_noise: float = 0.0, force: bool = False, progress: bool = True,
                      test_timesteps: int | None = None, free_timesteps: int | None = None,
-                     supersample: int = 2) -> dict:
+                     supersample: int = 2, workers: int = 0) -> dict:
     """Write the synthetic FLAME model and ``n_identities`` NeRSemble-format subjects.
 
     Skips the work (and says so) when ``out_dir`` already holds a complete dataset generated with
@@ -191,6 +193,8 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
         progress: print what happens and show tqdm progress bars.
         test_timesteps, free_timesteps: timesteps of TEST / FREE (default DEFAULT_EVAL_TIMESTEPS = 10).
         supersample: anti-aliasing samples per pixel along each axis.
+        workers: processes rendering timesteps in parallel (0: one per CPU core). The output does
+            not depend on it: every timestep is rendered the same way in any process.
 
     Returns:
         ``{"root": str, "flame_model": str, "flame_masks": str, "manifest": str, "settings": dict,
@@ -229,7 +233,7 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
     start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     with single_thread_torch():
-        _generate(root, settings, say, progress)
+        _generate(root, settings, say, progress, workers or os.cpu_count() or 1)
     generated = ["flame"] + [f"s{i:03d}" for i in range(n_identities)]
     elapsed = time.perf_counter() - start
     size = sum(_folder_size(root / g) for g in generated)
@@ -239,7 +243,7 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
     return paths
 
 
-def _generate(root: Path, settings: dict, say, progress: bool) -> None:
+def _generate(root: Path, settings: dict, say, progress: bool, workers: int) -> None:
     """Model files and every subject (the body of :func:`generate_dataset`)."""
     n_identities, n_train_sequences = settings["n_identities"], settings["n_train_sequences"]
     timesteps_per_sequence = settings["timesteps_per_sequence"]
@@ -259,7 +263,7 @@ def _generate(root: Path, settings: dict, say, progress: bool) -> None:
         say(f"Subject {identity.name}: {n_train_sequences} training sequences x {timesteps_per_sequence} timesteps, "
             f"TEST x {test_timesteps}, FREE x {free_timesteps}, {n_cameras} cameras, "
             f"{rig.image_size(downscale)[0]}x{rig.image_size(downscale)[1]} px", flush=True)
-        _write_subject(root, identity, model, flame, rig, settings, bar)
+        _write_subject(root, identity, model, flame, rig, settings, bar, workers)
     bar.close()
 
 
@@ -312,8 +316,47 @@ def _remove_generated(root: Path, names) -> None:
 
 
 # ----------------------------------------------------------------------------- one subject
+# The renderer of the worker process (set once per process by _start_render_worker).
+_WORKER: dict = {}
+
+
+def _start_render_worker(renderer: GroundTruthRenderer) -> None:
+    torch.set_num_threads(1)  # one process per core: threads inside would only contend
+    _WORKER["renderer"] = renderer
+
+
+def _render_timestep(seq_dir: Path, t: int, verts: torch.Tensor, state, head_rot: torch.Tensor,
+                     viewmats: torch.Tensor, K: torch.Tensor, height: int, width: int) -> None:
+    """Render all cameras of one timestep and write their images and mattes (in a worker)."""
+    images, alpha = _WORKER["renderer"].render(verts, state, head_rot, viewmats, K, height, width)
+    _write_pngs(seq_dir, t, images.numpy(), alpha.numpy())
+
+
+class _InlineExecutor:
+    """ProcessPoolExecutor's submit/shutdown, run in this process (workers == 1)."""
+
+    def __init__(self, renderer):
+        _start_render_worker(renderer)
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        _WORKER.clear()
+
+
+def _render_pool(renderer: GroundTruthRenderer, workers: int):
+    if workers <= 1:
+        return _InlineExecutor(renderer)
+    # fork: the workers inherit the renderer (textures, mesh) instead of unpickling it.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_start_render_worker, initargs=(renderer,))
+
+
 def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, flame, rig: CameraRig, settings: dict,
-                   bar) -> None:
+                   bar, workers: int = 1) -> None:
     seed, ds, n_cams = settings["seed"], settings["downscale"], settings["n_cameras"]
     width, height = rig.image_size(ds)
     K = rig.intrinsics(ds)
@@ -334,7 +377,7 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
     specs += [("TEST", "test", None, settings["test_timesteps"]), ("FREE", "free", None, settings["free_timesteps"])]
     union = {"train": [], "val": [], "test": []}
     offset = 0
-    writer = ThreadPoolExecutor(max_workers=1)
+    pool = _render_pool(renderer, workers)
     pending = []
     for seq_no, (name, style, focus, num_t) in enumerate(specs):
         seq_dir = subject_dir / sequence_folder_name(identity.name, name, n_cams, ds)
@@ -348,16 +391,16 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
         union_prefix = f"../{seq_dir.name}/"
         for t in range(num_t):
             state = ExpressionState.from_params(clean.expr[t], clean.jaw_pose[t])
-            images, alpha = renderer.render(verts[t], state, head_rot[t].to(torch.float32), viewmats, K_t, height, width)
-            # PNG encoding (zlib releases the GIL) overlaps with rendering the next timestep.
-            pending.append(writer.submit(_write_pngs, seq_dir, t, images.numpy(), alpha.numpy()))
+            job = pool.submit(_render_timestep, seq_dir, t, verts[t], state, head_rot[t].to(torch.float32), viewmats,
+                              K_t, height, width)
+            job.add_done_callback(lambda _: bar.update(1))
+            pending.append(job)
             for c in range(n_cams):
                 common = dict(timestep_local=t, camera_index=c, camera_id=rig.camera_ids[c], K=K[c], width=width,
                               height=height, c2w=rig.c2w[c])
                 frames.append(frame_entry(timestep_index=t, prefix="", **common))
                 union_frames.append(frame_entry(timestep_index=offset + t, prefix=union_prefix, **common))
             write_npz(seq_dir / "flame_param" / f"{t:05d}.npz", _flame_npz(written, t, identity))
-            bar.update(1)
         _write_splits(seq_dir, frames, K_shared, width, height, identity)
         if style == "train":
             union["train"] += [f for f in union_frames if f["camera_index"] != FRONT_CAMERA]
@@ -366,9 +409,9 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
         elif style == "test":
             union["test"] += union_frames
             offset += num_t
-    writer.shutdown(wait=True)
     for job in pending:
-        job.result()  # re-raise any write error
+        job.result()  # re-raise any render or write error
+    pool.shutdown(wait=True)
     union_dir = subject_dir / union_folder_name(identity.name, n_cams, ds)
     union_dir.mkdir(parents=True, exist_ok=True)
     for split, frames in union.items():
