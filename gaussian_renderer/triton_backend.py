@@ -67,13 +67,20 @@ def _check_runnable(t: torch.Tensor) -> None:
 
 def _launch_config(tile_size: int, n_channels: int) -> dict:
     """Compile-time sizes: pixel lanes PIX (tile_size^2 padded to a power of two, >= 16 for
-    tl.dot), chunk length BLOCK (~8k elements per (PIX, BLOCK) tensor, 16..64) and padded
-    channels DPAD (>= 16 for tl.dot)."""
+    tl.dot), chunk length BLOCK (16..64 splats) and padded channels DPAD (>= 16 for tl.dot).
+
+    Forward and backward use the same chunks, so the backward recomputes bit-identical running
+    products and stop decisions (a scan's rounding depends on where the chunks start). BLOCK keeps
+    a (PIX, BLOCK) tensor at ~2k elements because the backward holds about a dozen of them: with
+    8 warps, ptxas (sm_90, triton 3.9) reports no spills at tile 8 (BLOCK 32) and ~1 kB of
+    spills for the tile-16 backward (BLOCK 16, the tl.dot minimum); the forward spills < 32 bytes.
+    Not yet tuned on a GPU.
+    """
     pix = max(16, 1 << (tile_size * tile_size - 1).bit_length())
-    block = max(16, min(64, 8192 // pix))
+    block = max(16, min(64, 2048 // pix))
     dpad = max(16, 1 << (n_channels - 1).bit_length())
     return {"TILE": tile_size, "PIX": pix, "BLOCK": block, "DPAD": dpad,
-            "num_warps": 8 if pix * block >= 8192 else 4}
+            "num_warps": 8 if pix * block >= 2048 else 4}
 
 
 class _Binning:

@@ -79,9 +79,9 @@ def _tile_pixels(pid, tiles_x, tiles_per_cam, width, height, TILE: tl.constexpr,
 
 @triton.jit
 def _chunk_alphas(table_ptr, ids, valid, pxc, pyc, ox, oy):
-    """Alphas of one chunk: (PIX, BLOCK) ``alpha`` (0 where skipped or ``valid`` is False) and
-    ``raw`` = o exp(-power) before the 0.99 clamp, plus the (PIX, BLOCK) offsets ``dx, dy`` =
-    pixel centre - mean. Same expression and evaluation order as ``compositing._block_weights``."""
+    """Alphas of one chunk: (PIX, BLOCK) ``alpha`` (0 where skipped or ``valid`` is False; exactly
+    0.99 where clamped) and the (PIX, BLOCK) offsets ``dx, dy`` = pixel centre - mean. Same
+    expression and evaluation order as ``compositing._block_weights``."""
     row = table_ptr + ids * N_COLS
     mx = tl.load(row + _MX, mask=valid, other=0.0) - ox
     my = tl.load(row + _MY, mask=valid, other=0.0) - oy
@@ -97,7 +97,7 @@ def _chunk_alphas(table_ptr, ids, valid, pxc, pyc, ox, oy):
     raw = tl.exp2((f + g) + h * dy)
     alpha = tl.minimum(raw, ALPHA_MAX)
     alpha = tl.where((alpha >= ALPHA_MIN) & valid[None, :], alpha, 0.0)
-    return alpha, raw, dx, dy
+    return alpha, dx, dy
 
 
 @triton.jit
@@ -154,7 +154,7 @@ def composite_forward_kernel(
     alive = count > 0
     while alive:
         ids, valid = _load_chunk_ids(isect_ptr, start, count, k0, BLOCK)
-        alpha, raw, dx, dy = _chunk_alphas(table_ptr, ids, valid, pxc, pyc, ox, oy)
+        alpha, dx, dy = _chunk_alphas(table_ptr, ids, valid, pxc, pyc, ox, oy)
         r, Pm, P = _chunk_transmittance(alpha, P, BLOCK)
         w = r * Pm  # alpha_k T_k of composited entries
         feat = tl.load(feats_ptr + ids[:, None] * D + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
@@ -204,7 +204,7 @@ def composite_backward_kernel(
     alive = count > 0
     while alive:
         ids, valid = _load_chunk_ids(isect_ptr, start, count, k0, BLOCK)
-        alpha, raw, dx, dy = _chunk_alphas(table_ptr, ids, valid, pxc, pyc, ox, oy)
+        alpha, dx, dy = _chunk_alphas(table_ptr, ids, valid, pxc, pyc, ox, oy)
         r, Pm, P = _chunk_transmittance(alpha, P, BLOCK)
         w = r * Pm
         fmask = valid[:, None] & dmask[None, :]
@@ -213,8 +213,8 @@ def composite_backward_kernel(
         wg = w * g
         R = R_run[:, None] - tl.cumsum(wg, axis=1)  # sum_{j>k} w_j g_j + T_final (...)
         R_run -= tl.sum(wg, axis=1)
-        # alpha clamped at 0.99 does not depend on the splat's parameters
-        live = (Pm > 0.0) & (raw < ALPHA_MAX)
+        # alpha clamped at 0.99 (raw >= 0.99) does not depend on the splat's parameters
+        live = (Pm > 0.0) & (alpha < ALPHA_MAX)
         u = tl.where(live, r * (g * Pm - R), 0.0)  # alpha dL/dalpha = -dL/dpower
 
         row = g_table_ptr + ids * 6
