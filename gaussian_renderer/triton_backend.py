@@ -27,7 +27,7 @@ from .tiles import bin_gaussians
 from .torch_backend import build_meta, finish_render, prepare_splats
 
 _KERNELS_MODULE = "gaussian_renderer.triton_kernels"
-_G_COLS = 6  # columns of the kernel's per-splat gradient table (triton_kernels.G_COLS)
+_G_COLS = 6  # columns of the backward kernel's per-splat gradient table (mean x, y, conic a, b, c, opacity)
 
 
 def triton_available() -> bool:

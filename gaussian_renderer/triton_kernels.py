@@ -46,8 +46,7 @@ _CC: tl.constexpr = tl.constexpr(8)
 _OPA: tl.constexpr = tl.constexpr(9)
 N_COLS: tl.constexpr = tl.constexpr(10)
 
-# gradient table columns written by the backward kernel
-G_MX, G_MY, G_CA, G_CB, G_CC, G_OPA, G_COLS = 0, 1, 2, 3, 4, 5, 6
+# the backward kernel's gradient table has 6 columns: mean x, mean y, conic a, b, c, opacity
 
 
 def _is_interpreted(fn) -> bool:

@@ -13,8 +13,9 @@ variable must be set before the first ``import triton`` of the process, and sett
 pytest process would also switch every other test's triton use to the interpreter. Hence, without
 CUDA, ``test_kernels_in_interpreter_subprocess`` runs this file again in a child pytest process
 whose environment has ``TRITON_INTERPRET=1`` from the start, and reports the child's failures;
-in the parent the kernel tests skip (they run in the child), and only the "CPU without the
-interpreter raises" check runs. With CUDA the kernel tests run here, compiled.
+in the parent the kernel tests skip (they run in the child), and the checks that need triton
+imported without the interpreter run there: CPU tensors raise BackendUnavailableError, and both
+kernels compile to an sm_90 cubin (no GPU needed). With CUDA the kernel tests run here, compiled.
 """
 from __future__ import annotations
 
