@@ -4,29 +4,48 @@
 Model folders (the output of render.py)::
 
     python evaluate.py -m OUTPUT [OUTPUT ...] [--split val test ...] [--iteration N]
-                       [--lpips vgg|alex] [--mask fg] [--out results_all.json]
+                       [--metrics gaussian-avatars|standard] [--lpips vgg|alex] [--mask fg]
+                       [--out results_all.json]
 
 reads ``MODEL/<split>/ours_<iteration>/{renders,gt,masks}/*.png`` (the latest iteration unless
 ``--iteration``; every split folder found unless ``--split``) and writes, per model folder,
 
-- ``MODEL/results.json``:  ``{split: {"PSNR": float, "SSIM": float, "LPIPS": float, "n_images": int}}``
+- ``MODEL/results.json``:  ``{split: {"PSNR": float, "SSIM": float, "LPIPS": float, "n_images": int},
+  "metrics": str, "lpips_net": str, "protocol": str | null}``: the per-split entries (dicts),
+  and beside them three top-level strings naming how they were computed: the metric set, the
+  LPIPS backbone and the evaluation protocol of the model (see below; ``null`` when unknown).
 - ``MODEL/per_view.json``: ``{split: {image_name: {"PSNR": float, "SSIM": float, "LPIPS": float}}}``
 - ``MODEL/per_view.csv``:  ``split,image,PSNR,SSIM,LPIPS``
 
 (these files are rewritten by every run and hold the splits of that run). A Markdown table goes
-to stdout: one row per model and split, plus the mean over models per split when several are
-given (``--out FILE`` also writes that combined table as JSON:
-``{"models": {MODEL: results}, "mean": {split: {..., "n_models": int}}}``).
+to stdout, after one line naming the metric set, LPIPS backbone, image region and protocol: one
+row per model and split, plus the mean over models per split when several are given (``--out
+FILE`` also writes that combined table as JSON: ``{"models": {MODEL: results}, "mean": {split:
+{..., "n_models": int}}, "metrics": str, "lpips_net": str}``).
 
 Any two folders of same-named images (e.g. baselines from other codebases)::
 
-    python evaluate.py --renders DIR --gt DIR [--masks DIR --mask fg] [--json FILE] [--lpips ...]
+    python evaluate.py --renders DIR --gt DIR [--masks DIR --mask fg] [--json FILE] [--metrics ...]
 
-Protocol (GaussianAvatars): images in [0, 1], full image, white background; the per-split number
+(``--json``: ``{"PSNR", "SSIM", "LPIPS", "n_images", "per_view", "metrics", "lpips_net"}``).
+
+Common to both metric sets: images in [0, 1], full image, white background; the per-split number
 is the mean over images of the per-image metric (per-image PSNR from the per-image MSE). SSIM:
-11x11 Gaussian window, sigma 1.5, valid region (identical to scikit-image's
-``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)``). LPIPS: v0.1
-linear heads on VGG16 (default, as GaussianAvatars) or AlexNet, inputs mapped to [-1, 1].
+11x11 Gaussian window, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2, per channel, mean of the SSIM map.
+LPIPS: v0.1 linear heads on VGG16 (default, as GaussianAvatars) or AlexNet. ``--metrics``:
+
+- ``gaussian-avatars`` (default): what 3D Gaussian Splatting's and GaussianAvatars'
+  ``metrics.py`` compute, so numbers compare with their published tables. SSIM of the zero-padded
+  "same" convolution (padding 5: border windows see zeros; the map is H x W); LPIPS given the
+  [0, 1] images as they are (no mapping to [-1, 1]).
+- ``standard``: SSIM over the valid region (windows inside the image; identical to scikit-image's
+  ``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)``); LPIPS
+  inputs mapped to [-1, 1] as the LPIPS authors specify (``lpips.LPIPS(...)(x, y, normalize=True)``).
+
+PSNR is the same in both. The protocol comes from ``MODEL/config.yaml``: its top-level
+``protocol`` entry when it has one, else ``ga (--eval)`` for a model trained with ``--eval``
+(val = novel views, test = self-reenactment, held out) or ``none (trained without --eval: every
+frame was trained on)``.
 
 ``--mask fg`` scores the foreground only: both the render and the GT are composited over the
 background colour with the GT foreground matte (``masks/``), ``img * m + bg * (1 - m)``, and the
@@ -48,7 +67,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -66,6 +85,30 @@ WHITE = (1.0, 1.0, 1.0)
 _ITER_RE = re.compile(r"^ours_(\d+)$")
 _SPLIT_ORDER = ("val", "test", "train")
 RENDER_HINT = "run render.py on the trained model first"
+
+
+@dataclass(frozen=True)
+class MetricSet:
+    """How SSIM and LPIPS are computed (PSNR is the same in every set)."""
+
+    name: str
+    ssim_padding: str        # utils.image_metrics.ssim padding: "same" (zero-padded) or "valid"
+    lpips_normalize: bool    # utils.lpips.LPIPS.forward normalize: map [0, 1] inputs to [-1, 1]
+    default_lpips_net: str
+    description: str = field(default="", compare=False)
+
+
+METRIC_SETS = {
+    "gaussian-avatars": MetricSet(
+        "gaussian-avatars", ssim_padding="same", lpips_normalize=False, default_lpips_net="vgg",
+        description="as 3DGS/GaussianAvatars metrics.py: zero-padded SSIM, LPIPS on [0, 1] inputs"),
+    "standard": MetricSet(
+        "standard", ssim_padding="valid", lpips_normalize=True, default_lpips_net="vgg",
+        description="valid-region SSIM (= scikit-image), LPIPS on inputs mapped to [-1, 1]"),
+}
+DEFAULT_METRICS = "gaussian-avatars"
+# Top-level keys of results.json beside the per-split entries.
+RESULT_META_KEYS = ("metrics", "lpips_net", "protocol")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,8 +175,19 @@ def load_matte(path: Path) -> np.ndarray:
 # Folder discovery
 # ----------------------------------------------------------------------------------------------
 def list_images(folder: Path) -> dict[str, Path]:
-    """Image files of a folder keyed by file name (sorted)."""
+    """Image files of a folder keyed by file name (sorted).
+
+    Two images that differ only in their extension (``x.png`` and ``x.jpg``) are refused: both
+    would be matched by name stem and the frame scored twice, or against the wrong file.
+    """
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        if p.stem in by_stem:
+            raise InputFileError(
+                f"ambiguous images in {folder}: {by_stem[p.stem].name} and {p.name} are the same "
+                f"frame ('{p.stem}') with different extensions; delete or move one of them")
+        by_stem[p.stem] = p
     return {p.name: p for p in files}
 
 
@@ -241,19 +295,43 @@ def _parse_colour(value, source: str) -> tuple[float, float, float]:
                          f"'black'), got {value!r}; fix or remove the key")
 
 
+def read_model_config(model: Path):
+    """The parsed ``MODEL/config.yaml`` (any YAML value), or ``None`` when there is none."""
+    path = model / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"{path}: not readable YAML ({type(exc).__name__}); fix it or "
+                             "remove it (the background then defaults to white)") from None
+
+
+def read_protocol(model: Path) -> str | None:
+    """The evaluation protocol of a model: ``config.yaml``'s top-level ``protocol`` entry, else
+    ``ga (--eval)`` / ``none (...)`` from its top-level ``eval`` flag, else ``None``."""
+    data = read_model_config(model)
+    if not isinstance(data, dict):
+        return None
+    if "protocol" in data:
+        value = data["protocol"]
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if data.get("eval") is True:
+        return "ga (--eval)"
+    if data.get("eval") is False:
+        return "none (trained without --eval: every frame was trained on)"
+    return None
+
+
 def read_background(model: Path) -> tuple[float, float, float]:
     """Background colour from ``MODEL/config.yaml`` (key ``background`` at any depth, first
     found breadth-first; GaussianAvatars' ``white_background`` also understood), else white."""
     path = model / "config.yaml"
-    if not path.is_file():
+    data = read_model_config(model)
+    if data is None:
         return WHITE
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"{path}: not readable YAML ({type(exc).__name__}); fix it or "
-                             "remove it (the background then defaults to white)") from None
     queue = [data]
     while queue:
         node = queue.pop(0)
@@ -270,19 +348,29 @@ def read_background(model: Path) -> tuple[float, float, float]:
 # Scoring
 # ----------------------------------------------------------------------------------------------
 class Scorer:
-    """Per-image PSNR (float64), SSIM and LPIPS (float32), batched, under ``torch.no_grad``."""
+    """Per-image PSNR (float64), SSIM and LPIPS (float32) of one metric set (``METRIC_SETS``
+    key), batched, under ``torch.no_grad``. ``lpips_net=None``: the set's default backbone."""
 
-    def __init__(self, lpips_net: str = "vgg", batch_size: int = 2, device: str = "auto"):
+    def __init__(self, metrics: str = DEFAULT_METRICS, lpips_net: str | None = None,
+                 batch_size: int = 2, device: str = "auto"):
         import torch
 
         from utils.lpips import LPIPS
 
+        if metrics not in METRIC_SETS:
+            raise UserFacingError(f"--metrics must be one of {', '.join(METRIC_SETS)}, "
+                                  f"got {metrics!r}")
+        self.metric_set = METRIC_SETS[metrics]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
-        self.lpips_net = lpips_net
-        self.lpips = LPIPS(net=lpips_net).to(self.device)
+        self.lpips_net = lpips_net or self.metric_set.default_lpips_net
+        self.lpips = LPIPS(net=self.lpips_net).to(self.device)
+
+    def describe(self) -> dict[str, str]:
+        """``{"metrics": set name, "lpips_net": backbone}``, written beside the scores."""
+        return {"metrics": self.metric_set.name, "lpips_net": self.lpips_net}
 
     def _load(self, pair: Pair, background, use_mask: bool) -> tuple[np.ndarray, np.ndarray]:
         render = load_rgb(pair.render, background)
@@ -330,8 +418,9 @@ class Scorer:
                     r64, g64 = r64.to(self.device), g64.to(self.device)
                     r32, g32 = r64.float(), g64.float()
                     p = psnr(r64, g64, reduction="none")
-                    s = ssim(r32, g32, reduction="none")  # float32: 7x faster, error < 1e-6
-                    lp = self.lpips(r32, g32)
+                    # float32 SSIM: 7x faster, error < 1e-6
+                    s = ssim(r32, g32, reduction="none", padding=self.metric_set.ssim_padding)
+                    lp = self.lpips(r32, g32, normalize=self.metric_set.lpips_normalize)
                     for j, i in enumerate(g):
                         out[chunk[i].name] = {"PSNR": float(p[j]), "SSIM": float(s[j]),
                                               "LPIPS": float(lp[j])}
@@ -419,6 +508,8 @@ def mean_over_models(results: dict[str, dict[str, dict]]) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------------
 def evaluate_model(model: Path, scorer: Scorer, splits: list[str] | None,
                    iteration: int | None, use_mask: bool) -> dict[str, dict]:
+    """Score a model folder; returns ``{split: summary}`` and writes results.json (that plus
+    ``metrics``, ``lpips_net``, ``protocol``), per_view.json and per_view.csv."""
     if not model.is_dir():
         raise MissingFileError(f"model folder not found: {model}")
     background = read_background(model)
@@ -431,6 +522,9 @@ def evaluate_model(model: Path, scorer: Scorer, splits: list[str] | None,
     results: dict[str, dict] = {}
     per_view: dict[str, dict] = {}
     for split in splits:
+        if split in RESULT_META_KEYS:
+            raise UserFacingError(f"{model / split}: a split may not be named '{split}' (a key of "
+                                  "results.json); rename the folder")
         split_dir = model / split
         if not split_dir.is_dir():
             raise MissingFileError(f"split folder not found: {split_dir}: {RENDER_HINT} "
@@ -445,7 +539,8 @@ def evaluate_model(model: Path, scorer: Scorer, splits: list[str] | None,
         views = scorer.score(pairs, background, use_mask, desc=f"{model.name}/{split}")
         per_view[split] = views
         results[split] = summarize(views)
-    write_json(model / "results.json", results)
+    write_json(model / "results.json",
+               {**results, **scorer.describe(), "protocol": read_protocol(model)})
     write_json(model / "per_view.json", per_view)
     write_csv(model / "per_view.csv", per_view)
     return results
@@ -478,9 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, default=None,
                    help="folder of same-named GT foreground mattes (with --renders, --mask fg)")
     p.add_argument("--json", type=Path, default=None,
-                   help="with --renders/--gt: write {PSNR, SSIM, LPIPS, n_images, per_view}")
-    p.add_argument("--lpips", choices=["vgg", "alex"], default="vgg",
-                   help="LPIPS backbone (default vgg, as GaussianAvatars; alex is ~10x faster)")
+                   help="with --renders/--gt: write {PSNR, SSIM, LPIPS, n_images, per_view, "
+                        "metrics, lpips_net}")
+    p.add_argument("--metrics", choices=list(METRIC_SETS), default=DEFAULT_METRICS,
+                   help="metric set: gaussian-avatars (default; as 3DGS/GaussianAvatars "
+                        "metrics.py: zero-padded SSIM, LPIPS fed [0, 1] images) or standard "
+                        "(scikit-image SSIM, LPIPS inputs mapped to [-1, 1])")
+    p.add_argument("--lpips", choices=["vgg", "alex"], default=None,
+                   help="LPIPS backbone (default: the metric set's, vgg for both, as "
+                        "GaussianAvatars; alex is ~10x faster)")
     p.add_argument("--mask", choices=["none", "fg"], default="none",
                    help="fg: composite render and GT over the background with the GT matte")
     p.add_argument("--batch-size", type=int, default=2,
@@ -504,14 +605,18 @@ def run(args: argparse.Namespace) -> None:
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise UserFacingError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
 
-    scorer = Scorer(args.lpips, args.batch_size, args.device)  # fails early without weights
-    setting = f"LPIPS {args.lpips}, {'foreground (GT matte)' if use_mask else 'full image'}"
+    # fails early without weights
+    scorer = Scorer(args.metrics, args.lpips, args.batch_size, args.device)
+    setting = (f"metrics: {scorer.metric_set.name} ({scorer.metric_set.description}); "
+               f"LPIPS {scorer.lpips_net}; "
+               f"{'foreground (GT matte)' if use_mask else 'full image'}")
 
     if folder_mode:
         summary, views = evaluate_folders(args.renders, args.gt, args.masks, scorer, use_mask)
         if args.json is not None:
-            write_json(args.json, {**summary, "per_view": views})
-        print(f"<!-- {setting} -->")
+            write_json(args.json, {**summary, "per_view": views, **scorer.describe()})
+        print(setting)
+        print()
         print(markdown_table([(str(args.renders), "-", summary)], first_header="renders"))
         return
 
@@ -523,11 +628,20 @@ def run(args: argparse.Namespace) -> None:
     mean = mean_over_models(all_results) if len(all_results) > 1 else None
     if mean:
         rows += [("**mean**", s, r) for s, r in mean.items()]
-    print(f"<!-- {setting} -->")
+    protocols = {str(m): read_protocol(m) for m in args.model_paths}
+    if len(set(protocols.values())) == 1:
+        protocol = next(iter(protocols.values())) or "unknown"
+    else:
+        protocol = "; ".join(f"{m}: {p or 'unknown'}" for m, p in protocols.items())
+    print(f"{setting}; protocol: {protocol}")
+    print()
     print(markdown_table(rows))
     if args.out is not None:
-        write_json(args.out, {"models": all_results,
-                              "mean": mean if mean is not None else mean_over_models(all_results)})
+        models = {m: {**res, **scorer.describe(), "protocol": protocols[m]}
+                  for m, res in all_results.items()}
+        write_json(args.out, {"models": models,
+                              "mean": mean if mean is not None else mean_over_models(all_results),
+                              **scorer.describe()})
 
 
 def main(argv: list[str] | None = None) -> int:

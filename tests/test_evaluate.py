@@ -1,4 +1,10 @@
-"""evaluate.py end to end on folder trees built here (run as a subprocess, like a user would)."""
+"""evaluate.py end to end on folder trees built here (run as a subprocess, like a user would).
+
+Every score is checked against an independent computation (tests/metric_reference.py: numpy
+PSNR, scipy zero-padded-convolution SSIM for ``--metrics gaussian-avatars``, scikit-image SSIM
+for ``standard``; LPIPS through our network one image at a time, for gaussian-avatars on inputs
+``(x + 1) / 2`` with the default [-1, 1] mapping, which is the network fed ``x`` as it is).
+"""
 from __future__ import annotations
 
 import csv
@@ -12,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage.metrics import structural_similarity
+
+from tests.metric_reference import ga_ssim, standard_ssim
 
 REPO = Path(__file__).resolve().parent.parent
 FETCH = REPO / "scripts" / "fetch_lpips_weights.py"
@@ -69,8 +76,10 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float64) / 255.0
 
 
-def direct_metrics(folder: Path, lpips_model, mask_bg=None) -> dict:
-    """Independent computation: numpy PSNR, scikit-image SSIM, our LPIPS one image at a time."""
+def direct_metrics(folder: Path, lpips_model, mask_bg=None, metrics="gaussian-avatars") -> dict:
+    """Independent computation: numpy PSNR; SSIM by scipy's zero-padded convolution
+    (gaussian-avatars) or scikit-image (standard); our LPIPS one image at a time, given
+    ``(x + 1) / 2`` for gaussian-avatars so that its ``2 u - 1`` mapping hands the network x."""
     out = {}
     for r_path in sorted((folder / "renders").glob("*.png")):
         r, g = _load(r_path), _load(folder / "gt" / r_path.name)
@@ -80,13 +89,22 @@ def direct_metrics(folder: Path, lpips_model, mask_bg=None) -> dict:
             r, g = r * m + bg * (1 - m), g * m + bg * (1 - m)
         with np.errstate(divide="ignore"):
             p = 10 * np.log10(1.0 / np.mean((r - g) ** 2))
-        s = structural_similarity(r, g, gaussian_weights=True, sigma=1.5,
-                                  use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+        if metrics == "gaussian-avatars":
+            s = ga_ssim(r, g)
+            lr, lg = (r + 1) / 2, (g + 1) / 2
+        else:
+            s = standard_ssim(r, g)
+            lr, lg = r, g
         with torch.no_grad():
-            lp = float(lpips_model(torch.from_numpy(r).permute(2, 0, 1)[None].float(),
-                                   torch.from_numpy(g).permute(2, 0, 1)[None].float())[0])
+            lp = float(lpips_model(torch.from_numpy(lr).permute(2, 0, 1)[None].float(),
+                                   torch.from_numpy(lg).permute(2, 0, 1)[None].float())[0])
         out[r_path.name] = {"PSNR": p, "SSIM": s, "LPIPS": lp}
     return out
+
+
+def splits_of(results: dict) -> dict:
+    """The per-split entries of results.json (without its metrics/lpips_net/protocol keys)."""
+    return {k: v for k, v in results.items() if k not in ("metrics", "lpips_net", "protocol")}
 
 
 def assert_views_close(ours: dict, ref: dict):
@@ -116,17 +134,22 @@ def assert_user_error(proc, *needles):
 
 
 # ---------------------------------------------------------------------------------------------
-def test_model_mode_latest_iteration_all_splits(tmp_path, lpips_alex):
-    model = make_model(tmp_path / "subject_a")
-    proc = run_eval("-m", model, "--lpips", "alex")
+@pytest.mark.parametrize("metrics", [None, "gaussian-avatars", "standard"])
+def test_model_mode_latest_iteration_all_splits(tmp_path, lpips_alex, metrics):
+    model = make_model(tmp_path / "subject_a", config="config: {}\neval: true\n")
+    proc = run_eval("-m", model, "--lpips", "alex", *(["--metrics", metrics] if metrics else []))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+    metrics = metrics or "gaussian-avatars"  # the default
 
     results = json.loads((model / "results.json").read_text())
     per_view = json.loads((model / "per_view.json").read_text())
-    assert list(results) == ["val", "test"] and list(per_view) == ["val", "test"]
+    assert list(results) == ["val", "test", "metrics", "lpips_net", "protocol"]
+    assert (results["metrics"], results["lpips_net"]) == (metrics, "alex")
+    assert results["protocol"] == "ga (--eval)"
+    assert list(per_view) == ["val", "test"]
     for split in ("val", "test"):
-        ref = direct_metrics(model / split / "ours_1000", lpips_alex)  # latest iteration
+        ref = direct_metrics(model / split / "ours_1000", lpips_alex, metrics=metrics)
         assert_views_close(per_view[split], ref)
         assert_summary(results[split], per_view[split])
     assert results["val"]["n_images"] == 3 and results["test"]["n_images"] == 2
@@ -138,7 +161,9 @@ def test_model_mode_latest_iteration_all_splits(tmp_path, lpips_alex):
         v = per_view[r["split"]][r["image"]]
         assert all(float(r[k]) == pytest.approx(v[k], abs=1e-12) for k in ("PSNR", "SSIM", "LPIPS"))
 
-    # Markdown table on stdout
+    # Markdown table on stdout, after a line naming the metric set and the protocol
+    assert f"metrics: {metrics} (" in proc.stdout and "LPIPS alex" in proc.stdout
+    assert "protocol: ga (--eval)" in proc.stdout
     table = [ln for ln in proc.stdout.splitlines() if ln.startswith("|")]
     assert table[0].startswith("| model | split | PSNR")
     assert len(table) == 2 + 2
@@ -152,7 +177,8 @@ def test_iteration_and_split_selection(tmp_path, lpips_alex):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((model / "results.json").read_text())
     per_view = json.loads((model / "per_view.json").read_text())
-    assert list(results) == ["val"]
+    assert list(splits_of(results)) == ["val"]
+    assert results["protocol"] is None and "protocol: unknown" in proc.stdout  # no config.yaml
     assert_views_close(per_view["val"], direct_metrics(model / "val" / "ours_500", lpips_alex))
     assert results["val"]["n_images"] == 2
 
@@ -167,6 +193,7 @@ def test_several_models_mean_and_out(tmp_path):
     ra = json.loads((a / "results.json").read_text())
     rb = json.loads((b / "results.json").read_text())
     assert combined["models"] == {str(a): ra, str(b): rb}
+    assert (combined["metrics"], combined["lpips_net"]) == ("gaussian-avatars", "alex")
     for split in ("val", "test"):
         mean = combined["mean"][split]
         for k in ("PSNR", "SSIM", "LPIPS"):
@@ -179,22 +206,30 @@ def test_several_models_mean_and_out(tmp_path):
 def test_mask_fg_uses_gt_matte_and_config_background(tmp_path, lpips_alex):
     config = "config:\n  run:\n    background: [0.0, 0.0, 0.0]\n    seed: 0\n"
     model = make_model(tmp_path / "subject_a", config=config)
-    proc = run_eval("-m", model, "--lpips", "alex", "--mask", "fg", "--split", "test")
+    proc = run_eval("-m", model, "--lpips", "alex", "--mask", "fg", "--split", "test",
+                    "--metrics", "standard")
     assert proc.returncode == 0, proc.stderr
     per_view = json.loads((model / "per_view.json").read_text())
     folder = model / "test" / "ours_1000"
-    assert_views_close(per_view["test"], direct_metrics(folder, lpips_alex, mask_bg=(0, 0, 0)))
+    assert_views_close(per_view["test"], direct_metrics(folder, lpips_alex, mask_bg=(0, 0, 0),
+                                                         metrics="standard"))
     # differs from the full-image score and from compositing over white
-    full = direct_metrics(folder, lpips_alex)
-    white = direct_metrics(folder, lpips_alex, mask_bg=(1, 1, 1))
+    full = direct_metrics(folder, lpips_alex, metrics="standard")
+    white = direct_metrics(folder, lpips_alex, mask_bg=(1, 1, 1), metrics="standard")
     name = "00010_00.png"
     assert per_view["test"][name]["PSNR"] != pytest.approx(full[name]["PSNR"], abs=1e-3)
     assert per_view["test"][name]["SSIM"] != pytest.approx(white[name]["SSIM"], abs=1e-6)
     # no config.yaml: white
     (model / "config.yaml").unlink()
-    proc = run_eval("-m", model, "--lpips", "alex", "--mask", "fg", "--split", "test")
+    proc = run_eval("-m", model, "--lpips", "alex", "--mask", "fg", "--split", "test",
+                    "--metrics", "standard")
     assert proc.returncode == 0, proc.stderr
     assert_views_close(json.loads((model / "per_view.json").read_text())["test"], white)
+    # the gaussian-avatars set composites the same way
+    proc = run_eval("-m", model, "--lpips", "alex", "--mask", "fg", "--split", "test")
+    assert proc.returncode == 0, proc.stderr
+    assert_views_close(json.loads((model / "per_view.json").read_text())["test"],
+                       direct_metrics(folder, lpips_alex, mask_bg=(1, 1, 1)))
 
 
 def test_empty_split_is_reported_not_fatal(tmp_path):
@@ -208,7 +243,8 @@ def test_empty_split_is_reported_not_fatal(tmp_path):
     assert "holds no images" in proc.stderr
 
 
-def test_folder_mode(tmp_path, lpips_alex):
+@pytest.mark.parametrize("metrics", ["gaussian-avatars", "standard"])
+def test_folder_mode(tmp_path, lpips_alex, metrics):
     folder = tmp_path / "baseline"
     make_split(folder, ["a.png", "b.png", "c.png"], seed=5, masks=False)
     # an identical pair: infinite PSNR is written as null
@@ -216,13 +252,15 @@ def test_folder_mode(tmp_path, lpips_alex):
     _save(folder / "gt" / "extra.png", np.zeros((H, W, 3)))  # GT without render: noted, skipped
     out = tmp_path / "scores.json"
     proc = run_eval("--renders", folder / "renders", "--gt", folder / "gt", "--json", out,
-                    "--lpips", "alex")
+                    "--lpips", "alex", "--metrics", metrics)
     assert proc.returncode == 0, proc.stderr
     assert "have no render" in proc.stderr
     data = json.loads(out.read_text())
-    assert set(data) == {"PSNR", "SSIM", "LPIPS", "n_images", "per_view"}
+    assert set(data) == {"PSNR", "SSIM", "LPIPS", "n_images", "per_view", "metrics", "lpips_net"}
+    assert (data["metrics"], data["lpips_net"]) == (metrics, "alex")
+    assert f"metrics: {metrics} (" in proc.stdout
     assert data["n_images"] == 3
-    ref = direct_metrics(folder, lpips_alex)
+    ref = direct_metrics(folder, lpips_alex, metrics=metrics)
     assert data["per_view"]["c.png"]["PSNR"] is None and np.isinf(ref["c.png"]["PSNR"])
     assert data["PSNR"] is None  # mean of per-image PSNR with an infinite term
     ref["c.png"]["PSNR"] = None
@@ -235,18 +273,52 @@ def test_folder_mode(tmp_path, lpips_alex):
     assert "| renders | split |" in proc.stdout and "inf" in proc.stdout
 
 
-def test_default_lpips_is_vgg(tmp_path, lpips_weights):
+def test_defaults_are_gaussian_avatars_with_vgg(tmp_path, lpips_weights):
     from utils.lpips import LPIPS
 
     folder = tmp_path / "f"
     make_split(folder, ["a.png"], seed=9, masks=False)
-    proc = run_eval("--renders", folder / "renders", "--gt", folder / "gt", "--json",
-                    tmp_path / "s.json")
+    vgg = LPIPS(net="vgg")
+    for extra, metrics in (((), "gaussian-avatars"), (("--metrics", "standard"), "standard")):
+        proc = run_eval("--renders", folder / "renders", "--gt", folder / "gt", "--json",
+                        tmp_path / "s.json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert "LPIPS vgg" in proc.stdout and f"metrics: {metrics}" in proc.stdout
+        data = json.loads((tmp_path / "s.json").read_text())
+        assert (data["metrics"], data["lpips_net"]) == (metrics, "vgg")
+        ref = direct_metrics(folder, vgg, metrics=metrics)
+        assert data["LPIPS"] == pytest.approx(ref["a.png"]["LPIPS"], abs=1e-5)
+        assert data["SSIM"] == pytest.approx(ref["a.png"]["SSIM"], abs=1e-6)
+
+
+def test_protocol_from_config(tmp_path, lpips_weights):
+    """results.json and the table name the protocol: config.yaml's top-level ``protocol`` entry
+    (not one nested in a section), else ga (--eval) from ``eval: true``."""
+    model = make_model(tmp_path / "m", config="config:\n  protocol: nested\neval: true\n"
+                                               "protocol: nersemble-v2-benchmark\n")
+    proc = run_eval("-m", model, "--lpips", "alex", "--split", "test")
     assert proc.returncode == 0, proc.stderr
-    assert "LPIPS vgg" in proc.stdout
-    ref = direct_metrics(folder, LPIPS(net="vgg"))
-    assert json.loads((tmp_path / "s.json").read_text())["LPIPS"] == pytest.approx(
-        ref["a.png"]["LPIPS"], abs=1e-5)
+    assert json.loads((model / "results.json").read_text())["protocol"] == "nersemble-v2-benchmark"
+    assert "protocol: nersemble-v2-benchmark" in proc.stdout
+    (model / "config.yaml").write_text("config:\n  protocol: nested\neval: false\n")
+    proc = run_eval("-m", model, "--lpips", "alex", "--split", "test")
+    assert proc.returncode == 0, proc.stderr
+    protocol = json.loads((model / "results.json").read_text())["protocol"]
+    assert protocol.startswith("none (trained without --eval") and protocol in proc.stdout
+
+
+@pytest.mark.parametrize("sub", ["renders", "gt"])
+def test_error_ambiguous_image_names(tmp_path, lpips_weights, sub):
+    """x.png beside x.jpg would be scored twice (or against the wrong file): one error line
+    naming both files and the folder, in model and folder mode."""
+    model = make_model(tmp_path / "m")
+    folder = model / "test" / "ours_1000"
+    Image.open(folder / sub / "00010_00.png").save(folder / sub / "00010_00.jpg")
+    assert_user_error(run_eval("-m", model, "--lpips", "alex"), "ambiguous",
+                      str(folder / sub), "00010_00.png", "00010_00.jpg")
+    assert_user_error(run_eval("--renders", folder / "renders", "--gt", folder / "gt",
+                               "--lpips", "alex"), "ambiguous", str(folder / sub),
+                      "00010_00.png", "00010_00.jpg")
 
 
 # ---------------------------------------------------------------------------------------------

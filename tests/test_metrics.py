@@ -14,6 +14,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from utils.errors import InputFileError, MissingFileError
+from tests.metric_reference import ga_ssim
 from utils.image_metrics import gaussian_window_1d, hwc_to_bchw, mse, psnr, ssim, ssim_map
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +74,26 @@ def test_ssim_matches_skimage_structured(h, w):
         ref = _sk_ssim(a, b)
         assert abs(float(ssim(_t(a), _t(b))) - ref) < 1e-4
     assert float(ssim(_t(a), _t(a))) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("h,w", [(110, 160), (37, 53), (12, 17), (6, 9)])
+def test_same_padded_ssim_matches_zero_padded_convolution(h, w):
+    """padding='same' (the gaussian-avatars set) against scipy's zero-padded convolution written
+    from the formula; images smaller than the window work (the padding covers them)."""
+    rng = np.random.default_rng(h * 7 + w)
+    a = _structured(rng, h, w) if min(h, w) > 11 else rng.random((h, w, 3))
+    pairs = [(a, np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)),
+             (a, rng.random(a.shape)), (a, 0.8 * a + 0.1), (a, np.full_like(a, 0.3))]
+    for x, y in pairs:
+        ref = ga_ssim(x, y)
+        assert abs(float(ssim(_t(x), _t(y), padding="same")) - ref) < 1e-10  # float64
+        assert abs(float(ssim(_t(x).float(), _t(y).float(), padding="same")) - ref) < 1e-5
+        if min(h, w) >= 11:  # and it is not the valid-region SSIM
+            assert abs(float(ssim(_t(x), _t(y))) - ref) > 1e-4
+    assert ssim_map(_t(a), _t(a), padding="same").shape == (1, 3, h, w)
+    assert float(ssim(_t(a), _t(a), padding="same")) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="padding"):
+        ssim(_t(a), _t(a), padding="reflect")
 
 
 def test_ssim_batch_reduction_and_data_range():
@@ -186,6 +207,13 @@ def test_lpips_identity_symmetry_and_shape(net, lpips_weights):
     z = (x + 0.4 * torch.randn_like(x)).clamp(0, 1)
     with torch.no_grad():
         assert torch.all(model(x, z) > d_xy)
+        # normalize=False (the gaussian-avatars set) feeds x as it is: it equals the default
+        # [-1, 1] mapping applied to inputs u with 2u - 1 = x, i.e. the only difference is the
+        # input mapping; and it is a different number from the default on the same [0, 1] images.
+        d_raw = model(x, y, normalize=False)
+        d_mapped = model((x + 1) / 2, (y + 1) / 2)
+        assert torch.allclose(d_raw, d_mapped, rtol=0, atol=1e-6)
+        assert (d_raw - d_xy).abs().min() > 1e-3
     # frozen, eval mode, but differentiable w.r.t. the input (usable as a loss)
     assert not any(p.requires_grad for p in model.parameters())
     assert all(lin.weight.min() >= 0 for lin in model.lins)

@@ -6,9 +6,9 @@ Tensor API (all functions take ``(B, C, H, W)`` float tensors, values in ``[0, d
   image over all channels and pixels (a 3-D pair, e.g. two ``(H, W, 3)`` images, is one image); ``reduction='mean'`` averages the *per-image* PSNRs (the
   GaussianAvatars / 3DGS protocol), ``'none'`` returns shape ``(B,)``. Identical images give
   ``inf``.
-- ``ssim(x, y, window_size=11, sigma=1.5, data_range=1.0, reduction='mean')``: mean SSIM of
-  each image (Wang et al. 2004), ``(B,)`` with ``reduction='none'``. Differentiable, so training
-  uses ``D-SSIM = 1 - ssim(render, gt)``.
+- ``ssim(x, y, window_size=11, sigma=1.5, data_range=1.0, reduction='mean', padding='valid')``:
+  mean SSIM of each image (Wang et al. 2004), ``(B,)`` with ``reduction='none'``. Differentiable,
+  so training uses ``D-SSIM = 1 - ssim(render, gt)``.
 - ``hwc_to_bchw(img)``: ``(H, W, C)`` -> ``(1, C, H, W)`` and ``(N, H, W, C)`` -> ``(N, C, H, W)``
   for the ``(H, W, 3)`` images used elsewhere in the project (the renderer's ``(cams, H, W, 3)``
   output included).
@@ -20,9 +20,13 @@ local means/variances/covariance are weighted by a normalised separable Gaussian
 (not sample) covariance, ``C1 = (0.01 R)^2``, ``C2 = (0.03 R)^2``. The SSIM map is evaluated only
 where the window fits inside the image ("valid" filtering, i.e. a border of
 ``(window_size - 1) // 2`` pixels is dropped, exactly skimage's crop) and averaged over pixels
-and channels. Note that this differs from the padded ("same") SSIM used by the 3DGS training
-loss near the borders; the valid form is the standard metric and is used for both training and
-evaluation here.
+and channels. This ``padding='valid'`` form is the standard metric and the training loss.
+
+``padding='same'`` is the SSIM of 3D Gaussian Splatting's and GaussianAvatars' ``metrics.py``
+(and of the 3DGS training loss): both images are zero-padded by ``(window_size - 1) // 2``
+pixels on every side before the same filtering, so the map is ``(B, C, H, W)`` and the border
+windows see zeros (their means, second moments and covariance include the padded zeros), and the
+mean is over that full map. Everything else (taps, constants, formula) is shared.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "mse", "ssim", "ssim_map", "gaussian_window_1d", "hwc_to_bchw"]
+__all__ = ["psnr", "mse", "ssim", "ssim_map", "gaussian_window_1d", "hwc_to_bchw", "SSIM_PADDINGS"]
 
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
@@ -116,12 +120,22 @@ def _filter_valid(img: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     return F.conv2d(out, kw, groups=channels)
 
 
+SSIM_PADDINGS = ("valid", "same")
+
+
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-             data_range: float = 1.0) -> torch.Tensor:
-    """SSIM map ``(B, C, H - window_size + 1, W - window_size + 1)`` (valid region)."""
+             data_range: float = 1.0, padding: str = "valid") -> torch.Tensor:
+    """SSIM map of ``(B, C, H, W)`` images.
+
+    ``padding='valid'``: ``(B, C, H - window_size + 1, W - window_size + 1)``, windows inside
+    the image only. ``padding='same'``: ``(B, C, H, W)``, the images zero-padded by
+    ``(window_size - 1) // 2`` on each side first (3DGS / GaussianAvatars ``metrics.py``).
+    """
     _check_pair(x, y, "ssim")
+    if padding not in SSIM_PADDINGS:
+        raise ValueError(f"ssim: padding must be one of {SSIM_PADDINGS}, got {padding!r}")
     h, w = x.shape[-2:]
-    if h < window_size or w < window_size:
+    if padding == "valid" and (h < window_size or w < window_size):
         raise ValueError(
             f"ssim: image {h}x{w} is smaller than the {window_size}x{window_size} window"
         )
@@ -131,6 +145,12 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: flo
         y = y.float()
     y = y.to(x.dtype)
     taps = gaussian_window_1d(window_size, sigma, dtype=x.dtype, device=x.device)
+    if padding == "same":
+        # Zero-pad the images themselves: the valid filtering below then sees exactly the
+        # zero-padded convolutions conv(x), conv(x * x), ... of the "same" formulation.
+        r = (window_size - 1) // 2
+        x = F.pad(x, (r, r, r, r), mode="constant", value=0.0)
+        y = F.pad(y, (r, r, r, r), mode="constant", value=0.0)
     c1 = (_SSIM_K1 * data_range) ** 2
     c2 = (_SSIM_K2 * data_range) ** 2
     # Second moments are taken about the mid-range value c (var = E[(x-c)^2] - (mu-c)^2, exact
@@ -153,14 +173,15 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: flo
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-         data_range: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+         data_range: float = 1.0, reduction: str = "mean", padding: str = "valid") -> torch.Tensor:
     """Mean SSIM per image of ``(B, C, H, W)`` tensors (see the module docstring).
 
     Returns a scalar (mean over the batch) with ``reduction='mean'``, or ``(B,)`` with
-    ``reduction='none'``. Differentiable with respect to both inputs. For the training loss use
-    ``1 - ssim(render, gt)``.
+    ``reduction='none'``. ``padding``: ``'valid'`` (scikit-image's metric, the default) or
+    ``'same'`` (zero-padded, 3DGS / GaussianAvatars ``metrics.py``). Differentiable with respect
+    to both inputs. For the training loss use ``1 - ssim(render, gt)``.
     """
-    values = ssim_map(x, y, window_size, sigma, data_range).flatten(1).mean(dim=1)
+    values = ssim_map(x, y, window_size, sigma, data_range, padding).flatten(1).mean(dim=1)
     return _reduce(values, reduction)
 
 

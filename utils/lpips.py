@@ -2,16 +2,19 @@
 
 ``LPIPS(net='alex'|'vgg')`` holds the ImageNet feature stack (AlexNet taps relu1..relu5, VGG16
 taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) and the five calibrated 1x1 linear heads, all
-written here in plain PyTorch. ``forward(x, y)`` takes ``(B, 3, H, W)`` RGB in ``[0, 1]`` and
-returns ``(B,)`` distances:
+written here in plain PyTorch. ``forward(x, y, normalize=True)`` takes ``(B, 3, H, W)`` RGB in
+``[0, 1]`` and returns ``(B,)`` distances:
 
     d(x, y) = sum_l mean_hw( w_l . (f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2 )
 
-with inputs mapped to ``[-1, 1]`` then standardised by the scaling layer
-(shift ``[-.030, -.088, -.188]``, scale ``[.458, .448, .450]``), channel-wise unit normalisation
-(eps 1e-10 added to the norm), non-negative head weights ``w_l``, no bias. This is what
-``lpips.LPIPS(net=..., version='0.1')(x, y, normalize=True)`` computes (verified by
-tests/test_lpips_reference.py to 1e-5).
+with inputs mapped to ``[-1, 1]`` (``2 x - 1``; only when ``normalize=True``) then standardised by
+the scaling layer (shift ``[-.030, -.088, -.188]``, scale ``[.458, .448, .450]``), channel-wise
+unit normalisation (eps 1e-10 added to the norm), non-negative head weights ``w_l``, no bias. This
+is what ``lpips.LPIPS(net=..., version='0.1')(x, y, normalize=...)`` computes with the same
+``normalize`` (verified by tests/test_lpips_reference.py to 1e-5). ``normalize=False`` feeds the
+``[0, 1]`` images to the scaling layer as they are, which is what 3D Gaussian Splatting's and
+GaussianAvatars' ``metrics.py`` do (their LPIPS expects ``[-1, 1]`` but is given ``[0, 1]``);
+evaluate.py's ``gaussian-avatars`` metric set uses it to stay comparable with published tables.
 
 Weights are not downloaded at run time. ``python scripts/fetch_lpips_weights.py`` (once) converts
 the published weights into torch state dicts in ``lpips_cache_dir()``:
@@ -178,8 +181,12 @@ class LPIPS(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Distances ``(B,)`` between ``(B, 3, H, W)`` images with values in ``[0, 1]``."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Distances ``(B,)`` between ``(B, 3, H, W)`` images with values in ``[0, 1]``.
+
+        ``normalize=True`` maps the inputs to ``[-1, 1]`` (``2 x - 1``) first, the LPIPS
+        convention; ``False`` feeds them to the scaling layer unchanged (3DGS/GaussianAvatars).
+        """
         if x.dim() != 4 or x.shape[1] != 3 or x.shape != y.shape:
             raise ValueError(
                 f"LPIPS expects two (B, 3, H, W) tensors of equal shape, got {tuple(x.shape)} "
@@ -187,7 +194,9 @@ class LPIPS(nn.Module):
             )
         b = x.shape[0]
         both = torch.cat([x, y], dim=0).to(self.lins[0].weight.dtype)
-        feats = self.net(self.scaling_layer(both * 2.0 - 1.0))
+        if normalize:
+            both = both * 2.0 - 1.0
+        feats = self.net(self.scaling_layer(both))
         total = None
         for feat, lin in zip(feats, self.lins):
             f = _unit_normalize(feat)
