@@ -8,6 +8,10 @@ backbone and linear-head weights of our converted state dict, so the comparison 
 architecture and the arithmetic; the linear heads are additionally compared with the v0.1
 weights shipped inside the lpips package (an independent source).
 
+Both input conventions are checked: ``normalize=True`` (inputs mapped to [-1, 1], evaluate.py's
+``standard`` metric set) and ``normalize=False`` on the same [0, 1] images (fed as they are, what
+3DGS's and GaussianAvatars' ``metrics.py`` do: evaluate.py's ``gaussian-avatars`` set).
+
 If the reference environment cannot be built (pip cannot fetch a package), the tests FAIL with
 pip's reason: they never skip silently.
 """
@@ -95,6 +99,7 @@ with torch.no_grad():
         x = torch.from_numpy(data[key])
         y = torch.from_numpy(data["y_" + key[2:]])
         result[key[2:]] = ref(x, y, normalize=True).flatten().tolist()
+        result["raw_" + key[2:]] = ref(x, y, normalize=False).flatten().tolist()
 with open(output, "w") as f:
     json.dump(result, f)
 """
@@ -151,13 +156,22 @@ def test_lpips_matches_reference_package(net, lpips_weights, ref_python, tmp_pat
     # The v0.1 linear heads we converted are exactly the ones shipped with the lpips package.
     assert ref["lin_diff_vs_shipped"] == 0.0
 
+    from evaluate import METRIC_SETS
+
     model = LPIPS(net=net)
+    conventions = {"standard": "", "gaussian-avatars": "raw_"}
     with torch.no_grad():
         for name in CASES[net]:
-            ours = model(torch.from_numpy(arrays[f"x_{name}"]),
-                         torch.from_numpy(arrays[f"y_{name}"])).numpy()
-            theirs = np.asarray(ref[name])
-            assert ours.shape == theirs.shape
-            assert (theirs > 1e-3).all(), f"{name}: degenerate reference distances {theirs}"
-            print(f"{net}/{name}: max |ours - ref| = {np.abs(ours - theirs).max():.2e}")
-            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5, err_msg=f"{net}/{name}")
+            for metric_set, prefix in conventions.items():
+                ours = model(torch.from_numpy(arrays[f"x_{name}"]),
+                             torch.from_numpy(arrays[f"y_{name}"]),
+                             normalize=METRIC_SETS[metric_set].lpips_normalize).numpy()
+                theirs = np.asarray(ref[prefix + name])
+                assert ours.shape == theirs.shape
+                assert (theirs > 1e-3).all(), f"{name}: degenerate reference distances {theirs}"
+                print(f"{net}/{name} ({metric_set}): max |ours - ref| = "
+                      f"{np.abs(ours - theirs).max():.2e}")
+                np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5,
+                                           err_msg=f"{net}/{name} ({metric_set})")
+            # the two conventions are different numbers on the same images
+            assert np.abs(np.asarray(ref[name]) - np.asarray(ref["raw_" + name])).min() > 1e-4
