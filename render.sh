@@ -5,8 +5,10 @@
 #   ./render.sh output/A output/B     these model folders
 #
 # For each avatar: self-reenactment (its held-out test sequence, with ground truth, and its
-# FREE driving sequence when the data has one) and cross-identity reenactment driven by the
-# other avatars' FREE/test sequences, seen by the avatar's own front camera (camera 8).
+# own subject's FREE sequence when the data has one: <id>_FREE* beside the training folder, the
+# id taken from the folder name by utils/subject_ids.py; none: one line says so and it is
+# skipped) and cross-identity reenactment driven by the other avatars' FREE sequences (and the
+# synthetic identities' under data/synthetic), seen by the avatar's own front camera (camera 8).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_env.sh
@@ -19,31 +21,28 @@ if [[ ${#models[@]} -eq 0 ]]; then
 fi
 [[ ${#models[@]} -gt 0 ]] || { echo "error: no trained models found; run ./run.sh first" >&2; exit 2; }
 
-# A subject's driving sequence: its FREE sibling sequence when there is one.
-driving_sequence() {
-    local source="$1" parent
-    parent="$(dirname "$source")"
-    local free
-    free="$(find "$parent" -maxdepth 1 -type d -name '*FREE*' | sort | head -n 1)"
-    [[ -n "$free" ]] && realpath "$free"
-}
+# A subject's own FREE sequence (<id>_FREE* beside its training folder; the same subject id),
+# or nothing, with one line on stderr saying so.
+driving_sequence() { "$PYTHON" -m utils.subject_ids free-sequence "$1"; }
 source_of() { "$PYTHON" -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]+'/config.yaml'))['source_path'])" "$1"; }
 
 # Cross-identity drivers also include FREE sequences of synthetic identities nobody trained on.
+declare -A own_free=()
 drivers=()
 for model in "${models[@]}"; do
     d="$(driving_sequence "$(source_of "$model")")"
-    [[ -n "$d" ]] && drivers+=("$d")
+    own_free["$model"]="$d"
+    if [[ -n "$d" ]]; then drivers+=("$d"); fi
 done
 if [[ -d data/synthetic ]]; then
     while IFS= read -r d; do drivers+=("$(realpath "$d")"); done < <(find data/synthetic -mindepth 2 -maxdepth 2 -type d -name '*FREE*' | sort)
 fi
 
 for model in "${models[@]}"; do
-    own="$(driving_sequence "$(source_of "$model")")"
+    own="${own_free[$model]}"
     echo "== $model: self-reenactment"
     "$PYTHON" render.py -m "$model" --split test --video
-    [[ -n "$own" ]] && "$PYTHON" render.py -m "$model" --target "$own" --video
+    if [[ -n "$own" ]]; then "$PYTHON" render.py -m "$model" --target "$own" --video; fi
     for d in $(printf '%s\n' "${drivers[@]}" | sort -u); do
         [[ "$d" == "$own" ]] && continue
         echo "== $model: cross-identity reenactment driven by $(basename "$d")"
