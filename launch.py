@@ -1,0 +1,587 @@
+#!/usr/bin/env python
+"""Train, render and evaluate many subjects, one job each, on this machine or on SLURM (submitit).
+
+    python launch.py SUBJECT [SUBJECT ...] | --subjects FILE  --launcher local|slurm
+           [--gpus N] [--slurm-partition P] [--slurm-time MINUTES] [--slurm-account A] [--slurm-qos Q]
+           [--output-root output] [--config configs/tensorial.yaml ...] [--flame PATH] [--status]
+           [-- train.py options]
+
+Each subject is one job that runs, as subprocesses with this Python,
+``train.py -s SUBJECT -m OUTPUT_ROOT/<name> --eval ...`` (with ``--resume`` when
+``OUTPUT/config.yaml`` exists), then ``render.py -m OUTPUT --split val test``, then
+``evaluate.py -m OUTPUT``. A job that fails leaves the others running. When every job has ended,
+``evaluate.py -m <all outputs> --out OUTPUT_ROOT/results_all.json`` prints one table (per subject
+and the mean).
+
+- ``--launcher local``: submitit's LocalExecutor, one job per GPU at a time (the GPUs torch sees,
+  or ``--gpus N``), one job at a time on a machine without a GPU.
+- ``--launcher slurm``: one SLURM job array (submitit), one GPU per job. SLURM sends SIGUSR1
+  ``SIGNAL_DELAY_S`` seconds before the time limit; train.py then saves at the step boundary and
+  the job requeues itself; the requeued job continues with ``--resume``.
+
+Requeue: the job is a submitit ``Checkpointable``. When submitit's handler catches SIGUSR1 (SLURM's
+warning, or the local controller's time-out), ``SubjectJob.checkpoint`` passes the signal on to
+train.py, waits until it has saved (exit code 3) and returns the job to requeue. When train.py
+itself is stopped by SIGTERM or SIGUSR1 (a preemption), it exits with 3 and the job asks submitit
+for the same requeue. Locally the requeued job runs again in the same controller; on SLURM
+``scontrol requeue`` puts it back in the queue (same job id).
+
+Logs: ``OUTPUT_ROOT/<name>/slurm/``: ``stages.log`` (the output of train.py, render.py and
+evaluate.py), ``progress.json`` (the job's stage and state) and submitit's own log files.
+``OUTPUT_ROOT/launch.json`` records the launch; ``--status`` shows its jobs.
+
+Exit status: 0 every subject done, 1 some failed, 2 bad input (one line on stderr), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+# submitit reads its preemption signal when it is imported. SIGUSR1 is the one train.py saves on
+# (submitit's default, SIGUSR2, would kill train.py, which SLURM signals as well).
+os.environ["SUBMITIT_PREEMPT_SIGNAL"] = "USR1"
+try:
+    import submitit
+    from submitit.helpers import Checkpointable, DelayedSubmission
+except ImportError:  # pragma: no cover - the set-up installs it
+    print("error: the submitit package is missing: pip install -r requirements.txt", file=sys.stderr)
+    sys.exit(2)
+
+REPO = Path(__file__).resolve().parent
+PREEMPT_SIGNAL = signal.SIGUSR1
+SIGNAL_DELAY_S = 180        # SLURM's warning comes this long before the time limit
+STOP_GRACE_S = 150          # how long a stopped train.py may take to save
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # local jobs have no time limit
+MAX_TIMEOUT_REQUEUES = 20   # SLURM time-outs after which a job is not requeued again
+STAGES = ("train", "render", "evaluate")
+EXIT_PREEMPTED = 3
+TRAIN_EXIT_MEANING = {0: "done", 1: "crashed (the last consistent state was saved)", 2: "bad input",
+                      3: "preempted (state saved; resumes with --resume)",
+                      4: "diverged (the last good state was saved)",
+                      130: "interrupted (state saved; resumes with --resume)"}
+
+
+class LaunchError(Exception):
+    """Bad input: printed as one ``error:`` line, exit status 2."""
+
+
+class StageFailed(RuntimeError):
+    """A stage of a subject's job ended with a non-zero exit code."""
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+def now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as JSON atomically (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def exit_meaning(stage: str, code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    if stage == "train":
+        return TRAIN_EXIT_MEANING.get(code, "failed")
+    return {0: "done", 2: "bad input", 130: "interrupted"}.get(code, "failed")
+
+
+def wait_for_exit(proc: subprocess.Popen, timeout: float | None = None, poll_s: float = 0.2) -> int | None:
+    """The exit code of ``proc``, or None if it still runs after ``timeout`` seconds.
+
+    Reaps with ``os.waitpid`` instead of ``Popen.wait``: submitit's signal handler calls this while
+    the main thread is waiting here too, and ``Popen.wait`` holds a lock that is not re-entrant."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.returncode is None:
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by the caller this handler interrupted: it has ended
+            if proc.returncode is None:
+                proc.returncode = 0  # its status went to that caller (as Popen does in this case)
+            break
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        time.sleep(poll_s)
+    return proc.returncode
+
+
+# -- the job: one subject -----------------------------------------------------------------------
+
+class SubjectJob(Checkpointable):
+    """Train, render and evaluate one subject, each stage a subprocess; requeued by submitit.
+
+    Stages that finished are remembered across requeues (the job is pickled with its state)."""
+
+    def __init__(self, name: str, subject: str, output: str, train_args: list[str], render_args: list[str],
+                 python: str, cwd: str):
+        self.name, self.subject, self.output = name, subject, output
+        self.train_args, self.render_args = list(train_args), list(render_args)
+        self.python, self.cwd = python, cwd
+        self.finished: list[str] = []
+        self.attempt = 0
+        self._child: subprocess.Popen | None = None
+        self._stage: str | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_child"] = None  # a process handle does not travel with a requeued job
+        return state
+
+    # paths
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.output) / "slurm"
+
+    @property
+    def stages_log(self) -> Path:
+        return self.log_dir / "stages.log"
+
+    def command(self, stage: str) -> list[str]:
+        if stage == "train":
+            resume = ["--resume"] if (Path(self.output) / "config.yaml").is_file() else []
+            return [self.python, str(REPO / "train.py"), "-s", self.subject, "-m", self.output, "--eval",
+                    *self.train_args, *resume]
+        if stage == "render":
+            return [self.python, str(REPO / "render.py"), "-m", self.output, "--split", "val", "test",
+                    *self.render_args]
+        return [self.python, str(REPO / "evaluate.py"), "-m", self.output]
+
+    # reporting
+    def report(self, state: str, message: str) -> None:
+        """Record the job's state in progress.json and print it to the job's own log."""
+        write_json(self.log_dir / "progress.json", {
+            "job_id": current_job_id(), "state": state, "stage": self._stage, "message": message,
+            "attempt": self.attempt, "finished": self.finished, "host": socket.gethostname(), "time": now()})
+        print(f"[job {self.name}] {state}: {message}", flush=True)
+
+    # running
+    def __call__(self) -> dict:
+        self.attempt += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for stage in STAGES:
+            if stage not in self.finished:
+                self.run_stage(stage)
+                self.finished.append(stage)
+        self._stage = None
+        self.report("done", f"trained, rendered and evaluated {self.output}")
+        return {"name": self.name, "output": self.output}
+
+    def run_stage(self, stage: str) -> None:
+        self._stage = stage
+        cmd = self.command(stage)
+        self.report("running", f"{stage} (attempt {self.attempt})")
+        with open(self.stages_log, "a") as log:
+            log.write(f"\n== {now()} job {current_job_id()} attempt {self.attempt}: {stage}: {' '.join(cmd)}\n")
+            log.flush()
+            self._child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd)
+            code = wait_for_exit(self._child)
+            log.write(f"== {now()} {stage} exited with {code}: {exit_meaning(stage, code)}\n")
+        self._child = None
+        if code == 0:
+            return
+        if stage == "train" and code == EXIT_PREEMPTED:
+            self.requeue_after_preemption()
+        message = f"{stage} exited with {code}: {exit_meaning(stage, code)} (log: {self.stages_log})"
+        self.report("failed", message)
+        raise StageFailed(message)
+
+    def requeue_after_preemption(self) -> None:
+        """train.py was stopped from outside (SIGTERM/SIGUSR1) and saved: hand the job to
+        submitit's preemption handler, which checkpoints (``checkpoint``) and requeues it."""
+        if signal.getsignal(PREEMPT_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return  # not inside a submitit job: nothing can requeue it, the caller reports it
+        signal.raise_signal(PREEMPT_SIGNAL)
+
+    def stop_child(self) -> None:
+        """Stop the running stage: train.py saves at its step boundary (SIGUSR1, exit code 3);
+        render.py and evaluate.py are simply run again."""
+        child = self._child
+        if child is None or child.returncode is not None:
+            return
+        child.send_signal(PREEMPT_SIGNAL if self._stage == "train" else signal.SIGTERM)
+        code = wait_for_exit(child, timeout=STOP_GRACE_S)
+        if code is None:
+            child.kill()
+            code = wait_for_exit(child)
+        with open(self.stages_log, "a") as log:
+            log.write(f"== {now()} {self._stage} stopped for a requeue, exit code {code}: "
+                      f"{exit_meaning(self._stage, code)}\n")
+
+    def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
+        """submitit's preemption/time-out hook: stop the stage (train.py saves), requeue this job."""
+        self.stop_child()
+        self.report("requeued", f"stopped during {self._stage}; requeued, continues with --resume")
+        return DelayedSubmission(self, *args, **kwargs)
+
+
+def current_job_id() -> str | None:
+    try:
+        return submitit.JobEnvironment().job_id
+    except Exception:  # not inside a submitit job
+        return None
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description="Train, render and evaluate many subjects, one job each (submitit).",
+                                epilog="Everything after -- goes to train.py. Exit status: 0 all done, "
+                                       "1 some subject failed, 2 bad input, 130 interrupted.")
+    p.add_argument("subjects", nargs="*", help="subject folders (transforms_*.json)")
+    p.add_argument("--subjects", dest="subject_files", action="append", default=[], metavar="FILE",
+                   help="a file listing subject folders, one per line (# comments allowed)")
+    p.add_argument("--launcher", choices=("local", "slurm"), help="run the jobs here or on SLURM")
+    p.add_argument("--gpus", type=int, help="GPUs used at once, one job each (local: default all visible; "
+                                            "slurm: array tasks running at once)")
+    p.add_argument("--slurm-partition")
+    p.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MINUTES",
+                   help="time limit per job (default 1440); longer runs are requeued and resume")
+    p.add_argument("--slurm-account")
+    p.add_argument("--slurm-qos")
+    p.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (default 8)")
+    p.add_argument("--output-root", default=os.environ.get("OUTPUT_ROOT", "output"),
+                   help="outputs go to OUTPUT_ROOT/<subject name>/ (default $OUTPUT_ROOT or output)")
+    p.add_argument("--config", action="append", default=[], help="train.py config (default configs/tensorial.yaml)")
+    p.add_argument("--flame", help="FLAME model pickle for train.py")
+    p.add_argument("--video", action="store_true", help="render.py --video")
+    p.add_argument("--benchmark", action="store_true", help="render.py --benchmark")
+    p.add_argument("--status", action="store_true", help="show the jobs of the last launch in OUTPUT_ROOT")
+    args = p.parse_args(own)
+    args.train_args = train_args
+    return args
+
+
+def read_subject_file(path: str) -> list[str]:
+    if not Path(path).is_file():
+        raise LaunchError(f"--subjects {path}: file not found (it lists subject folders, one per line)")
+    lines = (line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def resolve_subjects(args) -> dict[str, Path]:
+    """Subject name -> absolute folder; the name is the folder's name (OUTPUT_ROOT/<name>)."""
+    folders = [s for f in args.subject_files for s in read_subject_file(f)] + list(args.subjects)
+    if not folders:
+        raise LaunchError("no subjects: give SUBJECT folders or --subjects FILE")
+    subjects: dict[str, Path] = {}
+    for folder in folders:
+        path = Path(folder).expanduser().absolute()
+        if not path.is_dir():
+            raise LaunchError(f"subject folder not found: {folder}")
+        if path.name in subjects and subjects[path.name] != path:
+            raise LaunchError(f"two subjects are named {path.name} ({subjects[path.name]} and {path}); "
+                              "their outputs would collide: rename one folder")
+        subjects[path.name] = path
+    return subjects
+
+
+def train_arguments(args) -> list[str]:
+    configs = args.config or [str(REPO / "configs" / "tensorial.yaml")]
+    for config in configs:
+        if not Path(config).is_file():
+            raise LaunchError(f"--config {config}: file not found")
+    out = [a for c in configs for a in ("--config", str(Path(c).absolute()))]
+    if args.flame:
+        if not Path(args.flame).is_file():
+            raise LaunchError(f"--flame {args.flame}: file not found")
+        out += ["--flame", str(Path(args.flame).absolute())]
+    return out + list(args.train_args)
+
+
+def make_jobs(args, root: Path) -> list[SubjectJob]:
+    subjects = resolve_subjects(args)
+    train_args = train_arguments(args)
+    render_args = (["--video"] if args.video else []) + (["--benchmark"] if args.benchmark else [])
+    return [SubjectJob(name, str(folder), str(root / name), train_args, render_args, sys.executable, os.getcwd())
+            for name, folder in subjects.items()]
+
+
+# -- the launch record --------------------------------------------------------------------------
+
+def launch_record(args, root: Path, jobs: list[SubjectJob]) -> dict:
+    return {"launcher": args.launcher, "started": now(), "host": socket.gethostname(), "command": sys.argv,
+            "subjects": {j.name: {"subject": j.subject, "output": j.output, "job_id": None,
+                                  "submitit_folder": None, "outcome": None} for j in jobs}}
+
+
+def save_record(root: Path, record: dict) -> None:
+    write_json(root / "launch.json", record)
+
+
+# -- local --------------------------------------------------------------------------------------
+
+def local_gpu_slots(requested: int | None) -> list[int | None]:
+    """GPU indices to run on, one job each (``[None]``: one job at a time on the CPU)."""
+    count = 0 if requested == 0 else torch_gpu_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids: list = list(range(count))
+    if visible is not None and count:
+        ids = [v.strip() for v in visible.split(",") if v.strip()][:count]
+        if not all(v.isdigit() for v in ids):
+            raise LaunchError(f"CUDA_VISIBLE_DEVICES={visible}: give GPU indices (0,1,...) for --launcher local")
+        ids = [int(v) for v in ids]
+    if requested is not None:
+        if requested < 0 or requested > len(ids):
+            raise LaunchError(f"--gpus {requested}: this machine has {len(ids)} GPU(s) that torch can use")
+        ids = ids[:requested]
+    return ids or [None]
+
+
+def torch_gpu_count() -> int:
+    import torch  # only here: the launcher itself needs no torch otherwise
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def submit_local(job: SubjectJob, slot: int | None):
+    executor = submitit.LocalExecutor(folder=job.log_dir)
+    if slot is None:
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0)
+    else:
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=1, visible_gpus=[slot])
+    return executor.submit(job)
+
+
+def run_local(jobs: list[SubjectJob], args, root: Path, record: dict) -> dict[str, tuple[bool, str]]:
+    """Run the jobs through submitit's LocalExecutor, one per GPU slot at a time."""
+    slots = local_gpu_slots(args.gpus)
+    where = "the CPU, one job at a time" if slots == [None] else f"GPU(s) {', '.join(map(str, slots))}, one job each"
+    print(f"[launch] {len(jobs)} subject(s) on {where}; logs under {root}/<name>/slurm/", flush=True)
+    queue, running, outcomes = list(jobs), {}, {}
+    watcher = ProgressWatcher(jobs)
+    while queue or running:
+        for slot in [s for s in slots if s not in running]:
+            if not queue:
+                break
+            job = queue.pop(0)
+            sub = submit_local(job, slot)
+            running[slot] = (job, sub)
+            record["subjects"][job.name].update(job_id=sub.job_id, submitit_folder=str(job.log_dir))
+            save_record(root, record)
+            print(f"[launch] {job.name}: started local job {sub.job_id} on "
+                  f"{'the CPU' if slot is None else f'GPU {slot}'}", flush=True)
+        time.sleep(1.0)
+        watcher.print_changes()
+        for slot, (job, sub) in list(running.items()):
+            if sub.done():
+                outcomes[job.name] = job_outcome(job, sub)
+                del running[slot]
+    watcher.print_changes()
+    return outcomes
+
+
+# -- slurm --------------------------------------------------------------------------------------
+
+def check_slurm_available() -> None:
+    for tool in ("sbatch", "srun"):
+        if shutil.which(tool) is None:
+            raise LaunchError(f"--launcher slurm: {tool} not found on this machine (run on a SLURM login node, "
+                              "or use --launcher local)")
+
+
+def slurm_executor(args, folder: Path):
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=MAX_TIMEOUT_REQUEUES)
+    params = dict(name="avatar", timeout_min=args.slurm_time, nodes=1, tasks_per_node=1, gpus_per_node=1,
+                  cpus_per_task=args.slurm_cpus, slurm_signal_delay_s=SIGNAL_DELAY_S,
+                  slurm_additional_parameters={"requeue": True})
+    for key in ("partition", "account", "qos"):
+        if getattr(args, f"slurm_{key}"):
+            params[f"slurm_{key}"] = getattr(args, f"slurm_{key}")
+    if args.gpus:
+        params["slurm_array_parallelism"] = args.gpus
+    executor.update_parameters(**params)
+    return executor
+
+
+def link_submitit_logs(job: SubjectJob, sub) -> None:
+    """Put links to submitit's log files of this job beside the subject's other logs."""
+    job.log_dir.mkdir(parents=True, exist_ok=True)
+    for target in (sub.paths.stdout, sub.paths.stderr):
+        link = job.log_dir / target.name
+        if not link.is_symlink():
+            link.symlink_to(target)
+
+
+def run_slurm(jobs: list[SubjectJob], args, root: Path, record: dict) -> dict[str, tuple[bool, str]]:
+    """Submit one job array and wait until every job has ended (requeues included)."""
+    folder = root / "slurm"
+    executor = slurm_executor(args, folder)
+    subs = executor.submit_array(jobs)
+    for job, sub in zip(jobs, subs):
+        record["subjects"][job.name].update(job_id=sub.job_id, submitit_folder=str(folder))
+        link_submitit_logs(job, sub)
+        print(f"[launch] {job.name}: SLURM job {sub.job_id}", flush=True)
+    save_record(root, record)
+    print(f"[launch] submitted a job array of {len(jobs)}; waiting for it (Ctrl-C stops waiting, not the jobs; "
+          f"python launch.py --status --output-root {root} shows them)", flush=True)
+    watcher = ProgressWatcher(jobs)
+    outcomes: dict[str, tuple[bool, str]] = {}
+    while len(outcomes) < len(jobs):
+        time.sleep(30.0)
+        watcher.print_changes()
+        for job, sub in zip(jobs, subs):
+            if job.name not in outcomes and sub.done():
+                outcomes[job.name] = job_outcome(job, sub)
+    return outcomes
+
+
+# -- waiting, outcomes, the final table ---------------------------------------------------------
+
+class ProgressWatcher:
+    """Prints each job's progress.json when it changes."""
+
+    def __init__(self, jobs: list[SubjectJob]):
+        self.jobs = jobs
+        self.seen: dict[str, tuple] = {j.name: self._key(j) for j in jobs}  # ignore an earlier launch's file
+
+    @staticmethod
+    def _key(job: SubjectJob) -> tuple:
+        p = read_json(job.log_dir / "progress.json") or {}
+        return p.get("time"), p.get("state"), p.get("message")
+
+    def print_changes(self) -> None:
+        for job in self.jobs:
+            key = self._key(job)
+            if key != self.seen[job.name] and key[1] is not None:
+                self.seen[job.name] = key
+                print(f"[launch] {job.name}: {key[1]}: {key[2]}", flush=True)
+
+
+def job_outcome(job: SubjectJob, sub) -> tuple[bool, str]:
+    """(succeeded, one line) for a job that has ended."""
+    try:
+        sub.result()
+        return True, "done"
+    except Exception as exc:  # the job's own report says best what went wrong
+        progress = read_json(job.log_dir / "progress.json") or {}
+        if progress.get("state") == "failed":
+            return False, progress["message"]
+        last = [line for line in str(exc).splitlines() if line.strip()]
+        return False, f"{last[-1] if last else type(exc).__name__} (logs: {job.log_dir})"
+
+
+def final_table(root: Path, outputs: list[str]) -> int:
+    out = root / "results_all.json"
+    print(f"[launch] evaluating {len(outputs)} subject(s) together -> {out}", flush=True)
+    cmd = [sys.executable, str(REPO / "evaluate.py"), "-m", *outputs, "--out", str(out)]
+    return subprocess.run(cmd).returncode
+
+
+def launch(args) -> int:
+    root = Path(args.output_root).expanduser().absolute()
+    if args.launcher is None:
+        raise LaunchError("--launcher local|slurm is required")
+    jobs = make_jobs(args, root)
+    if args.launcher == "slurm":
+        check_slurm_available()
+    root.mkdir(parents=True, exist_ok=True)
+    record = launch_record(args, root, jobs)
+    save_record(root, record)
+    start = time.time()
+    outcomes = (run_slurm if args.launcher == "slurm" else run_local)(jobs, args, root, record)
+    for name, (ok, message) in outcomes.items():
+        record["subjects"][name]["outcome"] = "done" if ok else f"failed: {message}"
+    save_record(root, record)
+    failed = {name: msg for name, (ok, msg) in outcomes.items() if not ok}
+    for name, message in failed.items():
+        print(f"[launch] {name} failed: {message}", file=sys.stderr, flush=True)
+    done = [job.output for job in jobs if outcomes.get(job.name, (False,))[0]]
+    table_code = final_table(root, done) if done else 1
+    print(f"[launch] {len(done)} of {len(jobs)} subject(s) done in {time.time() - start:.0f} s "
+          f"(outputs under {root}/)", flush=True)
+    return 0 if not failed and table_code == 0 else 1
+
+
+# -- --status -----------------------------------------------------------------------------------
+
+def scheduler_state(record: dict, entry: dict) -> str:
+    """What the scheduler says about a job: SLURM's state, or whether the local job still runs."""
+    job_id = entry.get("job_id")
+    if job_id is None:
+        return "not started"
+    if record["launcher"] == "slurm":
+        try:
+            return submitit.SlurmJob(folder=entry["submitit_folder"], job_id=job_id).state
+        except Exception as exc:
+            return f"unknown ({type(exc).__name__})"
+    if record.get("host") != socket.gethostname():
+        return f"on {record.get('host')}"
+    try:
+        os.kill(int(job_id), 0)
+        return "RUNNING"
+    except (ProcessLookupError, ValueError):
+        return "ENDED"
+    except PermissionError:
+        return "RUNNING"
+
+
+def subject_status(record: dict, entry: dict) -> tuple[str, str, str]:
+    """(job id, state, detail) of one subject of the launch."""
+    progress = read_json(Path(entry["output"]) / "slurm" / "progress.json") or {}
+    sched = scheduler_state(record, entry)
+    job_id = entry.get("job_id") or "-"
+    if progress.get("job_id") != entry.get("job_id") or not progress:
+        return job_id, "pending" if sched != "ENDED" else "ended without starting", sched
+    state = progress["state"]
+    if state in ("running", "requeued") and sched == "ENDED":
+        state = "stopped"
+    return job_id, state, f"{progress['message']} [{sched}, {progress['time']}]"
+
+
+def show_status(args) -> int:
+    root = Path(args.output_root).expanduser().absolute()
+    record = read_json(root / "launch.json")
+    if record is None:
+        raise LaunchError(f"no launch recorded in {root} (launch.json not found); give --output-root")
+    print(f"launch of {record['started']} on {record['host']} ({record['launcher']}), "
+          f"{len(record['subjects'])} subject(s), outputs in {root}")
+    rows = [(name, *subject_status(record, entry)) for name, entry in record["subjects"].items()]
+    widths = [max(len(str(r[k])) for r in rows + [("subject", "job", "state", "")]) for k in range(3)]
+    print(f"{'subject':<{widths[0]}}  {'job':<{widths[1]}}  {'state':<{widths[2]}}  detail")
+    for name, job_id, state, detail in rows:
+        print(f"{name:<{widths[0]}}  {job_id:<{widths[1]}}  {state:<{widths[2]}}  {detail}")
+    table = root / "results_all.json"
+    if table.is_file():
+        print(f"table over all subjects: {table}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return show_status(args) if args.status else launch(args)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\n[launch] interrupted: local jobs saved their state (train.py exit 130) and SLURM jobs keep "
+              "running; launch the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
