@@ -17,6 +17,11 @@
 - Always: a storage report (bytes of each saved component) in ``OUTPUT/storage.json``.
 - ``--half``: export the avatar with 16-bit network weights to ``OUTPUT/export_half/`` and
   report the PSNR between full- and half-precision renders of the val split.
+
+Rendering a split, target or orbit first deletes the ``*.png`` files an earlier run left in the
+``renders/``, ``gt/`` and ``masks/`` folders of that output folder (only those: other files and
+folders stay), so that evaluate.py scores exactly this run's frames (e.g. after a run with fewer
+``--max-frames``, or with ``--camera`` where no GT is written).
 """
 from __future__ import annotations
 
@@ -39,6 +44,21 @@ from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+FRAME_SUBFOLDERS = ("renders", "gt", "masks")
+
+
+def fresh_frame_folders(out: Path, subfolders=FRAME_SUBFOLDERS) -> int:
+    """Create ``out/<sub>/`` for each subfolder and delete the ``*.png`` files in them (what an
+    earlier run of render.py wrote there; nothing else is touched). Returns how many went."""
+    removed = 0
+    for sub in subfolders:
+        folder = out / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        for png in folder.glob("*.png"):
+            if png.is_file() and not png.is_symlink():
+                png.unlink()
+                removed += 1
+    return removed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,8 +145,9 @@ class Renderer:
     def render_frames(self, name: str, subject, frames: list, motion_fn, camera_frame=None) -> Path:
         """Render ``frames`` (CameraFrame list) into OUTPUT/<name>/ours_<it>/, with GT where it applies."""
         out = self.out_dir(name)
-        for sub in ("renders", "gt", "masks"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
+        stale = fresh_frame_folders(out)
+        if stale:
+            self.log(f"[render] removed {stale} frame(s) of an earlier run from {out}")
         names = []
         for frame in tqdm(frames, desc=f"render {name}", disable=self.args.quiet, dynamic_ncols=True):
             motion = motion_fn(frame.timestep)
@@ -229,8 +250,10 @@ class Renderer:
                 raise InputFileError(f"--timestep {t} is not a timestep of {self.subject.root}")
             motion_fn, name, timesteps = self.motion_from(self.subject, self.fine_tuned), "orbit", [t] * n
         cams = self.orbit_cameras(len(timesteps), reference)
+        stale = fresh_frame_folders(self.out_dir(name), ("renders",))
+        if stale:
+            self.log(f"[render] removed {stale} frame(s) of an earlier run from {self.out_dir(name)}")
         out = self.out_dir(name) / "renders"
-        out.mkdir(parents=True, exist_ok=True)
         names = []
         for i, (t, view) in enumerate(tqdm(list(zip(timesteps, cams)), desc="orbit", disable=self.args.quiet)):
             motion = motion_fn(t)
