@@ -6,13 +6,22 @@
 
 Configs compose in order (later wins), then command-line overrides. The resolved config is saved
 as OUTPUT/config.yaml; checkpoints go to OUTPUT/checkpoints/ (atomic, the last K kept), and
-``--resume`` continues the latest one exactly. Ctrl-C saves a checkpoint before exiting.
+``--resume`` continues the latest readable one exactly.
+
+Every way a run ends leaves a state it resumes from exactly (exit codes):
+    0    done
+    1    crashed (an unexpected error): the last consistent state was saved first when possible
+    2    bad input or a refused command: one line on stderr (a file, a setting, the fix)
+    3    SIGTERM or SIGUSR1 (a scheduler's preemption warning): saved at the step boundary
+    4    non-finite or diverging loss: the update was not applied; the last good state is saved
+    130  SIGINT (Ctrl-C): saved at the step boundary (a second Ctrl-C stops without saving)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +33,7 @@ from tqdm import tqdm
 from flame_model import DEFAULT_FLAME_MODEL_PATH
 from gaussian_renderer import select_backend
 from scene.avatar import GaussianAvatar
-from scene.avatar_io import build_flame, face_vertex_mask, load_avatar_components, load_component, save_avatar
+from scene.avatar_io import build_flame, face_vertex_mask, load_avatar_components, save_avatar
 from scene.class_balance import (ClassBalancedSampler, UniformSampler, cluster_timesteps, load_clusters,
                                  save_clusters, timestep_distance_matrix)
 from scene.densification import BindingAwareDensification
@@ -34,8 +43,8 @@ from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import truncated_opacity_penalty
 from scene.rendering import render_avatar
 from scene.subject import load_subject
-from utils.checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, seed_everything,
-                              write_checkpoint)
+from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
+                              seed_everything, write_checkpoint)
 from utils.cli_common import describe_device, even_subset, pick_device
 from utils.config import (TrainConfig, config_differences, load_saved_config, parse_assignment, resolve_config,
                           save_config)
@@ -43,10 +52,28 @@ from utils.errors import InputFileError, MissingFileError, UserFacingError
 from utils.image_metrics import psnr, ssim
 from utils.phase_timer import DISABLED, PhaseTimer
 
-# Keys that may change between a run and its resumption (they do not change what is learned).
+# Keys that may change between a run and its resumption: they do not change what is learned.
+# optim.iterations only moves the end: the schedule (decays, warm-up, SH degrees) stays that of the
+# first run, and steps beyond it run at its final rates.
 RESUMABLE_CHANGES = ("optim.iterations", "run.device", "run.backend", "run.eval_interval", "run.eval_max_frames",
                      "run.save_interval", "run.keep_checkpoints", "run.log_interval", "run.image_cache_gb",
-                     "run.loader_workers", "run.prefetch_frames", "run.device_image_cache_gb")
+                     "run.loader_workers", "run.prefetch_frames", "run.device_image_cache_gb", "run.check_finite",
+                     "run.divergence_factor")
+
+EXIT_CRASHED, EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+STOP_SIGNALS = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_PREEMPTED, "SIGUSR1": EXIT_PREEMPTED}
+
+
+class TrainingStopped(Exception):
+    """The loop stopped at a step boundary, its state saved; ``exit_code`` says why."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteStep(Exception):
+    """A step's loss or gradient is not finite, or the loss diverged; nothing was updated."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", help="rasterizer: auto | torch | triton | gsplat")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config override")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in OUTPUT")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even though the subject, FLAME files or config differ (recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -81,9 +110,10 @@ def cli_overrides(args) -> list[dict]:
     return out
 
 
-def position_lr(cfg: TrainConfig, step: int, extent: float) -> float:
-    """GA's log-linear decay of the position learning rate, scaled by the cameras' extent."""
-    t = min(max(step / max(cfg.optim.iterations, 1), 0.0), 1.0)
+def position_lr(cfg: TrainConfig, step: int, extent: float, schedule: int) -> float:
+    """GA's log-linear decay of the position learning rate over ``schedule`` steps, scaled by the
+    cameras' extent; constant at the final rate after the schedule."""
+    t = min(max(step / max(schedule, 1), 0.0), 1.0)
     lr = math.exp((1 - t) * math.log(cfg.optim.position_lr_init) + t * math.log(cfg.optim.position_lr_final))
     return lr * extent
 
@@ -94,8 +124,11 @@ class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.model_dir = Path(args.model_path)
-        self.cfg, self.source, flame_path, masks_path, self.resume_from = self._resolve_run(args)
+        self.resume_changes: list[str] = []
+        self.cfg, self.source, flame_path, masks_path, self.resume_from, extra = self._resolve_run(args)
         cfg = self.cfg
+        # The schedule (decays, warm-up, SH degrees) is fixed by the run's first command.
+        self.schedule_iterations = int(extra.get("schedule_iterations", cfg.optim.iterations))
         self.device = pick_device(cfg.run.device)
         self.backend = select_backend(cfg.run.backend, self.device)
         self.runtime = {"device": describe_device(self.device), "backend": self.backend.name,
@@ -116,8 +149,12 @@ class Trainer:
             raise InputFileError(f"{self.source}: transforms_train.json has no frames to train on")
         self.eval_splits = {s: even_subset(self.subject.frames[s], cfg.run.eval_max_frames)
                             for s in ("val", "test") if args.eval and self.subject.frames[s]}
+        # A missing, corrupt or wrong-size image is named now, not at the iteration that meets it.
+        self.subject.check_files(self.train_frames + [f for fs in self.eval_splits.values() for f in fs],
+                                 progress=not args.quiet)
 
         self.flame = build_flame(cfg, {}, flame_path, masks_path).to(self.device)
+        self._require_masks()
         self.flame_paths = (str(Path(self.flame.model_path).resolve()), None if self.flame.masks_path is None else str(Path(self.flame.masks_path).resolve()))
         self.sequence = FlameSequence(self.flame, {k: v.to(self.device) for k, v in self.subject.flame.items()},
                                       self.subject.shape.to(self.device),
@@ -144,15 +181,22 @@ class Trainer:
         self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
         self.step = 0
         self.writer = self._tensorboard()
-        if self.resume_from is not None:
-            self._load_training_state(self.resume_from)
+        if self.resume_from:
+            self._load_latest_readable(self.resume_from)
         # Ground truth decoded ahead along the sampler's future draws (its state is final now).
         self.loader = frame_loader_for(self.subject, self.train_frames, self.device, self.sampler,
                                        depth=cfg.run.prefetch_frames, workers=cfg.run.loader_workers,
                                        device_cache_bytes=int(cfg.run.device_image_cache_gb * (1 << 30)))
+        history = list(extra.get("resume_history", []))
+        if self.resume_from and self.resume_changes:
+            history.append({"iteration": self.step, "changes": self.resume_changes})
         save_config(cfg, self.model_dir / "config.yaml", extra={
             "source_path": str(Path(self.source).resolve()), "flame_model": self.flame_paths[0],
-            "flame_masks": self.flame_paths[1], "eval": bool(args.eval), "runtime": self.runtime})
+            "flame_masks": self.flame_paths[1], "eval": bool(args.eval), "runtime": self.runtime,
+            "schedule_iterations": self.schedule_iterations, "resume_history": history})
+        self._stop_signal: str | None = None
+        self._updating = False
+        self._loss_ema: float | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -161,35 +205,63 @@ class Trainer:
             tqdm.write(text)
 
     def _resolve_run(self, args):
-        """Config, data path and FLAME paths; refuses folders that hold another config's run."""
+        """(config, data path, FLAME path, masks path, checkpoints to resume from, saved extras).
+
+        A folder with checkpoints continues only with --resume, and only with the same subject,
+        FLAME files and config unless --allow-changes (then the differences are recorded). A
+        folder with a config.yaml but no checkpoint (a refused or failed start) is simply reused.
+        """
         overrides = cli_overrides(args)
         saved_path = self.model_dir / "config.yaml"
-        if saved_path.is_file():
+        checkpoints = list_checkpoints(self.model_dir)
+        if args.resume or (checkpoints and saved_path.is_file()):
+            if not saved_path.is_file():
+                raise MissingFileError(f"--resume: {saved_path} not found; nothing to resume in {self.model_dir}")
+            if not args.resume:
+                raise InputFileError(
+                    f"{self.model_dir} already holds a checkpoint (iteration {checkpoints[-1][0]}); pass --resume to "
+                    "continue it, or choose another -m folder")
+            if not checkpoints:
+                raise MissingFileError(f"--resume: {self.model_dir} has a config.yaml but no checkpoint; start it again "
+                                       "without --resume")
             saved_cfg, extra = load_saved_config(self.model_dir)
-            cfg = resolve_config(args.config, overrides, base=saved_cfg.to_dict()) if args.resume else resolve_config(args.config, overrides)
-            diffs = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES)
-            if diffs:
-                raise InputFileError(
-                    f"{self.model_dir} holds a run with another config ({'; '.join(diffs[:5])}"
-                    f"{' ...' if len(diffs) > 5 else ''}); choose another -m folder or delete this one")
-            ckpt = latest_checkpoint(self.model_dir)
-            if ckpt is not None and not args.resume:
-                raise InputFileError(
-                    f"{self.model_dir} already holds a checkpoint (iteration {ckpt[0]}); pass --resume to continue it, "
-                    "or choose another -m folder")
+            cfg = resolve_config(args.config, overrides, base=saved_cfg.to_dict())
+            changes = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES)
             source = args.source_path or extra.get("source_path")
-            flame_path = args.flame or (extra.get("flame_model") if args.resume else None)
-            masks_path = args.flame_masks or (extra.get("flame_masks") if args.resume else None)
-            if args.resume and "eval" in extra:
+            flame_path = args.flame or extra.get("flame_model") or str(DEFAULT_FLAME_MODEL_PATH)
+            masks_path = args.flame_masks or extra.get("flame_masks")
+            for name, given, saved in (("subject", args.source_path, extra.get("source_path")),
+                                       ("FLAME model", args.flame, extra.get("flame_model")),
+                                       ("FLAME masks", args.flame_masks, extra.get("flame_masks"))):
+                if given and saved and str(Path(given).resolve()) != str(Path(saved).resolve()):
+                    changes.append(f"{name}: {saved} -> {Path(given).resolve()}")
+            if changes and not args.allow_changes:
+                raise InputFileError(
+                    f"--resume: {self.model_dir} was trained with another setup ({'; '.join(changes[:5])}"
+                    f"{' ...' if len(changes) > 5 else ''}); pass --allow-changes to continue it anyway (the changes "
+                    "are recorded in config.yaml), or choose another -m folder")
+            self.resume_changes = changes
+            if "eval" in extra:
                 args.eval = bool(extra["eval"])
-            return cfg, source, flame_path or str(DEFAULT_FLAME_MODEL_PATH), masks_path, ckpt if args.resume else None
-        if args.resume:
-            raise MissingFileError(f"--resume: {saved_path} not found; nothing to resume in {self.model_dir}")
+            return cfg, source, flame_path, masks_path, checkpoints, extra
         if not args.source_path:
             raise InputFileError("-s SUBJECT is required (the folder with transforms_train.json)")
         cfg = resolve_config(args.config, overrides)
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        return cfg, args.source_path, args.flame or str(DEFAULT_FLAME_MODEL_PATH), args.flame_masks, None
+        return cfg, args.source_path, args.flame or str(DEFAULT_FLAME_MODEL_PATH), args.flame_masks, [], {}
+
+    def _require_masks(self) -> None:
+        """The paper's components read FLAME's region masks; without them the method would quietly
+        change (the boxes, the clustering weights and the penalty regions would cover everything)."""
+        m = self.cfg
+        needs = [name for name, on in (("feature lines", m.model.use_feature_lines),
+                                       ("the opacity penalty", m.penalty.enabled),
+                                       ("class-balanced sampling", m.sampling.class_balanced)) if on]
+        if needs and self.flame.masks_path is None:
+            raise MissingFileError(
+                f"FLAME_masks.pkl not found (looked for {self.flame._expected_masks_path}); {', '.join(needs)} need "
+                "FLAME's region masks. Download 'FLAME Vertex Masks' from https://flame.is.tue.mpg.de and put "
+                "FLAME_masks.pkl beside the model, or pass --flame-masks PATH")
 
     def _penalty_face_region(self) -> torch.Tensor:
         masks = self.flame.face_masks
@@ -200,7 +272,7 @@ class Trainer:
 
     def _make_optimizers(self) -> None:
         o = self.cfg.optim
-        lrs = {"xyz": position_lr(self.cfg, 0, self.extent), "rotation": o.rotation_lr, "log_scale": o.scaling_lr,
+        lrs = {"xyz": position_lr(self.cfg, 0, self.extent, self.schedule_iterations), "rotation": o.rotation_lr, "log_scale": o.scaling_lr,
                "opacity": o.opacity_lr, "sh0": o.sh_lr, "shN": o.sh_lr / 20.0}
         self.optimizers = self.avatar.gaussians.make_optimizers({k: lrs[k] for k in self.avatar.gaussians.params})
         groups = self.avatar.network_param_groups(o.grid_lr, o.mlp_lr, o.opacity_mlp_lr)
@@ -255,13 +327,13 @@ class Trainer:
     # -- one iteration --------------------------------------------------------------------------
 
     def lines_active(self, step: int) -> bool:
-        return self.avatar.feature_lines is not None and step > self.cfg.optim.feature_lines_warmup * self.cfg.optim.iterations
+        return self.avatar.feature_lines is not None and step > self.cfg.optim.feature_lines_warmup * self.schedule_iterations
 
     def sh_degree_active(self, step: int) -> int | None:
         # GA raises the SH degree by one every 1000 iterations; shorter schedules scale that.
         if self.avatar.gaussians.sh_degree is None:
             return None
-        interval = max(1, min(1000, self.cfg.optim.iterations // 10))
+        interval = max(1, min(1000, self.schedule_iterations // 10))
         return min(self.avatar.gaussians.sh_degree, step // interval)
 
     def _camera(self, frame) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +361,7 @@ class Trainer:
         its logging interval."""
         cfg, o, timer = self.cfg, self.cfg.optim, self.timer
         for group in self.optimizers["xyz"].param_groups:
-            group["lr"] = position_lr(cfg, step, self.extent)
+            group["lr"] = position_lr(cfg, step, self.extent, self.schedule_iterations)
         index = self.sampler.next()
         frame = self.train_frames[index]
         with timer("data"):
@@ -314,7 +386,11 @@ class Trainer:
                 loss = loss + p.lambda_opacity * loss_pen
         with timer("backward"):
             loss.backward()
+        if cfg.run.check_finite:
+            self._check_finite(step, {"loss": loss, "l1": l1, "d_ssim": d_ssim, "position": loss_pos,
+                                      "scale": loss_scale, "penalty": loss_pen})
 
+        self._updating = True  # from here an exception would leave a half-updated state
         with torch.no_grad():
             with timer("densification"):
                 self.strategy.update_statistics(result.meta, frame.width, frame.height)
@@ -326,8 +402,34 @@ class Trainer:
                 events = self.strategy.step(step, self.avatar.gaussians, self.optimizers,
                                             self.avatar.canonical_world_scales())
             mse = ((image - gt) ** 2).mean()
+        self._updating = False
         return {"loss": loss.detach(), "l1": l1.detach(), "psnr": -10 * torch.log10(mse.clamp_min(1e-10)),
                 "penalty": loss_pen.detach(), "splats": len(self.avatar.gaussians), **events}
+
+    def _trainable_grads(self) -> list[torch.Tensor]:
+        return [p.grad for opt in self._all_optimizers() for group in opt.param_groups for p in group["params"]
+                if p.grad is not None]
+
+    def _check_finite(self, step: int, terms: dict) -> None:
+        """Raise NonFiniteStep before the update when a loss term or gradient is not finite, or the
+        loss exceeds ``run.divergence_factor`` x its running mean. One host-device sync per step
+        (as AMP's grad scaler does); ``run.check_finite=false`` removes it."""
+        grads = self._trainable_grads()
+        grad_norm = torch.stack([torch.linalg.vector_norm(g) for g in grads]).sum() if grads else torch.zeros(())
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [grad_norm.float()]).tolist()
+        named = dict(zip(list(terms) + ["gradient norm"], values))
+        bad = [k for k, v in named.items() if not math.isfinite(v)]
+        loss = named["loss"]
+        factor = self.cfg.run.divergence_factor
+        if not bad and self._loss_ema is not None and factor > 0 and step > 100 and loss > factor * self._loss_ema:
+            bad = [f"loss {loss:.4g} > {factor:g} x its running mean {self._loss_ema:.4g} (diverging)"]
+        if bad:
+            for opt in self._all_optimizers():
+                opt.zero_grad(set_to_none=True)
+            terms_text = ", ".join(f"{k} {v:.4g}" for k, v in named.items())
+            raise NonFiniteStep(f"iteration {step}: {'non-finite ' if not bad[0].startswith('loss ') else ''}"
+                                f"{', '.join(bad)} ({terms_text}); the update was not applied")
+        self._loss_ema = loss if self._loss_ema is None else 0.99 * self._loss_ema + 0.01 * loss
 
     def _all_optimizers(self):
         opts = list(self.optimizers.values())
@@ -370,16 +472,27 @@ class Trainer:
             }, folder / "training_state.pt")
         return write_checkpoint(self.model_dir, step, writer, keep=self.cfg.run.keep_checkpoints)
 
-    def _load_training_state(self, checkpoint) -> None:
-        _, folder = checkpoint
+    def _load_latest_readable(self, checkpoints: list) -> None:
+        """Resume from the newest checkpoint that reads back; a corrupt one is skipped with a warning."""
+        for iteration, folder in reversed(checkpoints):
+            try:
+                self._load_training_state(folder)
+                return
+            except UserFacingError as exc:
+                print(f"[train] warning: checkpoint iteration {iteration} cannot be read ({exc}); "
+                      "trying the previous one", file=sys.stderr)
+        raise InputFileError(f"--resume: no readable checkpoint in {self.model_dir / 'checkpoints'}; start a new run "
+                             "in another -m folder")
+
+    def _load_training_state(self, folder: Path) -> None:
+        state = load_state(folder / "training_state.pt", map_location=self.device)
+        flame_state = load_state(folder / "flame_params.pt") if self.cfg.optim.train_flame else None
         load_avatar_components(self.avatar, folder)
-        if self.cfg.optim.train_flame:
-            state = load_component(folder / "flame_params.pt")
+        if flame_state is not None:
             with torch.no_grad():
-                for k, v in state.items():
+                for k, v in flame_state.items():
                     self.sequence.values[k].copy_(v)
         self._make_optimizers()
-        state = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=False)
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["splat_optimizers"][k])
         if self.net_optimizer is not None:
@@ -392,20 +505,66 @@ class Trainer:
         self.step = int(state["iteration"])
         self.log(f"[train] resumed from {folder} (iteration {self.step}, {len(self.avatar.gaussians)} splats)")
 
+    def save_consistent(self) -> Path | None:
+        """Save the state after ``self.step`` completed steps unless that checkpoint exists already."""
+        if self.step == 0:
+            return None
+        existing = checkpoint_path(self.model_dir, self.step)
+        return existing if existing.is_dir() else self.save(self.step)
+
     # -- the loop -------------------------------------------------------------------------------
 
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and self._stop_signal == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        self._stop_signal = name
+
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+        try:
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    previous[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: leave the process's handlers alone
+            pass
+        return previous
+
     def train(self) -> dict:
+        """Run the remaining steps. Raises TrainingStopped (state saved) on a stop signal or a
+        non-finite step; any other exception saves the last consistent state first."""
+        previous = self._install_signal_handlers()
+        try:
+            return self._train_loop()
+        finally:
+            self.loader.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _train_loop(self) -> dict:
         cfg = self.cfg
         total = cfg.optim.iterations
+        if self.step > 0 and total > self.schedule_iterations:
+            self.log(f"[train] training to {total} iterations; the schedule stays that of {self.schedule_iterations} "
+                     "and later steps run at its final rates")
         log_path = self.model_dir / "train_log.jsonl"
-        bar = tqdm(total=total, initial=self.step, desc="train", disable=self.args.quiet, dynamic_ncols=True)
+        bar = tqdm(total=total, initial=min(self.step, total), desc="train", disable=self.args.quiet, dynamic_ncols=True)
         start = time.time()
         last_eval: dict = {}
         ema_loss = ema_psnr = None  # device tensors: read (a sync) only at the logging interval
         try:
             while self.step < total:
                 step = self.step + 1
-                stats = self.training_step(step)
+                # An exception before the update leaves the parameters of step - 1; the sampler
+                # must then be put back to match them.
+                sampler_before = self.sampler.state_dict()
+                try:
+                    stats = self.training_step(step)
+                except BaseException:
+                    if not self._updating:
+                        self.sampler.load_state_dict(sampler_before)
+                    raise
                 self.step = step
                 ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
                 ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
@@ -431,14 +590,25 @@ class Trainer:
                 if step % cfg.run.save_interval == 0 or step == total:
                     self.save(step)
                 bar.update(1)
-        except KeyboardInterrupt:
+                if self._stop_signal is not None:
+                    path = self.save_consistent()
+                    raise TrainingStopped(f"stopped by {self._stop_signal} at iteration {self.step}: saved {path}; "
+                                          "continue with --resume", STOP_SIGNALS[self._stop_signal])
+        except NonFiniteStep as exc:
             bar.close()
-            if self.step > 0:
-                path = self.save(self.step)
-                print(f"\n[train] interrupted: saved {path}; continue with --resume", file=sys.stderr)
+            path = self.save_consistent()
+            raise TrainingStopped(f"{exc}. Saved the last good state ({path}); lower the learning rates or fix the "
+                                  "config, then continue with --resume --allow-changes", EXIT_DIVERGED) from None
+        except (TrainingStopped, KeyboardInterrupt):
+            bar.close()
             raise
-        finally:
-            self.loader.close()
+        except BaseException:
+            bar.close()
+            if not self._updating:
+                path = self.save_consistent()
+                if path is not None:
+                    print(f"[train] saved the last consistent state before stopping: {path}", file=sys.stderr)
+            raise
         bar.close()
         elapsed = time.time() - start
         summary = {"iterations": self.step, "splats": len(self.avatar.gaussians), "train_seconds": elapsed,
@@ -455,9 +625,12 @@ def main(argv=None) -> int:
         trainer.train()
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except TrainingStopped as exc:
+        print(f"[train] {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 

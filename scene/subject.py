@@ -35,7 +35,8 @@ import torch
 from scene.cameras import cameras_extent as _cameras_extent
 from scene.cameras import focal_to_fov, opengl_c2w_to_opencv_w2c, scale_intrinsics, scaled_size
 from utils.errors import InputFileError, MissingFileError, UserFacingError
-from utils.image_io import DEFAULT_CACHE_BYTES, ImageCache, load_mask_uint8, load_rgb_uint8, uint8_to_float
+from utils.image_io import (DEFAULT_CACHE_BYTES, ImageCache, check_image_header, load_mask_uint8, load_rgb_uint8,
+                            uint8_to_float)
 
 __all__ = [
     "CameraFrame",
@@ -270,6 +271,16 @@ class Subject:
         orig = (frame.orig_width, frame.orig_height) if frame.orig_width else None
         key = ("rgb", str(frame.image_path), size)
         return self.image_cache.get_uint8(key, lambda: load_rgb_uint8(frame.image_path, size=size, expected_size=orig))
+
+    def check_files(self, frames: Sequence[CameraFrame], progress: bool = False) -> None:
+        """Read the header of every frame's image and mask once (size, format), so that a missing,
+        corrupt or wrong-size file is named now rather than when a training step reaches it."""
+        from tqdm import tqdm
+        for frame in tqdm(frames, desc="checking images", unit="frame", disable=not progress, leave=False):
+            orig = (frame.orig_width, frame.orig_height) if frame.orig_width else None
+            check_image_header(frame.image_path, orig)
+            if frame.mask_path is not None:
+                check_image_header(frame.mask_path, orig)
 
     def load_mask(self, frame: CameraFrame) -> Optional[torch.Tensor]:
         """The frame's foreground matte as ``(height, width, 1)`` float32 in [0, 1], or None."""

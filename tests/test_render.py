@@ -130,7 +130,8 @@ def test_orbit_benchmark_and_half_export(avatar):
     assert (a < 0.95).any() and (b < 0.95).any()  # the head is in view from the front and the back
     assert not torch.equal(a, b)
     bench = json.loads((model / "benchmark.json").read_text())
-    assert bench["fps"] > 0 and bench["ms_rasterization"] > 0 and set(bench["ms_decoders"]) == {"triplane", "feature_lines"}
+    assert bench["fps"] > 0 and bench["ms_rasterization"] > 0 and bench["ms_decoders"] > 0
+    assert bench["backend"] == "torch" and bench["device"].startswith("cpu") and bench["backend_reason"]
     half = json.loads((model / "export_half.json").read_text())
     assert half["bytes_half"] < half["bytes_full"]
     assert half["psnr_full_vs_half_db"] > 40

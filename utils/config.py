@@ -8,6 +8,7 @@ The resolved config is saved as ``MODEL/config.yaml`` and read back by render.py
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,10 @@ class RunConfig:
     loader_workers: int = 2
     prefetch_frames: int = 8
     device_image_cache_gb: float = 0.0
+    # Stop before the update when a loss term or gradient is not finite, or the loss exceeds
+    # divergence_factor x its running mean (0: off): one host-device sync per step.
+    check_finite: bool = True
+    divergence_factor: float = 10.0
 
 
 @dataclass
@@ -179,24 +184,42 @@ def _coerce(current: Any, value: Any, source: str, path: str) -> Any:
             except ValueError:
                 pass
     elif isinstance(current, float):
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                return _fail(source, path, value, "a finite number")
+            return number
     elif isinstance(current, str):
         if isinstance(value, str):
             return value
     elif isinstance(current, list):
-        if isinstance(value, list):
-            return value
         if isinstance(value, str):
-            return yaml.safe_load(value) if value.startswith("[") else [v.strip() for v in value.split(",")]
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",")]
+        if isinstance(value, list):
+            return _coerce_list(current, value, source, path)
     else:
         return value
     return _fail(source, path, value, type(current).__name__)
+
+
+# Lists whose length is part of their meaning (a colour, one channel count per plane).
+FIXED_LENGTH_LISTS = ("run.background", "model.triplane_channels")
+
+
+def _coerce_list(current: list, value: list, source: str, path: str) -> list:
+    """Each element converted to the type of the default's elements; fixed-length lists checked."""
+    if path in FIXED_LENGTH_LISTS and len(value) != len(current):
+        return _fail(source, path, value, f"a list of {len(current)} values")
+    if not current:
+        return value
+    return [_coerce(current[0], v, source, f"{path}[{i}]") for i, v in enumerate(value)]
 
 
 def _fail(source: str, path: str, value: Any, expected: str):
@@ -263,6 +286,46 @@ def validate(config: TrainConfig) -> None:
         raise InputFileError("run.resolution_scale must be in (0, 1]")
     if config.optim.iterations < 1:
         raise InputFileError("optim.iterations must be at least 1")
+    _check_ranges(config)
+
+
+# (dotted key, lowest allowed, highest allowed or None): values a run cannot work with, refused
+# before anything is written instead of clamped quietly or failing at iteration 1.
+RANGES = (
+    ("sampling.n_classes", 1, None), ("model.n_jaw_bases", 1, None), ("model.n_expr_bases", 1, None),
+    ("model.triplane_resolution", 2, None), ("model.line_resolution", 2, None), ("model.line_channels", 1, None),
+    ("model.sh_degree", 0, 3), ("model.init_splats_per_triangle", 1, None), ("model.box_padding", 0.0, None),
+    ("optim.feature_lines_warmup", 0.0, 1.0), ("optim.lambda_dssim", 0.0, 1.0),
+    ("densify.densification_interval", 1, None), ("densify.grad_threshold", 0.0, None),
+    ("densify.min_opacity", 0.0, 1.0), ("densify.max_splats", 0, None), ("run.eval_interval", 1, None),
+    ("run.save_interval", 1, None), ("run.log_interval", 1, None), ("run.keep_checkpoints", 0, None),
+    ("run.image_cache_gb", 0.0, None), ("run.loader_workers", 0, None), ("run.prefetch_frames", 0, None),
+    ("run.device_image_cache_gb", 0.0, None), ("run.divergence_factor", 0.0, None), ("run.eval_max_frames", 0, None),
+    ("penalty.lambda_opacity", 0.0, None), ("penalty.tau_face", 0.0, None), ("penalty.tau_other", 0.0, None),
+)
+POSITIVE = ("optim.position_lr_init", "optim.position_lr_final", "optim.opacity_lr", "optim.scaling_lr",
+            "optim.rotation_lr", "optim.sh_lr", "optim.grid_lr", "optim.mlp_lr", "optim.opacity_mlp_lr")
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    def get(key):
+        section, name = key.split(".")
+        return getattr(getattr(config, section), name)
+
+    for key, lo, hi in RANGES:
+        value = get(key)
+        if value < lo or (hi is not None and value > hi):
+            bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise InputFileError(f"config key '{key}' must be {bound}, got {value!r}")
+    for key in POSITIVE:
+        if not get(key) > 0:
+            raise InputFileError(f"config key '{key}' (a learning rate) must be > 0, got {get(key)!r}")
+    for c in config.model.triplane_channels:
+        if c < 1:
+            raise InputFileError(f"config key 'model.triplane_channels' must list positive channel counts, got "
+                                 f"{config.model.triplane_channels}")
+    if not all(0.0 <= v <= 1.0 for v in config.run.background):
+        raise InputFileError(f"config key 'run.background' must be 3 values in [0, 1], got {config.run.background}")
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike, extra: dict | None = None) -> None:

@@ -80,6 +80,13 @@ def image_size(path: Path) -> Size:
         return img.size
 
 
+def check_image_header(path: Path, expected_size: Optional[Size] = None) -> None:
+    """Read only the header of ``path``: raises the same errors as the loaders (missing file, not
+    an image, wrong size) without decoding pixels (training's data pre-flight)."""
+    with _open(path) as img:
+        _check_size(img, Path(path), expected_size)
+
+
 def _check_size(img: Image.Image, path: Path, expected_size: Optional[Size]) -> None:
     if expected_size is not None and tuple(img.size) != tuple(expected_size):
         raise InputFileError(
