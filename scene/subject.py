@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -733,6 +734,11 @@ def _build(
         static_offset = canonical["static_offset"].reshape(-1, 3)
     if (shape is None or static_offset is None) and timesteps:
         path = flame_paths[timesteps[0]]
+        missing = "shape and static_offset" if shape is None and static_offset is None else (
+            "shape" if shape is None else "static_offset")
+        # Not silent: GA fits the identity jointly over all sequences; one timestep's is a stand-in.
+        print(f"[data] warning: {canonical_path} {'has no ' + missing if canonical else 'does not exist'}; "
+              f"using timestep {timesteps[0]}'s from {path}", file=sys.stderr)
         with _open_npz(path) as f:
             if shape is None:
                 arr = _get(f, path, "shape", required=False)

@@ -280,10 +280,13 @@ def test_single_sequence_and_load_sequence(fake, tmp_path):
         load_sequence(tmp_path)
 
 
-def test_dynamic_offset_and_canonical_fallback(tmp_path):
+def test_dynamic_offset_and_canonical_fallback(tmp_path, capsys):
     info = write_fake_subject(tmp_path, dynamic_offset=True, n_vertices=5023, n_train_sequences=1, test_sequence=False)
     (info.union / "canonical_flame_param.npz").unlink()
     s = load_subject(info.union)
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "canonical_flame_param.npz does not exist" in warning[0]
+    assert "using timestep 0's" in warning[0]
     assert s.flame["dynamic_offset"].shape == (info.n_timesteps, 5023, 3)
     assert s.canonical == {}
     # No canonical file: identity from the first timestep's file.
