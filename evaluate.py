@@ -55,8 +55,9 @@ background colour is the one the model was trained with (``background`` in
 ``MODEL/config.yaml`` when present, else white); it is also used to flatten RGBA images.
 
 Identical images have infinite PSNR; it is written as ``null`` in JSON (``inf`` in tables).
-Errors a user can cause (no renders, missing GT, image size mismatch, missing LPIPS weights)
-print one line naming the file and the fix, and exit with status 2.
+Errors a user can cause (no renders, missing GT, image size mismatch, missing LPIPS weights,
+two files of one frame such as ``x.png`` beside ``x.jpg`` in a renders, GT or mask folder) print
+one line naming the file(s) and the fix, and exit with status 2.
 """
 from __future__ import annotations
 
