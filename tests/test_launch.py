@@ -1,0 +1,183 @@
+"""launch.py with submitit's local executor: two tiny subjects end to end (outputs and the table
+over both), jobs stopped mid-run and requeued (SIGUSR1 to the job, as SLURM's time-limit warning;
+SIGTERM to train.py, as a preemption) that end bit-identical to a straight run, --status, and
+bad input."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flame_fixtures import make_small_model, write_pickle  # noqa: E402
+from subject_fixtures import write_fake_subject  # noqa: E402
+from test_train import SMALL_SCHEDULE, checkpoint_tensors  # noqa: E402
+
+CONFIGS = SMALL_SCHEDULE[:4]  # --config tensorial.yaml --config demo.yaml
+TRAIN_OPTIONS = [*SMALL_SCHEDULE[4:], "--iterations", "60", "--set", "run.save_interval=10"]
+FINAL = "iteration_0000060"
+# subject -> (what is signalled, signal): the job itself gets SLURM's time-limit warning
+# (submitit's checkpoint passes it on to train.py); train.py gets a preemption's SIGTERM.
+STOPS = {"subjA": ("job", signal.SIGUSR1), "subjB": ("train.py", signal.SIGTERM)}
+
+
+def run_launch(*args, env=None):
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def make_subjects(root: Path) -> dict:
+    """A tiny FLAME-layout model and two fake subjects (different images), named subjA / subjB."""
+    model, masks = make_small_model()
+    model.pop("J", None)
+    flame_path = write_pickle(root / "flame" / "flame2023.pkl", model)
+    with open(root / "flame" / "FLAME_masks.pkl", "wb") as f:
+        pickle.dump(masks, f)
+    from flame_model import FLAME
+    n_vertices = FLAME(flame_path).num_vertices
+    subjects = {}
+    for seed, name in enumerate(STOPS):
+        fake = write_fake_subject(root / name, n_cameras=4, n_timesteps=3, width=48, height=64,
+                                  n_vertices=n_vertices, distance=0.6, seed=seed)
+        subjects[name] = fake.union.rename(root / name / name)  # the union's frame paths are ../SEQ_*
+    return {"flame": flame_path, "subjects": subjects}
+
+
+def train_process(model_dir: Path) -> int | None:
+    """The pid of the train.py writing to ``model_dir``, if one runs."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if any(a.endswith("train.py") for a in argv) and str(model_dir) in argv:
+            return int(proc.name)
+    return None
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def stop_mid_run(model_dir: Path, target: str, sig: int, launcher: subprocess.Popen) -> None:
+    """Once ``model_dir`` has its first checkpoint (iteration 10 of 60), send ``sig`` to its
+    train.py or to the job running it."""
+    deadline = time.time() + 300
+    while time.time() < deadline and launcher.poll() is None:
+        pid = train_process(model_dir)
+        if pid is not None and (model_dir / "checkpoints" / "iteration_0000010").is_dir():
+            os.kill(parent_of(pid) if target == "job" else pid, sig)
+            return
+        time.sleep(0.02)
+    pytest.fail(f"{model_dir}: train.py never reached its first checkpoint")
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, lpips_weights):
+    """One local launch of both subjects, each job stopped once mid-training (see STOPS)."""
+    root = tmp_path_factory.mktemp("launch")
+    data = make_subjects(root)
+    out = root / "out"
+    log = open(root / "launch.log", "w")
+    cmd = [sys.executable, str(REPO / "launch.py"), *map(str, data["subjects"].values()), "--launcher", "local",
+           "--gpus", "0", "--output-root", str(out), *CONFIGS, "--flame", str(data["flame"]), "--", *TRAIN_OPTIONS]
+    start = time.time()
+    launcher = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for name, (target, sig) in STOPS.items():
+            stop_mid_run(out / name, target, sig, launcher)
+        code = launcher.wait(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        log.close()
+    print(f"launch took {time.time() - start:.0f} s")
+    return {**data, "out": out, "code": code, "log": (root / "launch.log").read_text()}
+
+
+@pytest.mark.slow
+def test_two_subjects_end_to_end_with_one_table(launched):
+    assert launched["code"] == 0, launched["log"]
+    out = launched["out"]
+    for name in STOPS:
+        assert (out / name / "checkpoints" / FINAL).is_dir()
+        assert {"val", "test"} <= set(json.loads((out / name / "results.json").read_text()))
+        assert (out / name / "slurm" / "stages.log").is_file()
+    table = json.loads((out / "results_all.json").read_text())
+    assert set(table["models"]) == {str(out / name) for name in STOPS}
+    assert {"val", "test"} <= set(table["mean"]) and table["mean"]["val"]["n_models"] == 2
+    assert "**mean**" in launched["log"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(STOPS))
+def test_stopped_job_is_requeued_and_resumes_bit_exact(launched, name, tmp_path):
+    assert launched["code"] == 0, launched["log"]
+    model = launched["out"] / name
+    stages = (model / "slurm" / "stages.log").read_text()
+    # train.py saved at the signal (exit code 3), submitit requeued the job, and it went on with --resume.
+    assert "exited with 3" in stages or "stopped for a requeue, exit code 3" in stages, stages
+    attempts = [line for line in stages.splitlines() if line.startswith("== ") and ": train: " in line]
+    assert len(attempts) == 2 and "attempt 2" in attempts[1] and attempts[1].endswith("--resume"), attempts
+    progress = json.loads((model / "slurm" / "progress.json").read_text())
+    assert progress["state"] == "done" and progress["attempt"] == 2
+    # The same schedule straight through, without a stop, ends with the same checkpoint.
+    import train
+    args = ["-s", launched["subjects"][name], "-m", tmp_path / "straight", "--flame", launched["flame"],
+            *CONFIGS, *TRAIN_OPTIONS]
+    assert train.main(list(map(str, args))) == 0
+    a = checkpoint_tensors(tmp_path / "straight" / "checkpoints" / FINAL)
+    b = checkpoint_tensors(model / "checkpoints" / FINAL)
+    assert a.keys() == b.keys()
+    for key in a:
+        same = a[key] == b[key] if isinstance(a[key], bytes) else torch.equal(a[key], b[key])
+        assert same, key
+
+
+@pytest.mark.slow
+def test_status_shows_each_subject(launched):
+    result = run_launch("--status", "--output-root", launched["out"])
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    rows = {words[0]: words for words in lines if words and words[0] in STOPS}
+    assert set(rows) == set(STOPS)
+    record = json.loads((launched["out"] / "launch.json").read_text())
+    for name, row in rows.items():
+        assert row[1] == record["subjects"][name]["job_id"] and row[2] == "done", result.stdout
+
+
+def one_error_line(result) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_missing_subject_folder_is_one_error(tmp_path):
+    (tmp_path / "here").mkdir()
+    line = one_error_line(run_launch(tmp_path / "here", tmp_path / "nowhere", "--launcher", "local",
+                                     "--output-root", tmp_path / "out"))
+    assert str(tmp_path / "nowhere") in line and "not found" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_without_sbatch_is_one_error(tmp_path):
+    (tmp_path / "subject").mkdir()
+    (tmp_path / "bin").mkdir()  # a PATH with no sbatch/srun on it
+    env = {**os.environ, "PATH": str(tmp_path / "bin")}
+    line = one_error_line(run_launch(tmp_path / "subject", "--launcher", "slurm", "--output-root", tmp_path / "out",
+                                     env=env))
+    assert "sbatch" in line and "--launcher local" in line
+
+
+def test_status_without_a_launch_is_one_error(tmp_path):
+    line = one_error_line(run_launch("--status", "--output-root", tmp_path))
+    assert "launch.json" in line
