@@ -37,11 +37,13 @@ from tqdm import tqdm
 
 from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
 from gaussian_renderer import select_backend
+from scene.protocols import protocol_splits
 from scene.rendering import measure_render_speed, render_avatar
 from scene.subject import load_sequence, load_subject
 from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png
+from utils.subject_ids import own_free_sequence
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 FRAME_SUBFOLDERS = ("renders", "gt", "masks")
@@ -174,14 +176,36 @@ class Renderer:
             return {k: source[k][row:row + 1].to(self.device).float() for k in FLAME_MOTION_KEYS}
         return motion
 
+    @property
+    def protocol(self) -> str:
+        extra = self.model.extra
+        return extra.get("protocol") or ("ga" if extra.get("eval") else "none")
+
     def render_splits(self, splits: list[str]) -> None:
+        """Render the held-out splits of the run's protocol (scene/protocols.py) beside their GT."""
         subject = self.subject
+        by_protocol = subject.frames if self.protocol == "none" else protocol_splits(subject, self.protocol)
         for split in splits:
-            frames = even_subset(subject.frames[split], self.args.max_frames)
+            if self.protocol == "paper" and split == "test":
+                self.render_free_test()
+                continue
+            frames = even_subset(by_protocol[split], self.args.max_frames)
             if not frames:
                 self.log(f"[render] split {split} has no frames; skipped")
                 continue
             self.render_frames(split, subject, frames, self.motion_from(subject, self.fine_tuned))
+
+    def render_free_test(self) -> None:
+        """The paper protocol's test split: the subject's own FREE sequence, all cameras, driven by
+        its tracked FLAME motion (self-reenactment), scored against its photos."""
+        free, why = own_free_sequence(self.model.extra["source_path"])
+        if free is None:
+            self.log(f"[render] protocol paper: {why}; the test split is skipped")
+            return
+        sequence = load_sequence(free, resolution_scale=self.model.config.run.resolution_scale)
+        frames = even_subset(sequence.frames["all"], self.args.max_frames)
+        self.log(f"[render] protocol paper: test = {free.name} ({len(frames)} frames)")
+        self.render_frames("test", sequence, frames, self.motion_from(sequence))
 
     def rig_camera(self, index: int):
         """A frame of the avatar's own rig seen by camera ``index`` (for its K and viewmat)."""

@@ -41,6 +41,7 @@ from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
 from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import truncated_opacity_penalty
+from scene.protocols import PROTOCOLS, protocol_splits
 from scene.rendering import render_avatar
 from scene.subject import load_subject
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
@@ -83,7 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", action="append", default=[], help="YAML config; repeat to compose (later wins)")
     p.add_argument("--flame", help=f"FLAME model pickle (default {DEFAULT_FLAME_MODEL_PATH})")
     p.add_argument("--flame-masks", help="FLAME_masks.pkl (default: beside the model)")
-    p.add_argument("--eval", action="store_true", help="hold out val/test (GA protocol); otherwise train on every frame")
+    p.add_argument("--eval", action="store_true", help="hold out val/test: the same as --protocol ga")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="which frames train and which are held out (scene/protocols.py): ga (= --eval), paper "
+                        "(test = the subject's FREE sequence), none (default without --eval: every frame trains)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--resolution-scale", type=float, help="train on images and intrinsics scaled by F")
     p.add_argument("--seed", type=int)
@@ -127,6 +131,9 @@ class Trainer:
         self.resume_changes: list[str] = []
         self.cfg, self.source, flame_path, masks_path, self.resume_from, extra = self._resolve_run(args)
         cfg = self.cfg
+        self.protocol = args.protocol or ("ga" if args.eval else "none")
+        if args.eval and args.protocol not in (None, "ga"):
+            raise InputFileError(f"--eval means --protocol ga; it contradicts --protocol {args.protocol}")
         # The schedule (decays, warm-up, SH degrees) is fixed by the run's first command.
         self.schedule_iterations = int(extra.get("schedule_iterations", cfg.optim.iterations))
         self.device = pick_device(cfg.run.device)
@@ -142,13 +149,13 @@ class Trainer:
 
         self.subject = load_subject(self.source, resolution_scale=cfg.run.resolution_scale,
                                     image_cache_bytes=int(cfg.run.image_cache_gb * (1 << 30)))
-        self.train_frames = list(self.subject.frames["train"])
-        if not args.eval:
-            self.train_frames += self.subject.frames["val"] + self.subject.frames["test"]
+        splits = protocol_splits(self.subject, self.protocol)
+        self.train_frames = splits["train"]
         if not self.train_frames:
             raise InputFileError(f"{self.source}: transforms_train.json has no frames to train on")
-        self.eval_splits = {s: even_subset(self.subject.frames[s], cfg.run.eval_max_frames)
-                            for s in ("val", "test") if args.eval and self.subject.frames[s]}
+        # Training-time evaluation covers the union's held-out frames; the paper protocol's test
+        # split (the FREE sequence) is rendered and scored by render.py / evaluate.py.
+        self.eval_splits = {s: even_subset(splits[s], cfg.run.eval_max_frames) for s in ("val", "test") if splits[s]}
         # A missing, corrupt or wrong-size image is named now, not at the iteration that meets it.
         self.subject.check_files(self.train_frames + [f for fs in self.eval_splits.values() for f in fs],
                                  progress=not args.quiet)
@@ -176,7 +183,8 @@ class Trainer:
         self.face_region = self._penalty_face_region()
         self.extent = float(self.subject.cameras_extent)
         self._make_optimizers()
-        self.strategy = BindingAwareDensification(cfg.densify, self.extent, self.flame.num_faces)
+        self.strategy = BindingAwareDensification(cfg.densify, self.extent, self.flame.num_faces,
+                                                  white_background=all(v == 1.0 for v in cfg.run.background))
         self.sampler = self._make_sampler()
         self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
         self.step = 0
@@ -192,7 +200,8 @@ class Trainer:
             history.append({"iteration": self.step, "changes": self.resume_changes})
         save_config(cfg, self.model_dir / "config.yaml", extra={
             "source_path": str(Path(self.source).resolve()), "flame_model": self.flame_paths[0],
-            "flame_masks": self.flame_paths[1], "eval": bool(args.eval), "runtime": self.runtime,
+            "flame_masks": self.flame_paths[1], "eval": self.protocol != "none", "protocol": self.protocol,
+            "runtime": self.runtime,
             "schedule_iterations": self.schedule_iterations, "resume_history": history})
         self._stop_signal: str | None = None
         self._updating = False
@@ -235,14 +244,17 @@ class Trainer:
                                        ("FLAME masks", args.flame_masks, extra.get("flame_masks"))):
                 if given and saved and str(Path(given).resolve()) != str(Path(saved).resolve()):
                     changes.append(f"{name}: {saved} -> {Path(given).resolve()}")
+            saved_protocol = extra.get("protocol") or ("ga" if extra.get("eval") else "none")
+            given_protocol = args.protocol or ("ga" if args.eval else None)
+            if given_protocol is not None and given_protocol != saved_protocol:
+                changes.append(f"protocol: {saved_protocol} -> {given_protocol}")
             if changes and not args.allow_changes:
                 raise InputFileError(
                     f"--resume: {self.model_dir} was trained with another setup ({'; '.join(changes[:5])}"
                     f"{' ...' if len(changes) > 5 else ''}); pass --allow-changes to continue it anyway (the changes "
                     "are recorded in config.yaml), or choose another -m folder")
             self.resume_changes = changes
-            if "eval" in extra:
-                args.eval = bool(extra["eval"])
+            args.protocol = given_protocol or saved_protocol
             return cfg, source, flame_path, masks_path, checkpoints, extra
         if not args.source_path:
             raise InputFileError("-s SUBJECT is required (the folder with transforms_train.json)")
@@ -372,9 +384,12 @@ class Trainer:
             l1 = (image - gt).abs().mean()
             d_ssim = 1.0 - ssim(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
             loss = (1 - o.lambda_dssim) * l1 + o.lambda_dssim * d_ssim
+            # GA's regularisers, on the splats this camera sees (GA's visibility filter), in local units.
             g = self.avatar.gaussians.params
-            loss_pos = torch.relu(g["xyz"].norm(dim=1) - o.threshold_position).mean()
-            loss_scale = torch.relu(torch.exp(g["log_scale"]) - o.threshold_scale).norm(dim=1).mean()
+            visible = (result.meta["radii"][0] > 0).to(image.dtype)
+            n_visible = visible.sum().clamp_min(1.0)
+            loss_pos = (torch.relu(g["xyz"].norm(dim=1) - o.threshold_position) * visible).sum() / n_visible
+            loss_scale = (torch.relu(torch.exp(g["log_scale"]) - o.threshold_scale).norm(dim=1) * visible).sum() / n_visible
             loss = loss + o.lambda_position * loss_pos + o.lambda_scale * loss_scale
             loss_pen = torch.zeros((), device=self.device)
             if cfg.penalty.enabled and self.lines_active(step):

@@ -1,84 +1,185 @@
-"""Quality benchmark: the tensorial model against GaussianAvatars on the synthetic subject.
+"""Quality benchmark: the tensorial model against GaussianAvatars on synthetic subjects.
 
-Trains each method at the demo schedule (configs/demo.yaml) through train.py, renders val (novel
-views) and test (self-reenactment) through render.py, scores them with evaluate.py, and prints
-one Markdown table: PSNR/SSIM/LPIPS per split, splat count, storage and training time.
+For every dataset seed (one synthetic subject each) and every method, trains at the demo schedule
+(configs/demo.yaml) through train.py under the chosen protocol, renders val (novel views) and test
+(self-reenactment: the held-out sequence under ``ga``, the FREE sequence under ``paper``) through
+render.py, scores them with evaluate.py (``gaussian-avatars`` metric set unless ``--metrics``),
+and prints one Markdown table per protocol: each seed's row and the mean over seeds, then the
+tensorial - GaussianAvatars difference per test timestep (mean over cameras and seeds).
 
-    python bench/quality.py [--out output/bench_quality] [--methods tensorial gaussian_avatars]
-                            [--iterations N] [-- extra train.py options]
+    python bench/quality.py [--seeds 0 1 2] [--protocol ga paper] [--methods tensorial gaussian_avatars ...]
+                            [--out output/bench_quality] [--iterations N] [--jobs 2] [--fresh]
+                            [-- extra train.py options]
+
+Methods are configs of the same code; the ``tensorial_*`` variants each change one thing of the
+tensorial config (its ablation rows): the face box instead of the head box, a one-hidden-layer
+opacity decoder, the off-face penalty weight 2 instead of 10, inverse-distance jaw weights.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
+TENSORIAL = ["configs/tensorial.yaml"]
 METHODS = {
-    "tensorial": ["configs/tensorial.yaml"],
-    "gaussian_avatars": ["configs/gaussian_avatars.yaml"],
-    "no_triplane": ["configs/tensorial.yaml", "configs/ablation_no_triplane.yaml"],
-    "no_feature_lines": ["configs/tensorial.yaml", "configs/ablation_no_feature_lines.yaml"],
-    "no_penalty": ["configs/tensorial.yaml", "configs/ablation_no_penalty.yaml"],
-    "no_resampling": ["configs/tensorial.yaml", "configs/ablation_no_resampling.yaml"],
+    # name: (configs, --set overrides)
+    "tensorial": (TENSORIAL, []),
+    "gaussian_avatars": (["configs/gaussian_avatars.yaml"], []),
+    "tensorial_face_box": (TENSORIAL, ["model.feature_line_box=face"]),
+    "tensorial_decoder_1_layer": (TENSORIAL, ["model.opacity_hidden_layers=1"]),
+    "tensorial_penalty_weight_2": (TENSORIAL, ["penalty.weight_other=2"]),
+    "tensorial_jaw_idw": (TENSORIAL, ["model.jaw_weighting=idw"]),
+    "no_triplane": (TENSORIAL + ["configs/ablation_no_triplane.yaml"], []),
+    "no_feature_lines": (TENSORIAL + ["configs/ablation_no_feature_lines.yaml"], []),
+    "no_penalty": (TENSORIAL + ["configs/ablation_no_penalty.yaml"], []),
+    "no_resampling": (TENSORIAL + ["configs/ablation_no_resampling.yaml"], []),
 }
 
 
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+def run(cmd: list[str], env: dict | None = None, log: Path | None = None) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    if log is None:
+        subprocess.run(cmd, cwd=REPO, check=True, env=env)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        res = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if res.returncode != 0:
+        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def dataset(seed: int, data_root: Path) -> tuple[Path, Path]:
+    """(union subject folder, FLAME pickle) of the synthetic subject of ``seed`` (generated once)."""
+    folder = data_root / f"seed{seed}"
+    run([sys.executable, "scripts/make_synthetic_subject.py", "--out", str(folder), "--seed", str(seed), "--quiet"])
+    return next((folder / "s000").glob("UNION_s000_*")), folder / "flame" / "flame2023.pkl"
+
+
+def train_and_score(method: str, seed: int, protocol: str, args, subject: Path, flame: Path, threads: int) -> dict:
+    model = REPO / args.out / protocol / f"seed{seed}" / method
+    if args.fresh and model.exists():
+        shutil.rmtree(model)
+    configs, sets = METHODS[method]
+    cmd = [sys.executable, "train.py", "-s", str(subject), "-m", str(model), "--flame", str(flame), "--protocol",
+           protocol, "--quiet"]
+    cmd += [c for cfg in configs + ["configs/demo.yaml"] for c in ("--config", cfg)]
+    cmd += [c for s in sets for c in ("--set", s)]
+    cmd += (["--iterations", str(args.iterations)] if args.iterations else []) + args.train_args
+    if (model / "checkpoints").is_dir():
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    logs = model.parent / "logs"
+    t0 = time.time()
+    run(cmd, env, logs / f"{method}_train.log")
+    wall = time.time() - t0
+    run([sys.executable, "render.py", "-m", str(model), "--split", "val", "test", "--quiet"], env,
+        logs / f"{method}_render.log")
+    run([sys.executable, "evaluate.py", "-m", str(model), "--split", "val", "test", "--metrics", args.metrics],
+        env, logs / f"{method}_evaluate.log")
+    results = json.loads((model / "results.json").read_text())
+    per_view = json.loads((model / "per_view.json").read_text())
+    summary = json.loads((model / "train_summary.json").read_text())
+    storage = json.loads((model / "storage.json").read_text())
+    return {"method": method, "seed": seed, "protocol": protocol, "results": results, "per_view": per_view,
+            "splats": summary["splats"], "train_seconds": summary["train_seconds"], "wall_seconds": wall,
+            "storage_bytes": storage["total_bytes"]}
+
+
+def fmt_row(label: str, r: dict) -> str:
+    v, t = r["val"], r["test"]
+    return (f"| {label} | {v['PSNR']:.2f} | {v['SSIM']:.4f} | {v['LPIPS']:.4f} | {t['PSNR']:.2f} | {t['SSIM']:.4f} | "
+            f"{t['LPIPS']:.4f} | {r['splats']:.0f} | {r['storage_bytes'] / 1e6:.2f} | {r['train_seconds']:.0f} |")
+
+
+def table(rows: list[dict], protocol: str, metrics: str) -> str:
+    out = [f"Protocol `{protocol}`, metric set `{metrics}` (LPIPS vgg), demo schedule.", "",
+           "| method (seed) | val PSNR | val SSIM | val LPIPS | test PSNR | test SSIM | test LPIPS | splats | storage MB "
+           "| train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    by_method = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+    for method, runs in by_method.items():
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            flat = {"val": r["results"]["val"], "test": r["results"]["test"], "splats": r["splats"],
+                    "storage_bytes": r["storage_bytes"], "train_seconds": r["train_seconds"]}
+            out.append(fmt_row(f"{method} ({r['seed']})", flat))
+        mean = {split: {k: float(np.mean([r["results"][split][k] for r in runs])) for k in ("PSNR", "SSIM", "LPIPS")}
+                for split in ("val", "test")}
+        mean.update({k: float(np.mean([r[k] for r in runs])) for k in ("splats", "storage_bytes", "train_seconds")})
+        out.append(fmt_row(f"**{method} (mean of {len(runs)})**", mean))
+    return "\n".join(out)
+
+
+def differences(rows: list[dict], a: str, b: str) -> str:
+    """Per split: mean PSNR of ``a`` - ``b`` per seed, and per test timestep over seeds and cameras."""
+    runs = {(r["method"], r["seed"]): r for r in rows}
+    seeds = sorted({s for (m, s) in runs if m == a and (b, s) in runs})
+    if not seeds:
+        return ""
+    out = [f"{a} - {b}, PSNR dB:", ""]
+    for split in ("val", "test"):
+        per_seed = [runs[(a, s)]["results"][split]["PSNR"] - runs[(b, s)]["results"][split]["PSNR"] for s in seeds]
+        out.append(f"- {split}: " + ", ".join(f"seed {s} {d:+.2f}" for s, d in zip(seeds, per_seed))
+                   + f"; mean {np.mean(per_seed):+.2f}")
+    per_t = defaultdict(list)
+    for s in seeds:
+        va, vb = runs[(a, s)]["per_view"]["test"], runs[(b, s)]["per_view"]["test"]
+        for name in va:
+            if name in vb:
+                per_t[int(name.split("_")[0])].append(va[name]["PSNR"] - vb[name]["PSNR"])
+    out.append("- test per timestep (mean over cameras and seeds): " + ", ".join(
+        f"{t}: {np.mean(d):+.2f}" for t, d in sorted(per_t.items())))
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/synthetic", help="synthetic dataset folder (generated if missing)")
-    p.add_argument("--identity", default="s000")
-    p.add_argument("--out", default="output/bench_quality")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="synthetic subjects (dataset seeds)")
+    p.add_argument("--protocol", nargs="+", default=["ga"], choices=("ga", "paper"))
     p.add_argument("--methods", nargs="+", default=["tensorial", "gaussian_avatars"], choices=sorted(METHODS))
+    p.add_argument("--data", default="data/bench", help="where the synthetic subjects go")
+    p.add_argument("--out", default="output/bench_quality")
     p.add_argument("--iterations", type=int, help="override the demo schedule's iterations")
-    p.add_argument("--lpips", default="vgg", choices=("alex", "vgg"))
-    p.add_argument("--fresh", action="store_true", help="delete previous outputs of these methods first")
+    p.add_argument("--metrics", default="gaussian-avatars", choices=("gaussian-avatars", "standard"))
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once (each gets cores / jobs threads)")
+    p.add_argument("--fresh", action="store_true", help="delete previous outputs of these runs first")
     p.add_argument("train_args", nargs="*", help="after --: extra train.py options")
     args = p.parse_args(argv)
 
-    py = sys.executable
-    run([py, "scripts/make_synthetic_subject.py", "--out", args.data, "--identities", "2"])
-    run([py, "scripts/fetch_lpips_weights.py"])
-    subject = next((REPO / args.data / args.identity).glob(f"UNION_{args.identity}_*"))
-    flame = REPO / args.data / "flame" / "flame2023.pkl"
-    rows = {}
-    for method in args.methods:
-        model = REPO / args.out / method
-        if args.fresh and model.exists():
-            import shutil
-            shutil.rmtree(model)
-        configs = [c for cfg in METHODS[method] + ["configs/demo.yaml"] for c in ("--config", cfg)]
-        extra = (["--iterations", str(args.iterations)] if args.iterations else []) + args.train_args
-        resume = ["--resume"] if (model / "config.yaml").is_file() else []
-        t0 = time.time()
-        run([py, "train.py", "-s", str(subject), "-m", str(model), "--flame", str(flame), *configs, "--eval", *resume, *extra])
-        wall = time.time() - t0
-        run([py, "render.py", "-m", str(model), "--split", "val", "test", "--quiet"])
-        run([py, "evaluate.py", "-m", str(model), "--split", "val", "test", "--lpips", args.lpips])
-        results = json.loads((model / "results.json").read_text())
-        storage = json.loads((model / "storage.json").read_text())
-        summary = json.loads((model / "train_summary.json").read_text())
-        rows[method] = {"results": results, "storage_bytes": storage["total_bytes"], "splats": summary["splats"],
-                        "train_seconds": summary["train_seconds"] if not resume else summary["train_seconds"],
-                        "wall_seconds": wall}
+    run([sys.executable, "scripts/fetch_lpips_weights.py"])
+    subjects = {seed: dataset(seed, REPO / args.data) for seed in args.seeds}
+    jobs = [(m, s, pr) for pr in args.protocol for s in args.seeds for m in args.methods]
+    threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        rows = list(pool.map(lambda j: train_and_score(j[0], j[1], j[2], args, *subjects[j[1]], threads), jobs))
 
-    header = ("| method | val PSNR | val SSIM | val LPIPS | test PSNR | test SSIM | test LPIPS | splats | storage MB | train s |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
-    print("\n" + header)
-    for method, r in rows.items():
-        v, t = r["results"]["val"], r["results"]["test"]
-        print(f"| {method} | {v['PSNR']:.2f} | {v['SSIM']:.4f} | {v['LPIPS']:.4f} | {t['PSNR']:.2f} | {t['SSIM']:.4f} | "
-              f"{t['LPIPS']:.4f} | {r['splats']} | {r['storage_bytes'] / 1e6:.2f} | {r['train_seconds']:.0f} |")
-    (REPO / args.out).mkdir(parents=True, exist_ok=True)
-    (REPO / args.out / "quality.json").write_text(json.dumps(rows, indent=2))
+    out_dir = REPO / args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    for protocol in args.protocol:
+        mine = [r for r in rows if r["protocol"] == protocol]
+        report += ["", table(mine, protocol, args.metrics), ""]
+        for method in args.methods:
+            if method != "gaussian_avatars" and "gaussian_avatars" in args.methods:
+                report += [differences(mine, method, "gaussian_avatars"), ""]
+            if method.startswith("tensorial_") and "tensorial" in args.methods:
+                report += [differences(mine, method, "tensorial"), ""]
+    text = "\n".join(report)
+    print(text)
+    (out_dir / "quality.md").write_text(text + "\n")
+    (out_dir / "quality.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "per_view"} for r in rows],
+                                                     indent=2))
     return 0
 
 

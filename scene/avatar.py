@@ -35,7 +35,8 @@ class GaussianAvatar(torch.nn.Module):
         cfg: model configuration.
         faces: (F, 3) mesh triangles (FLAME with teeth).
         canonical_vertices: (V, 3) neutral mesh of the subject (shape + static offset).
-        face_vertex_mask: (V,) bool, vertices whose box bounds the feature lines (face region).
+        face_vertex_mask: (V,) bool, the face region's vertices: they bound the feature lines when
+            ``cfg.feature_line_box`` is "face" (the default "head" box spans every vertex).
         jaw_bases: (K, 4) wxyz jaw-rotation bases (feature lines only), or None.
     """
 
@@ -64,13 +65,19 @@ class GaussianAvatar(torch.nn.Module):
         if cfg.use_feature_lines:
             if jaw_bases is None:
                 raise ValueError("feature lines need jaw bases")
-            pts = self.canonical_vertices if face_vertex_mask is None or not face_vertex_mask.any() else self.canonical_vertices[face_vertex_mask]
-            face_lo, face_hi = padded_box(pts, cfg.box_padding)
+            if cfg.feature_line_box == "head":
+                # The whole head, hair, ears and neck (the official code's box): every splat can
+                # change opacity with expression.
+                face_lo, face_hi = head_lo, head_hi
+            else:
+                if face_vertex_mask is None or not face_vertex_mask.any():
+                    raise ValueError("model.feature_line_box 'face' needs the FLAME masks' face region")
+                face_lo, face_hi = padded_box(self.canonical_vertices[face_vertex_mask], cfg.box_padding)
             self.register_buffer("face_box", torch.stack([face_lo, face_hi]))
             self.register_buffer("jaw_bases", jaw_bases.float().clone())
             self.feature_lines = FeatureLineBlendshapes(cfg.n_expr_bases, cfg.n_jaw_bases, cfg.line_resolution,
                                                         cfg.line_channels, face_lo, face_hi, hidden=None)
-            self.opacity_decoder = OpacityDecoder(6 * cfg.line_channels, cfg.opacity_hidden)
+            self.opacity_decoder = OpacityDecoder(6 * cfg.line_channels, cfg.opacity_hidden, cfg.opacity_hidden_layers)
 
     # -- geometry -------------------------------------------------------------------------------
 
@@ -90,7 +97,8 @@ class GaussianAvatar(torch.nn.Module):
 
     def opacity_offsets(self, canonical_means: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor) -> torch.Tensor:
         """(N,) logit-space opacity offsets for one frame's expression (E,) and jaw pose (3,)."""
-        weights = jaw_weights(jaw_pose[None], self.jaw_bases, pad_to=self.cfg.n_jaw_bases)[0]
+        weights = jaw_weights(jaw_pose[None], self.jaw_bases, pad_to=self.cfg.n_jaw_bases,
+                              kind=self.cfg.jaw_weighting, power=self.cfg.jaw_idw_power)[0]
         return self.feature_lines(canonical_means, expr[: self.cfg.n_expr_bases], weights, self.opacity_decoder)
 
     def splats(self, vertices: torch.Tensor, camera_center: torch.Tensor, expr: torch.Tensor,

@@ -31,10 +31,13 @@ class BindingAwareDensification:
         num_faces: number of triangles (so that every triangle keeps at least one splat).
     """
 
-    def __init__(self, cfg: DensifyConfig, scene_extent: float, num_faces: int):
+    def __init__(self, cfg: DensifyConfig, scene_extent: float, num_faces: int, white_background: bool = False):
         self.cfg = cfg
         self.scene_extent = float(scene_extent)
         self.num_faces = int(num_faces)
+        # GA resets opacity once more when densification starts if the background is white (splats
+        # that learnt to be white background would otherwise stay).
+        self.white_background = bool(white_background)
         self.grad_accum = torch.zeros(0)
         self.count = torch.zeros(0)
         self.max_radii = torch.zeros(0)
@@ -90,7 +93,9 @@ class BindingAwareDensification:
         if step < cfg.densify_until_iter and step > cfg.densify_from_iter and step % cfg.densification_interval == 0:
             big_screen = 20 if (cfg.opacity_reset_interval > 0 and step > cfg.opacity_reset_interval) else None
             events.update(self.densify_and_prune(gaussians, optimizers, world_scales, big_screen))
-        if cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0 and step < cfg.densify_until_iter:
+        at_start = cfg.opacity_reset_at_densify_start and self.white_background and step == cfg.densify_from_iter
+        periodic = cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0
+        if (periodic or at_start) and step < cfg.densify_until_iter:
             self.reset_opacity(gaussians, optimizers)
             events["opacity_reset"] = 1
         return events

@@ -3,8 +3,9 @@
 Every expression basis (first 80 FLAME expression components) and every jaw basis (16) owns
 a triple of 1D feature lines (x, y, z axes; R samples x C channels). A frame's lines are the
 coefficient-weighted sums; each splat reads its canonical x, y, z on the blended expression
-lines and on the blended jaw lines (6 lookups, 6C features) and a 2-layer MLP turns them into
-an opacity offset in logit space: opacity = sigmoid(o_canonical + delta).
+lines and on the blended jaw lines (6 lookups, 6C features) and an MLP with two hidden layers of
+128 (192 -> 128 -> 128 -> 1, as the paper describes it) turns them into an opacity offset in logit
+space: opacity = sigmoid(o_canonical + delta).
 
 Start state: lines are zero and delta is exactly 0, without stalling the decoder. With a
 zero output layer (the obvious way to get delta = 0) the start is a saddle point: the lines'
@@ -12,11 +13,12 @@ gradient is proportional to the output weights, and the output weights' gradient
 splats only through the lines, so at first only a constant offset is learned (which the
 penalty removes) and the lines grow late (demo schedule, training-time eval val / test PSNR:
 33.46 / 34.36 dB with a zero output layer, 33.77 / 34.54 with this start). So the decoder
-measures its hidden layer from the zero-feature point instead,
-delta = W2 (ReLU(W1 f + b1) - ReLU(b1)) + b2, a re-parameterised 2-layer MLP (b2 absorbs the
-constant W2 ReLU(b1)) with default-initialised weights and b2 = 0: delta(0) is exactly 0 in
-floating point (W1 0 + b1 = b1 exactly) and the first step already sends a gradient to the
-lines.
+measures every hidden layer from its zero-feature activation instead,
+h_k = ReLU(W_k h_{k-1} + b_k) - ReLU(b_k) with h_0 = f, and delta = W_out h_K + b_out: a
+re-parameterised MLP (the next layer's bias absorbs each constant) with default-initialised
+weights and b_out = 0. For f = 0 every h_k is exactly 0 in floating point (W_k 0 + b_k = b_k
+exactly, whatever the batch size or summation order), so delta(0) = 0 exactly, and the first step
+already sends a gradient to the lines.
 """
 from __future__ import annotations
 
@@ -74,27 +76,36 @@ def lookup_lines(
 
 
 class OpacityDecoder(nn.Module):
-    """2-layer MLP: Linear(in, hidden) -> ReLU -> Linear(hidden, 1), a logit-space offset.
+    """MLP in -> hidden (x ``layers``, ReLU) -> 1: a logit-space opacity offset.
 
     Args:
         in_features: 6 C (192 for C = 32): 3 expression + 3 jaw lookups.
         hidden: 128.
-    The hidden layer is measured from its zero-feature activation and the output bias starts
+        layers: hidden layers, 2 (the paper's 192 -> 128 -> 128 -> 1).
+    Every hidden layer is measured from its zero-feature activation and the output bias starts
     at 0, so the offset for zero features (zero lines, a neutral frame) is exactly 0 at init
     while every weight passes gradient (module docstring).
     """
 
-    def __init__(self, in_features: int = 192, hidden: int = 128) -> None:
+    def __init__(self, in_features: int = 192, hidden: int = 128, layers: int = 2) -> None:
         super().__init__()
-        # The plain MLP's layout (state dict net.0 / net.2); forward() applies it from the
+        if layers < 1:
+            raise ValueError(f"the opacity decoder needs at least one hidden layer, got {layers}")
+        # The plain MLP's layout (state dict net.0, net.2, ...); forward() applies it from the
         # zero-feature point.
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[2].bias)
+        modules = []
+        for k in range(layers):
+            modules += [nn.Linear(in_features if k == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+        modules.append(nn.Linear(hidden, 1))
+        self.net = nn.Sequential(*modules)
+        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, in_features) -> (N, 1) opacity logit offsets."""
-        first, last = self.net[0], self.net[2]
-        return last(torch.relu(first(features)) - torch.relu(first.bias))
+        h = features
+        for layer in list(self.net)[:-1:2]:
+            h = torch.relu(layer(h)) - torch.relu(layer.bias)
+        return self.net[-1](h)
 
 
 class FeatureLineBlendshapes(nn.Module):

@@ -68,8 +68,12 @@ def farthest_point_jaw_bases(
     return bases.to(dtype=jaw_poses.dtype if jaw_poses.is_floating_point() else torch.float32)
 
 
+JAW_WEIGHTINGS = ("paper", "idw")
+
+
 def jaw_weights(
-    jaw_pose: torch.Tensor, bases: torch.Tensor, pad_to: Optional[int] = None, eps: float = 1e-12
+    jaw_pose: torch.Tensor, bases: torch.Tensor, pad_to: Optional[int] = None, eps: float = 1e-12,
+    kind: str = "paper", power: float = 2.0,
 ) -> torch.Tensor:
     """Blend weights of the jaw bases for some frames.
 
@@ -78,13 +82,22 @@ def jaw_weights(
         bases: (K, 4) from :func:`farthest_point_jaw_bases`.
         pad_to: if given (>= K), zero columns are appended up to this width so the result
             matches FeatureLineBlendshapes(n_jaw_bases=pad_to).
+        kind: "paper": beta_k = (1 - d_k) / sum_k (1 - d_k), nearly uniform for real jaw angles
+            (module note); "idw": Shepard's inverse-distance weighting on the same distance,
+            beta_k = d_k^-power / sum_j d_j^-power, which interpolates exactly (a pose equal to a
+            basis gets weight 1 on it) and falls off with distance, so the jaw lines tell jaw
+            states apart. d_k is clamped at ``eps``.
+        power: the IDW exponent (2: the classic choice; larger is sharper).
     Returns:
-        (B, K or pad_to) weights beta_k = (1 - d_k) / sum_k (1 - d_k), rows summing to 1.
+        (B, K or pad_to) weights, rows summing to 1.
     """
+    if kind not in JAW_WEIGHTINGS:
+        raise ValueError(f"jaw weighting must be one of {', '.join(JAW_WEIGHTINGS)}, got {kind!r}")
     q = jaw_pose.reshape(-1, jaw_pose.shape[-1])
     q = quat_normalize(axis_angle_to_quat(q) if q.shape[-1] == 3 else q)
     b = quat_normalize(bases.to(dtype=q.dtype, device=q.device))
-    sim = 1.0 - quat_distance(q, b)  # (B, K) = |q . q_k|
+    d = quat_distance(q, b)  # (B, K) = 1 - |q . q_k|
+    sim = 1.0 - d if kind == "paper" else d.clamp_min(eps) ** (-power)
     w = sim / sim.sum(dim=-1, keepdim=True).clamp_min(eps)
     if pad_to is not None:
         if pad_to < w.shape[-1]:

@@ -43,10 +43,17 @@ class ModelConfig:
     line_resolution: int = 64
     line_channels: int = 32
     opacity_hidden: int = 128
-    # The canonical head box (triplane) is the canonical mesh's bounding box grown by this
-    # fraction on every side; the face box (feature lines) is the face region's box, grown alike.
+    opacity_hidden_layers: int = 2  # the paper's 192 -> 128 -> 128 -> 1
+    # The canonical head box is the canonical mesh's bounding box grown by this fraction on every
+    # side: the triplane's, and the feature lines' (feature_line_box "head", the official code's:
+    # hair, ears and neck included). "face" bounds the lines by the face regions' box instead.
     box_padding: float = 0.1
+    feature_line_box: str = "head"
     face_box_regions: list = field(default_factory=lambda: ["face", "eye_region", "lips", "teeth"])
+    # Jaw-basis blend weights: "paper" (1 - d_k normalised; nearly uniform for real jaw angles) or
+    # "idw" (inverse-distance weighting d_k^-power normalised: sharper; scene/jaw_bases.py).
+    jaw_weighting: str = "paper"
+    jaw_idw_power: float = 2.0
 
 
 @dataclass
@@ -90,6 +97,8 @@ class DensifyConfig:
     percent_dense: float = 0.01
     min_opacity: float = 0.005
     opacity_reset_interval: int = 60_000
+    # GA also resets opacity at densify_from_iter when the background is white (its train.py).
+    opacity_reset_at_densify_start: bool = True
     max_splats: int = 0  # 0 = unlimited; a safety cap for small machines
 
 
@@ -286,6 +295,10 @@ def validate(config: TrainConfig) -> None:
         raise InputFileError("run.resolution_scale must be in (0, 1]")
     if config.optim.iterations < 1:
         raise InputFileError("optim.iterations must be at least 1")
+    for key, value, allowed in (("model.feature_line_box", m.feature_line_box, ("head", "face")),
+                                ("model.jaw_weighting", m.jaw_weighting, ("paper", "idw"))):
+        if value not in allowed:
+            raise InputFileError(f"config key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
     _check_ranges(config)
 
 
@@ -294,7 +307,8 @@ def validate(config: TrainConfig) -> None:
 RANGES = (
     ("sampling.n_classes", 1, None), ("model.n_jaw_bases", 1, None), ("model.n_expr_bases", 1, None),
     ("model.triplane_resolution", 2, None), ("model.line_resolution", 2, None), ("model.line_channels", 1, None),
-    ("model.sh_degree", 0, 3), ("model.init_splats_per_triangle", 1, None), ("model.box_padding", 0.0, None),
+    ("model.sh_degree", 0, 3), ("model.opacity_hidden_layers", 1, None), ("model.jaw_idw_power", 0.0, None),
+    ("model.opacity_hidden", 1, None), ("model.init_splats_per_triangle", 1, None), ("model.box_padding", 0.0, None),
     ("optim.feature_lines_warmup", 0.0, 1.0), ("optim.lambda_dssim", 0.0, 1.0),
     ("densify.densification_interval", 1, None), ("densify.grad_threshold", 0.0, None),
     ("densify.min_opacity", 0.0, 1.0), ("densify.max_splats", 0, None), ("run.eval_interval", 1, None),
