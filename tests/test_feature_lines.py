@@ -148,3 +148,16 @@ def test_external_decoder():
     assert torch.allclose(m(pts, expr, jw, dec), want, atol=1e-6)
     with pytest.raises(ValueError):
         m(pts, expr, jw)
+
+
+def test_decoder_is_the_papers_two_hidden_layers_and_starts_at_zero_with_gradient():
+    dec = OpacityDecoder()
+    linears = [m for m in dec.net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(192, 128), (128, 128), (128, 1)]
+    f = torch.zeros(500, 192, requires_grad=True)
+    out = dec(f)
+    assert torch.equal(out, torch.zeros(500, 1))  # exactly zero on zero features
+    out.sum().backward()
+    assert f.grad.abs().sum() > 0  # the lines get a gradient at the first step
+    # One hidden layer is the earlier decoder (an option): same exact-zero start.
+    assert [m.in_features for m in OpacityDecoder(192, 128, layers=1).net if isinstance(m, torch.nn.Linear)] == [192, 128]

@@ -69,3 +69,20 @@ def test_batch_of_poses():
     w = jaw_weights(poses, bases)
     assert w.shape == (40, 16) and (w >= 0).all()
     assert torch.allclose(w.sum(-1), torch.ones(40))
+
+
+def test_idw_weights_interpolate_the_bases_and_are_sharper_than_the_papers():
+    bases = farthest_point_jaw_bases(torch.tensor([[0.0, 0, 0], [0.3, 0, 0], [0.15, 0.05, 0], [0.05, 0, 0.02]]), 4)
+    at_basis = jaw_weights(bases[2:3], bases, kind="idw")
+    assert torch.allclose(at_basis, torch.nn.functional.one_hot(torch.tensor([2]), 4).double().to(at_basis.dtype),
+                          atol=1e-6)
+    pose = torch.tensor([[0.12, 0.02, 0.0]])
+    paper, idw = jaw_weights(pose, bases), jaw_weights(pose, bases, kind="idw")
+    assert torch.allclose(idw.sum(-1), torch.ones(1)) and (idw >= 0).all()
+    assert paper.max() - paper.min() < 0.01  # the paper's weights: nearly uniform for real jaw angles
+    assert idw.max() > 0.5  # IDW puts most weight on the nearest basis
+    d = quat_distance(axis_angle_to_quat(pose), bases)[0]
+    expected = d ** -2 / (d ** -2).sum()
+    assert torch.allclose(idw[0], expected.to(idw.dtype), rtol=1e-3, atol=1e-5)  # float32 distances near 0
+    with pytest.raises(ValueError, match="paper, idw"):
+        jaw_weights(pose, bases, kind="gauss")
