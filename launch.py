@@ -64,6 +64,8 @@ LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # local jobs have no time limit
 MAX_TIMEOUT_REQUEUES = 20   # SLURM time-outs after which a job is not requeued again
 STAGES = ("train", "render", "evaluate")
 EXIT_PREEMPTED = 3
+# train.py stopped by a preemption: saved (3), or killed by the signal before its handlers were up
+PREEMPTED_EXITS = (EXIT_PREEMPTED, -int(signal.SIGTERM), -int(PREEMPT_SIGNAL))
 TRAIN_EXIT_MEANING = {0: "done", 1: "crashed (the last consistent state was saved)", 2: "bad input",
                       3: "preempted (state saved; resumes with --resume)",
                       4: "diverged (the last good state was saved)",
@@ -203,7 +205,7 @@ class SubjectJob(Checkpointable):
         self._child = None
         if code == 0:
             return
-        if stage == "train" and code == EXIT_PREEMPTED:
+        if stage == "train" and code in PREEMPTED_EXITS:
             self.requeue_after_preemption()
         message = f"{stage} exited with {code}: {exit_meaning(stage, code)} (log: {self.stages_log})"
         self.report("failed", message)
@@ -426,8 +428,8 @@ def link_submitit_logs(job: SubjectJob, sub) -> None:
             link.symlink_to(target)
 
 
-def run_slurm(jobs: list[SubjectJob], args, root: Path, record: dict) -> dict[str, tuple[bool, str]]:
-    """Submit one job array and wait until every job has ended (requeues included)."""
+def submit_slurm(jobs: list[SubjectJob], args, root: Path, record: dict) -> list:
+    """Submit the jobs as one SLURM job array; record the job ids and link each job's logs."""
     folder = root / "slurm"
     executor = slurm_executor(args, folder)
     subs = executor.submit_array(jobs)
@@ -436,6 +438,12 @@ def run_slurm(jobs: list[SubjectJob], args, root: Path, record: dict) -> dict[st
         link_submitit_logs(job, sub)
         print(f"[launch] {job.name}: SLURM job {sub.job_id}", flush=True)
     save_record(root, record)
+    return subs
+
+
+def run_slurm(jobs: list[SubjectJob], args, root: Path, record: dict) -> dict[str, tuple[bool, str]]:
+    """Submit one job array and wait until every job has ended (requeues included)."""
+    subs = submit_slurm(jobs, args, root, record)
     print(f"[launch] submitted a job array of {len(jobs)}; waiting for it (Ctrl-C stops waiting, not the jobs; "
           f"python launch.py --status --output-root {root} shows them)", flush=True)
     watcher = ProgressWatcher(jobs)

@@ -181,3 +181,33 @@ def test_slurm_without_sbatch_is_one_error(tmp_path):
 def test_status_without_a_launch_is_one_error(tmp_path):
     line = one_error_line(run_launch("--status", "--output-root", tmp_path))
     assert "launch.json" in line
+
+
+def test_slurm_job_array_asks_for_a_gpu_requeue_and_the_warning_signal(tmp_path, monkeypatch):
+    """The submission through submitit, with stand-ins for sbatch and srun."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # what launch.py sets; restored afterwards
+    for name in ("s1", "s2"):
+        (tmp_path / name).mkdir()
+    import launch
+    root = tmp_path / "out"
+    args = launch.parse_args([str(tmp_path / "s1"), str(tmp_path / "s2"), "--launcher", "slurm", "--gpus", "1",
+                              "--slurm-partition", "gpu", "--slurm-time", "90", "--slurm-account", "acc",
+                              "--slurm-qos", "high", "--output-root", str(root)])
+    jobs = launch.make_jobs(args, root)
+    record = launch.launch_record(args, root, jobs)
+    subs = launch.submit_slurm(jobs, args, root, record)
+    script = (tmp_path / "submitted.sh").read_text()
+    for flag in ("--array=0-1%1", "--gpus-per-node=1", f"--signal=USR1@{launch.SIGNAL_DELAY_S}", "--requeue",
+                 "--partition=gpu", "--time=90", "--account=acc", "--qos=high"):
+        assert f"#SBATCH {flag}\n" in script, flag
+    assert [sub.job_id for sub in subs] == ["4242_0", "4242_1"]
+    saved = json.loads((root / "launch.json").read_text())
+    assert [saved["subjects"][n]["job_id"] for n in ("s1", "s2")] == ["4242_0", "4242_1"]
+    assert (root / "s2" / "slurm" / "4242_1_0_log.out").is_symlink()
