@@ -1,4 +1,4 @@
-"""Class-balanced frame sampling (DESIGN.md section 4, paper section 3.4).
+"""Class-balanced frame sampling (docs/METHOD.md section 3.5, paper section 3.4).
 
 Most training frames show small expressions; a few show large ones. Timesteps are grouped by
 how their FLAME meshes differ from neutral, then training draws a class uniformly and a frame
@@ -9,7 +9,7 @@ Pipeline:
      (expression + jaw + eyes; no global rotation, neck or translation) minus the canonical mesh.
   2. :func:`timestep_distance_matrix` - mean per-vertex Euclidean distance between two
      timesteps' displacements over face-region vertices, eye-region vertices weighted x2
-     (weighted mean). (The paper writes a weighted squared L2; DESIGN.md's mean distance wins.)
+     (weighted mean). (The paper writes a weighted squared L2; this code uses the mean distance.)
   3. :func:`cluster_timesteps` - spectral clustering (scikit-learn) of a Gaussian-kernel
      affinity of that distance into 16 classes.
   4. :class:`ClassBalancedSampler` - the infinite frame-index stream; :class:`UniformFrameSampler`

@@ -1,4 +1,4 @@
-"""Adaptive truncated opacity-offset penalty (DESIGN.md section 4, paper section 3.4, Eq. 2).
+"""Adaptive truncated opacity-offset penalty (docs/METHOD.md section 3.6, paper section 3.4, Eq. 2).
 
 The feature lines model opacity changes *relative to the neutral face*, so where the mesh
 does not move, the offset should be zero. Per frame:
@@ -13,12 +13,12 @@ does not move, the offset should be zero. Per frame:
 
 "Adaptive" in the paper means the static set is re-identified every frame from that frame's
 mesh motion, instead of a fixed mask or a penalty on all splats: a cheek that is static in a
-neutral frame is free to change in a smile. DESIGN.md refines it per region: the face, where
+neutral frame is free to change in a smile. This code refines it per region: the face, where
 real expression detail lives, uses the tight 1 mm threshold and weight 1; elsewhere (scalp,
 hair, neck, ears, teeth...) the looser 2 mm threshold with the larger weight 2 - the paper
 reports floaters around the hair and teeth artifacts without the penalty, and nothing there
-should change appearance with expression. The weight value 2 is our choice (the paper and
-DESIGN.md only say "larger").
+should change appearance with expression. The default weight 2 is our choice (the paper
+only says "larger"; configs/tensorial.yaml uses the official code's 10).
 
 Displacement choice: the centroid displacement (= the mean of the three vertex displacement
 vectors) is the triangle's *translation*, the paper's t-bar; an in-place twist of a triangle

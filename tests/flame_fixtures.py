@@ -5,7 +5,7 @@ uint32 root marker, sparse J_regressor, shapedirs with 300 identity + E expressi
 a sphere of "skin" vertices, two eyeballs skinned to the eye joints, and two 15-vertex lip rings
 (upper lip on the neck joint, lower lip on the jaw) stored in the masks pickle the way the
 synthetic head does. :func:`make_flame_sized_model` has FLAME's counts (5023 vertices, 9976
-faces) with the DESIGN.md lip-ring indices placed on a mouth. :func:`write_pickle` can store the
+faces) with FLAME's built-in lip-ring indices placed on a mouth. :func:`write_pickle` can store the
 arrays as chumpy ``Ch`` objects (from a fake ``chumpy`` module that exists only while pickling)
 and rewrite module paths to the old ``scipy.sparse.csc`` / ``numpy.core`` spellings.
 """
@@ -111,7 +111,7 @@ def make_small_model(seed: int = 0, n_expr: int = 100, posedirs_scale: float = 1
 
 
 def make_flame_sized_model(seed: int = 1, n_comp: int = 310):
-    """FLAME's vertex/face counts with the DESIGN.md lip rings on a mouth; float32 directions."""
+    """FLAME's vertex/face counts with FLAME's built-in lip rings on a mouth; float32 directions."""
     rng = np.random.default_rng(seed)
     num_verts, num_faces = 5023, 9976
     v = _fibonacci_sphere(num_verts, 0.1)

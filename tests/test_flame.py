@@ -43,7 +43,7 @@ def rigid(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    """FLAME-sized model (5023 / 9976) with masks lacking ring keys: teeth from DESIGN.md rings."""
+    """FLAME-sized model (5023 / 9976) with masks lacking ring keys: teeth from the built-in lip rings."""
     d = tmp_path_factory.mktemp("big")
     model, masks = make_flame_sized_model()
     write_pickle(d / "flame2023.pkl", model)
