@@ -1,8 +1,8 @@
 """Train one avatar from a NeRSemble-format subject.
 
     python train.py -s SUBJECT -m OUTPUT [--config configs/tensorial.yaml ...] [--flame PATH]
-                    [--eval] [--iterations N] [--resolution-scale F] [--set section.key=value]
-                    [--resume]
+                    [--protocol ga|paper|none | --eval] [--iterations N] [--resolution-scale F]
+                    [--set section.key=value] [--device D] [--backend B] [--resume [--allow-changes]]
 
 Configs compose in order (later wins), then command-line overrides. The resolved config is saved
 as OUTPUT/config.yaml; checkpoints go to OUTPUT/checkpoints/ (atomic, the last K kept), and
@@ -382,7 +382,8 @@ class Trainer:
         image = result.image
         with timer("loss"):
             l1 = (image - gt).abs().mean()
-            d_ssim = 1.0 - ssim(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
+            # Zero-padded ("same") SSIM, as 3DGS and GaussianAvatars train with.
+            d_ssim = 1.0 - ssim(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], padding="same").mean()
             loss = (1 - o.lambda_dssim) * l1 + o.lambda_dssim * d_ssim
             # GA's regularisers, on the splats this camera sees (GA's visibility filter), in local units.
             g = self.avatar.gaussians.params

@@ -15,10 +15,9 @@ does not move, the offset should be zero. Per frame:
 mesh motion, instead of a fixed mask or a penalty on all splats: a cheek that is static in a
 neutral frame is free to change in a smile. This code refines it per region: the face, where
 real expression detail lives, uses the tight 1 mm threshold and weight 1; elsewhere (scalp,
-hair, neck, ears, teeth...) the looser 2 mm threshold with the larger weight 2 - the paper
-reports floaters around the hair and teeth artifacts without the penalty, and nothing there
-should change appearance with expression. The default weight 2 is our choice (the paper
-only says "larger"; configs/tensorial.yaml uses the official code's 10).
+hair, neck, ears, teeth...) the looser 2 mm threshold with the larger weight 10 (the official
+code's; the paper only says "larger") - the paper reports floaters around the hair and teeth
+artifacts without the penalty, and nothing there should change appearance with expression.
 
 Displacement choice: the centroid displacement (= the mean of the three vertex displacement
 vectors) is the triangle's *translation*, the paper's t-bar; an in-place twist of a triangle
@@ -58,7 +57,7 @@ def static_triangle_weights(
     tau_face: float = 1e-3,
     tau_other: float = 2e-3,
     weight_face: float = 1.0,
-    weight_other: float = 2.0,
+    weight_other: float = 10.0,
 ) -> torch.Tensor:
     """Per-triangle penalty weight for one frame.
 
@@ -88,7 +87,7 @@ def truncated_opacity_penalty(
     tau_face: float = 1e-3,
     tau_other: float = 2e-3,
     weight_face: float = 1.0,
-    weight_other: float = 2.0,
+    weight_other: float = 10.0,
 ) -> torch.Tensor:
     """L_op for one frame (before lambda_op).
 

@@ -115,7 +115,7 @@ class PenaltyConfig:
     tau_face: float = 1e-3
     tau_other: float = 2e-3
     weight_face: float = 1.0
-    weight_other: float = 2.0
+    weight_other: float = 10.0  # off the face: the official code's weight
 
 
 @dataclass
