@@ -47,6 +47,7 @@ from utils.subject_ids import own_free_sequence
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 FRAME_SUBFOLDERS = ("renders", "gt", "masks")
+SPLITS = ("train", "val", "test")
 
 
 def fresh_frame_folders(out: Path, subfolders=FRAME_SUBFOLDERS) -> int:
@@ -67,8 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Render a trained avatar.")
     p.add_argument("-m", "--model_path", required=True)
     p.add_argument("--split", nargs="+", choices=("train", "val", "test"), help="splits of the training subject (default: val test)")
-    p.add_argument("--target", help="a subject or sequence folder whose FLAME motion drives the avatar")
-    p.add_argument("--camera", type=int, help="render with camera N of the avatar's own rig instead of the target's cameras")
+    p.add_argument("-t", "--target", "--target_path", help="a subject or sequence folder whose FLAME motion drives the avatar")
+    p.add_argument("--camera", "--select_camera_id", type=int, metavar="N",
+                   help="camera N of the avatar's own rig: splits render only its frames; a --target is rendered "
+                        "from it instead of the target's cameras")
+    p.add_argument("-s", "--source_path", help="the training subject's folder, instead of the source_path in "
+                                               "OUTPUT/config.yaml (data moved since training)")
     p.add_argument("--orbit", action="store_true", help="turntable around the head")
     p.add_argument("--orbit-frames", type=int, default=60)
     p.add_argument("--timestep", type=int, help="timestep for --orbit without --target (default: the first training timestep)")
@@ -83,7 +88,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", help="rasterizer: auto | torch | triton | gsplat (default: the training run's)")
     p.add_argument("--quiet", action="store_true")
+    for split in SPLITS:
+        p.add_argument(f"--skip_{split}", action="store_true",
+                       help=f"GaussianAvatars' flag: do not render the {split} split (with any --skip_*, the splits "
+                            "default to train val test, as there)")
     return p.parse_args(argv)
+
+
+def chosen_splits(args: argparse.Namespace) -> list[str]:
+    """The splits to render: --split, else none when a target, orbit, benchmark or export is asked
+    for, else val test (train val test, GaussianAvatars' default, once a --skip_* flag is given);
+    less the --skip_* ones."""
+    skipped = {split for split in SPLITS if getattr(args, f"skip_{split}")}
+    if args.split:
+        base = args.split
+    elif args.target or args.orbit or args.benchmark or args.half:
+        base = []
+    else:
+        base = list(SPLITS) if skipped else ["val", "test"]
+    return [split for split in base if split not in skipped]
+
+
+def override_source_path(renderer: "Renderer", source: str) -> None:
+    """Read the training subject (and its FREE sequence beside it) from ``source``."""
+    folder = Path(source)
+    if not folder.is_dir():
+        raise InputFileError(f"-s {source}: not a folder (expected the subject folder with transforms_*.json)")
+    saved = renderer.model.extra.get("source_path")
+    renderer.model.extra["source_path"] = str(folder.resolve())
+    renderer.log(f"[render] subject read from {folder.resolve()} (-s), not {saved} (config.yaml)")
 
 
 def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
@@ -185,13 +218,19 @@ class Renderer:
         """Render the held-out splits of the run's protocol (scene/protocols.py) beside their GT."""
         subject = self.subject
         by_protocol = subject.frames if self.protocol == "none" else protocol_splits(subject, self.protocol)
+        camera = self.args.camera
+        if camera is not None and camera not in subject.camera_indices:
+            raise InputFileError(f"--camera {camera}: {subject.root} has no camera with camera_index {camera} "
+                                 f"(available: {sorted(subject.camera_indices)})")
         for split in splits:
             if self.protocol == "paper" and split == "test":
                 self.render_free_test()
                 continue
-            frames = even_subset(by_protocol[split], self.args.max_frames)
+            frames = [f for f in by_protocol[split] if camera is None or f.camera_index == camera]
+            frames = even_subset(frames, self.args.max_frames)
             if not frames:
-                self.log(f"[render] split {split} has no frames; skipped")
+                seen_by = "" if camera is None else f" seen by camera {camera}"
+                self.log(f"[render] split {split} has no frames{seen_by}; skipped")
                 continue
             self.render_frames(split, subject, frames, self.motion_from(subject, self.fine_tuned))
 
@@ -382,10 +421,16 @@ class Renderer:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    splits = chosen_splits(args)
+    if not (splits or args.target or args.orbit or args.benchmark or args.half):
+        print("[render] nothing to render: every split is skipped (--skip_* / --split)", file=sys.stderr)
+        return 0
     try:
         renderer = Renderer(args)
-        if args.split or not (args.target or args.orbit or args.benchmark or args.half):
-            renderer.render_splits(args.split or ["val", "test"])
+        if args.source_path:
+            override_source_path(renderer, args.source_path)
+        if splits:
+            renderer.render_splits(splits)
         if args.target and not args.orbit:
             renderer.render_target(args.target)
         if args.orbit:

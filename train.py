@@ -77,6 +77,32 @@ class NonFiniteStep(Exception):
     """A step's loss or gradient is not finite, or the loss diverged; nothing was updated."""
 
 
+class RefusedFlag(argparse.Action):
+    """A flag of another codebase with no counterpart here: one line saying so, exit 2."""
+
+    def __init__(self, option_strings, dest, message: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.message = message
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(EXIT_USER_ERROR, f"error: {option_string} {self.message}\n")
+
+
+def add_gaussian_avatars_flags(p: argparse.ArgumentParser) -> None:
+    """GaussianAvatars' train.py flags, with their meaning there (or one line refusing them)."""
+    ga = p.add_argument_group("GaussianAvatars flags", "accepted as GaussianAvatars' train.py spells them")
+    ga.add_argument("--bind_to_mesh", action="store_true",
+                    help="accepted and ignored: splats here are always bound to FLAME triangles")
+    ga.add_argument("-w", "--white_background", action="store_true",
+                    help="white background: the same as --set run.background=[1,1,1] (already the default)")
+    ga.add_argument("--interval", type=int, metavar="N",
+                    help="evaluate every N iterations: the same as --set run.eval_interval=N")
+    ga.add_argument("--port", action=RefusedFlag, metavar="N",
+                    message="is GaussianAvatars' network viewer port: this train.py has no training viewer "
+                            "(drop --port; watch the run with TensorBoard on OUTPUT/tensorboard, or render.py)",
+                    help="refused: there is no training viewer")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a compact tensorial Gaussian head avatar.")
     p.add_argument("-s", "--source_path", help="subject folder (transforms_*.json); taken from OUTPUT/config.yaml with --resume")
@@ -98,6 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue even though the subject, FLAME files or config differ (recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_gaussian_avatars_flags(p)
     return p.parse_args(argv)
 
 
@@ -108,6 +135,8 @@ def cli_overrides(args) -> list[dict]:
         ("run", "seed"): args.seed,
         ("run", "device"): args.device,
         ("run", "backend"): args.backend,
+        ("run", "eval_interval"): args.interval,
+        ("run", "background"): [1.0, 1.0, 1.0] if args.white_background else None,
     }
     out = [{section: {key: value}} for (section, key), value in named.items() if value is not None]
     out += [parse_assignment(text) for text in args.set]
@@ -461,14 +490,26 @@ class Trainer:
         results = {}
         for split, frames in self.eval_splits.items():
             values = []
-            for frame in frames:
+            for index, frame in enumerate(frames):
                 result, _ = self.render_frame(frame, max(step, 1))
                 gt = self.subject.load_image(frame).to(self.device)
                 values.append((float(psnr(result.image, gt)),
                                float(ssim(result.image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean())))
+                if index == 0:  # the split's first frame: the same one at every evaluation
+                    self._tensorboard_image(split, result.image, gt, step)
             arr = np.asarray(values)
             results[split] = {"PSNR": float(arr[:, 0].mean()), "SSIM": float(arr[:, 1].mean()), "n_images": len(values)}
         return results
+
+    def _tensorboard_image(self, split: str, image: torch.Tensor, gt: torch.Tensor, step: int) -> None:
+        """``<split>/render_gt_error`` in TensorBoard: render | ground truth | error (render.py's
+        error map), side by side; flushed, so that it shows while training goes on."""
+        if self.writer is None:
+            return
+        from render import error_map
+        panel = torch.cat([image, gt, error_map(image, gt)], dim=1).clamp(0, 1)
+        self.writer.add_image(f"{split}/render_gt_error", panel.cpu(), step, dataformats="HWC")
+        self.writer.flush()
 
     # -- persistence ----------------------------------------------------------------------------
 
