@@ -96,7 +96,8 @@ def add_gaussian_avatars_flags(p: argparse.ArgumentParser) -> None:
     ga.add_argument("-w", "--white_background", action="store_true",
                     help="white background: the same as --set run.background=[1,1,1] (already the default)")
     ga.add_argument("--interval", type=int, metavar="N",
-                    help="evaluate every N iterations: the same as --set run.eval_interval=N")
+                    help="evaluate and save every N iterations (GaussianAvatars' shared interval): the same as "
+                         "--set run.eval_interval=N --set run.save_interval=N")
     ga.add_argument("--port", action=RefusedFlag, metavar="N",
                     message="is GaussianAvatars' network viewer port: this train.py has no training viewer "
                             "(drop --port; watch the run with TensorBoard on OUTPUT/tensorboard, or render.py)",
@@ -136,6 +137,7 @@ def cli_overrides(args) -> list[dict]:
         ("run", "device"): args.device,
         ("run", "backend"): args.backend,
         ("run", "eval_interval"): args.interval,
+        ("run", "save_interval"): args.interval,
         ("run", "background"): [1.0, 1.0, 1.0] if args.white_background else None,
     }
     out = [{section: {key: value}} for (section, key), value in named.items() if value is not None]
