@@ -7,7 +7,7 @@
            [-- train.py options]
 
 Each subject is one job that runs, as subprocesses with this Python,
-``train.py -s SUBJECT -m OUTPUT_ROOT/<name> --eval ...`` (with ``--resume`` when
+``train.py -s SUBJECT -m OUTPUT_ROOT/<name> --protocol paper ...`` (``--protocol ga`` to choose) (with ``--resume`` when
 ``OUTPUT/config.yaml`` exists), then ``render.py -m OUTPUT --split val test``, then
 ``evaluate.py -m OUTPUT``. A job that fails leaves the others running. When every job has ended,
 ``evaluate.py -m <all outputs> --out OUTPUT_ROOT/results_all.json`` prints one table (per subject
@@ -165,7 +165,7 @@ class SubjectJob(Checkpointable):
     def command(self, stage: str) -> list[str]:
         if stage == "train":
             resume = ["--resume"] if (Path(self.output) / "config.yaml").is_file() else []
-            return [self.python, str(REPO / "train.py"), "-s", self.subject, "-m", self.output, "--eval",
+            return [self.python, str(REPO / "train.py"), "-s", self.subject, "-m", self.output,
                     *self.train_args, *resume]
         if stage == "render":
             return [self.python, str(REPO / "render.py"), "-m", self.output, "--split", "val", "test",
@@ -270,6 +270,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="outputs go to OUTPUT_ROOT/<subject name>/ (default $OUTPUT_ROOT or output)")
     p.add_argument("--config", action="append", default=[], help="train.py config (default configs/tensorial.yaml)")
     p.add_argument("--flame", help="FLAME model pickle for train.py")
+    p.add_argument("--protocol", choices=("paper", "ga"), default="paper",
+                   help="train.py --protocol (default paper: test = each subject's own FREE sequence)")
     p.add_argument("--video", action="store_true", help="render.py --video")
     p.add_argument("--benchmark", action="store_true", help="render.py --benchmark")
     p.add_argument("--status", action="store_true", help="show the jobs of the last launch in OUTPUT_ROOT")
@@ -307,7 +309,7 @@ def train_arguments(args) -> list[str]:
     for config in configs:
         if not Path(config).is_file():
             raise LaunchError(f"--config {config}: file not found")
-    out = [a for c in configs for a in ("--config", str(Path(c).absolute()))]
+    out = [a for c in configs for a in ("--config", str(Path(c).absolute()))] + ["--protocol", args.protocol]
     if args.flame:
         if not Path(args.flame).is_file():
             raise LaunchError(f"--flame {args.flame}: file not found")

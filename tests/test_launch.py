@@ -88,7 +88,8 @@ def launched(tmp_path_factory, lpips_weights):
     out = root / "out"
     log = open(root / "launch.log", "w")
     cmd = [sys.executable, str(REPO / "launch.py"), *map(str, data["subjects"].values()), "--launcher", "local",
-           "--gpus", "0", "--output-root", str(out), *CONFIGS, "--flame", str(data["flame"]), "--", *TRAIN_OPTIONS]
+           "--gpus", "0", "--output-root", str(out), *CONFIGS, "--flame", str(data["flame"]), "--protocol", "ga",
+           "--", *TRAIN_OPTIONS]  # the tiny subjects have no FREE sequence; TRAIN_OPTIONS hold --eval
     start = time.time()
     launcher = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
