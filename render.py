@@ -1,10 +1,14 @@
 """Render a trained avatar: dataset splits, self/cross-identity reenactment, orbits, videos, speed.
 
     python render.py -m OUTPUT [--split val test] [--target SUBJECT_OR_SEQUENCE] [--camera N]
-                     [--orbit] [--video] [--benchmark] [--half] [--iteration N]
+                     [--orbit] [--video] [--benchmark] [--half] [--iteration N] [-s SUBJECT]
+                     [--device D] [--backend B]   (GaussianAvatars' --skip_*, --select_camera_id, -t
+                     also work: README, "Coming from GaussianAvatars")
 
-- Splits of the training subject (val = novel views, test = self-reenactment): PNGs in
-  ``OUTPUT/<split>/ours_<iteration>/{renders,gt,masks}/`` (the layout evaluate.py scores).
+- Splits of the training subject under the run's protocol (val = novel views, test = self-
+  reenactment: the held-out sequence under ``ga``, the subject's FREE sequence under ``paper``;
+  scene/protocols.py): PNGs in ``OUTPUT/<split>/ours_<iteration>/{renders,gt,masks}/`` (the layout
+  evaluate.py scores). ``--camera N``: that camera's frames only.
 - ``--target PATH``: reenactment. The avatar keeps its own shape and static offset; expression,
   jaw, eyes, neck, global pose and translation come from the target's FLAME parameters. Frames are
   rendered with the target's cameras (ground truth saved beside them), or with camera N of the
@@ -242,7 +246,9 @@ class Renderer:
             self.log(f"[render] protocol paper: {why}; the test split is skipped")
             return
         sequence = load_sequence(free, resolution_scale=self.model.config.run.resolution_scale)
-        frames = even_subset(sequence.frames["all"], self.args.max_frames)
+        camera = self.args.camera
+        frames = even_subset([f for f in sequence.frames["all"] if camera is None or f.camera_index == camera],
+                             self.args.max_frames)
         self.log(f"[render] protocol paper: test = {free.name} ({len(frames)} frames)")
         self.render_frames("test", sequence, frames, self.motion_from(sequence))
 

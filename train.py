@@ -400,8 +400,8 @@ class Trainer:
 
     def training_step(self, step: int) -> dict:
         """One iteration. Returns device tensors (loss, l1, psnr, penalty) and host facts (splats,
-        densification events): nothing here waits for the GPU; the loop reads the tensors only at
-        its logging interval."""
+        densification events). The only wait for the GPU is the finite check before the update
+        (``run.check_finite``); the loop reads the returned tensors only at its logging interval."""
         cfg, o, timer = self.cfg, self.cfg.optim, self.timer
         for group in self.optimizers["xyz"].param_groups:
             group["lr"] = position_lr(cfg, step, self.extent, self.schedule_iterations)
@@ -598,6 +598,8 @@ class Trainer:
             return self._train_loop()
         finally:
             self.loader.close()
+            if self.writer is not None:
+                self.writer.flush()  # the last evaluation's scalars and images
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
