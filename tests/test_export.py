@@ -19,7 +19,7 @@ import train  # noqa: E402
 from gaussian_renderer import rasterize  # noqa: E402
 from scene.export_3dgs import read_3dgs_ply, read_splat, splat_sort_order  # noqa: E402
 from scene.gaussian_model import BoundGaussians  # noqa: E402
-from test_train import SMALL_SCHEDULE, tiny  # noqa: E402,F401  (the tiny FLAME model and subject)
+from test_train import SMALL_SCHEDULE  # noqa: E402
 
 
 def train_tiny(tiny, model: Path, configs: list, iterations: int) -> Path:

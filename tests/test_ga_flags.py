@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import render  # noqa: E402
 import train  # noqa: E402
 from utils.config import load_saved_config  # noqa: E402
-from test_train import tiny  # noqa: E402,F401  (the small FLAME model and fake subject)
 
 ITERATIONS = 3
 # test_train.py's small schedule, less its run.eval_interval (a --set would win over --interval).

@@ -25,7 +25,6 @@ import train  # noqa: E402
 from scene.avatar_io import load_model  # noqa: E402
 from scene.ga_import import match_faces  # noqa: E402
 from scene.gaussian_model import BoundGaussians  # noqa: E402
-from test_train import tiny  # noqa: E402,F401  (the tiny FLAME model and subject)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from utils.subject_ids import main as subject_ids_main
 from utils.subject_ids import own_free_sequence, subject_id

@@ -16,7 +16,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_train import REPO, SMALL_SCHEDULE, checkpoint_tensors, run_cli  # noqa: E402
-from test_train import tiny  # noqa: E402,F401,F811  (the shared fixture)
 
 import train  # noqa: E402
 from utils.checkpoint import CheckpointWriteError, write_checkpoint  # noqa: E402

@@ -1,6 +1,5 @@
 """train.py end to end: exact resume, clear errors, and learning on the synthetic subject."""
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flame_fixtures import make_small_model, write_pickle  # noqa: E402
 from subject_fixtures import write_fake_subject  # noqa: E402
 
 import train  # noqa: E402
@@ -20,21 +18,6 @@ SMALL_SCHEDULE = ["--config", str(REPO / "configs/tensorial.yaml"), "--config", 
                   "--set", "run.eval_interval=1000", "--set", "densify.densify_from_iter=5",
                   "--set", "densify.densification_interval=10", "--set", "optim.feature_lines_warmup=0.2",
                   "--set", "sampling.n_classes=2", "--eval", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny FLAME-layout model and a fake NeRSemble subject (random images) that fits it."""
-    root = tmp_path_factory.mktemp("tiny")
-    model, masks = make_small_model()
-    model.pop("J", None)
-    flame_path = write_pickle(root / "flame" / "flame2023.pkl", model)
-    with open(root / "flame" / "FLAME_masks.pkl", "wb") as f:
-        pickle.dump(masks, f)
-    from flame_model import FLAME
-    n_vertices = FLAME(flame_path).num_vertices
-    write_fake_subject(root / "data", n_cameras=4, n_timesteps=3, width=48, height=64, n_vertices=n_vertices, distance=0.6)
-    return {"flame": flame_path, "subject": root / "data" / "UNION"}
 
 
 def run_cli(args, **kw):
