@@ -48,20 +48,12 @@ def lpips_weights():
 def tiny(tmp_path_factory):
     """A tiny FLAME-layout model and a fake NeRSemble subject (random images) that fits it:
     {"flame": model pickle (FLAME_masks.pkl beside it), "subject": the union folder}."""
-    import pickle
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from flame_fixtures import make_small_model, write_pickle
+    from flame_fixtures import write_small_flame
     from subject_fixtures import write_fake_subject
 
-    from flame_model import FLAME
     root = tmp_path_factory.mktemp("tiny")
-    model, masks = make_small_model()
-    model.pop("J", None)
-    flame_path = write_pickle(root / "flame" / "flame2023.pkl", model)
-    with open(root / "flame" / "FLAME_masks.pkl", "wb") as f:
-        pickle.dump(masks, f)
-    n_vertices = FLAME(flame_path).num_vertices
+    flame_path, n_vertices = write_small_flame(root / "flame")
     write_fake_subject(root / "data", n_cameras=4, n_timesteps=3, width=48, height=64, n_vertices=n_vertices,
                        distance=0.6)
     return {"flame": flame_path, "subject": root / "data" / "UNION"}

@@ -213,3 +213,18 @@ def dense(model: dict) -> dict:
                                     else model["J_regressor"], dtype=np.float64)
     out["f"] = np.asarray(model["f"], dtype=np.int64)
     return out
+
+
+def write_small_flame(folder: Path) -> tuple[Path, int]:
+    """The small FLAME-layout head as ``folder/flame2023.pkl`` with ``FLAME_masks.pkl`` beside it;
+    returns (model path, vertex count with teeth) for fake subjects that fit it."""
+    import pickle
+
+    from flame_model import FLAME
+    model, masks = make_small_model()
+    model.pop("J", None)
+    path = write_pickle(Path(folder) / "flame2023.pkl", model)
+    with open(Path(folder) / "FLAME_masks.pkl", "wb") as f:
+        pickle.dump(masks, f)
+    return path, FLAME(path).num_vertices
+

@@ -4,7 +4,6 @@ SIGTERM to train.py, as a preemption) that end bit-identical to a straight run, 
 bad input."""
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flame_fixtures import make_small_model, write_pickle  # noqa: E402
+from flame_fixtures import write_small_flame  # noqa: E402
 from subject_fixtures import write_fake_subject  # noqa: E402
 from test_train import SMALL_SCHEDULE, checkpoint_tensors  # noqa: E402
 
@@ -36,13 +35,7 @@ def run_launch(*args, env=None):
 
 def make_subjects(root: Path) -> dict:
     """A tiny FLAME-layout model and two fake subjects (different images), named subjA / subjB."""
-    model, masks = make_small_model()
-    model.pop("J", None)
-    flame_path = write_pickle(root / "flame" / "flame2023.pkl", model)
-    with open(root / "flame" / "FLAME_masks.pkl", "wb") as f:
-        pickle.dump(masks, f)
-    from flame_model import FLAME
-    n_vertices = FLAME(flame_path).num_vertices
+    flame_path, n_vertices = write_small_flame(root / "flame")
     subjects = {}
     for seed, name in enumerate(STOPS):
         fake = write_fake_subject(root / name, n_cameras=4, n_timesteps=3, width=48, height=64,

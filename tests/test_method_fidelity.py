@@ -106,15 +106,8 @@ def test_train_and_render_under_the_paper_protocol(tmp_path):
     import render
     import train
     from test_train import SMALL_SCHEDULE
-    from flame_fixtures import make_small_model, write_pickle
-    import pickle
-    from flame_model import FLAME
-    model, masks = make_small_model()
-    model.pop("J", None)
-    flame_path = write_pickle(tmp_path / "flame" / "flame2023.pkl", model)
-    with open(tmp_path / "flame" / "FLAME_masks.pkl", "wb") as f:
-        pickle.dump(masks, f)
-    nv = FLAME(flame_path).num_vertices
+    from flame_fixtures import write_small_flame
+    flame_path, nv = write_small_flame(tmp_path / "flame")
     fake = write_fake_subject(tmp_path / "data", n_cameras=4, n_timesteps=2, width=48, height=64, n_vertices=nv,
                               distance=0.6)
     # The union is named like an export (UNION_<id>_...) beside <id>_FREE_... and another id's FREE.
