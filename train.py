@@ -290,7 +290,11 @@ class Trainer:
         if not args.source_path:
             raise InputFileError("-s SUBJECT is required (the folder with transforms_train.json)")
         cfg = resolve_config(args.config, overrides)
-        self.model_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputFileError(f"cannot create the output folder {self.model_dir}: {exc.strerror or exc}; "
+                                 "choose a writable -m folder") from None
         return cfg, args.source_path, args.flame or str(DEFAULT_FLAME_MODEL_PATH), args.flame_masks, [], {}
 
     def _require_masks(self) -> None:

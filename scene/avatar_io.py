@@ -24,7 +24,7 @@ import torch
 from flame_model import FLAME
 from scene.avatar import GaussianAvatar
 from scene.gaussian_model import BoundGaussians
-from utils.checkpoint import latest_checkpoint, list_checkpoints
+from utils.checkpoint import latest_checkpoint, list_checkpoints, load_state
 from utils.config import TrainConfig, load_saved_config
 from utils.errors import InputFileError, MissingFileError
 
@@ -69,12 +69,8 @@ def save_avatar(folder: Path, avatar: GaussianAvatar, shape: torch.Tensor, stati
 
 
 def load_component(path: Path):
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint file missing: {path} (the checkpoint is incomplete; use another --iteration)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputFileError(f"{path}: cannot be read as a checkpoint component ({exc})") from None
+    """One component file of a checkpoint (plain data, loaded without running code)."""
+    return load_state(path, map_location="cpu")
 
 
 def load_avatar_components(avatar: GaussianAvatar, folder: Path) -> None:

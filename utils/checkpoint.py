@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from utils.errors import InputFileError, UserFacingError
+from utils.errors import InputFileError, MissingFileError, UserFacingError
 
 CHECKPOINT_DIR = "checkpoints"
 _PATTERN = re.compile(r"^iteration_(\d+)$")
@@ -127,7 +127,7 @@ def load_state(path: str | os.PathLike, map_location="cpu"):
     """
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"{path}: missing (the checkpoint is incomplete)")
+        raise MissingFileError(f"{path}: missing (the checkpoint is incomplete; use another --iteration)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
