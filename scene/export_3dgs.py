@@ -50,7 +50,8 @@ from gaussian_renderer.sh import num_sh_bases, sh_basis
 from scene.avatar import GaussianAvatar
 from scene.binding import triangle_frames
 from scene.triplane import SH_C0
-from utils.errors import InputFileError, MissingFileError
+from utils.errors import InputFileError
+from utils.ply_io import read_vertex_table
 
 __all__ = ["ExportedSplats", "fibonacci_sphere", "TriplaneSHFit", "export_frame", "write_3dgs_ply", "read_3dgs_ply",
            "write_splat", "read_splat", "splat_sort_order"]
@@ -214,29 +215,12 @@ def read_3dgs_ply(path: str | Path) -> dict:
         {"means" (N, 3), "quats" (N, 4) wxyz normalised, "scales" (N, 3) = exp(scale_*),
         "opacities" (N,) = sigmoid(opacity), "sh" (N, K, 3), "sh_degree" int}, all float32 CPU.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"PLY file not found: {path}")
-    try:
-        vertex = PlyData.read(str(path))["vertex"]
-    except Exception as exc:  # plyfile raises several types for corrupt files
-        raise InputFileError(f"{path}: not a readable PLY file ({exc})") from None
-    names = vertex.data.dtype.names
     required = ["x", "y", "z", "opacity"] + [f"f_dc_{i}" for i in range(3)] + [f"scale_{i}" for i in range(3)] + [
         f"rot_{i}" for i in range(4)]
-    missing = [n for n in required if n not in names]
-    if missing:
-        raise InputFileError(f"{path}: not a 3DGS PLY: it lacks the fields {missing}")
-    n_rest = sum(1 for n in names if n.startswith("f_rest_"))
-    k = n_rest // 3 + 1
-    degree = int(round(math.sqrt(k))) - 1
-    if n_rest % 3 or num_sh_bases(degree) != k or degree > 3:
-        raise InputFileError(f"{path}: {n_rest} f_rest fields do not make SH of degree 0..3")
-    col = lambda *keys: torch.from_numpy(np.stack([np.asarray(vertex[key], np.float32) for key in keys], 1))
-    n = len(vertex.data)
-    sh = torch.cat([col("f_dc_0", "f_dc_1", "f_dc_2")[:, None],
-                    col(*[f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, k - 1).transpose(1, 2)
-                    if n_rest else torch.zeros(n, 0, 3)], 1)
+    ply = read_vertex_table(path, required, "3DGS PLY file")
+    degree = ply.sh_degree()
+    col = ply.columns
+    sh = torch.cat([col("f_dc_0", "f_dc_1", "f_dc_2")[:, None], ply.sh_rest()], 1)
     quats = col(*[f"rot_{i}" for i in range(4)])
     return {"means": col("x", "y", "z"), "quats": quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12),
             "scales": torch.exp(col("scale_0", "scale_1", "scale_2")), "opacities": torch.sigmoid(col("opacity")[:, 0]),

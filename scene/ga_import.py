@@ -24,13 +24,11 @@ The result is a model folder with the GaussianAvatars config (``configs/gaussian
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from plyfile import PlyData
 
 from scene.avatar import GaussianAvatar
 from scene.avatar_io import build_flame, face_vertex_mask, save_avatar
@@ -41,6 +39,7 @@ from scene.subject import load_subject
 from utils.checkpoint import list_checkpoints, write_checkpoint
 from utils.config import resolve_config, save_config
 from utils.errors import InputFileError, MissingFileError
+from utils.ply_io import read_vertex_table
 
 GA_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gaussian_avatars.yaml"
 FLAME_MOTION = ("expr",) + POSE_KEYS
@@ -78,34 +77,19 @@ def read_ga_ply(path: Path) -> dict:
         {"xyz" (N, 3), "rotation" (N, 4) wxyz, "log_scale" (N, 3), "opacity" (N,), "sh0" (N, 1, 3),
         "shN" (N, K-1, 3), "binding" (N,) int64 (GA's face indices), "sh_degree" int}.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"GaussianAvatars splat file not found: {path}")
-    try:
-        vertex = PlyData.read(str(path))["vertex"]
-    except Exception as exc:  # plyfile raises several types for corrupt files
-        raise GAImportError(f"{path}: not a readable PLY file ({exc})") from None
-    names = vertex.data.dtype.names
     required = ["x", "y", "z", "opacity", "binding_0"] + [f"f_dc_{i}" for i in range(3)] + [
         f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
-    missing = [n for n in required if n not in names]
-    if missing:
-        raise GAImportError(f"{path}: lacks the fields {missing}; a GaussianAvatars point_cloud.ply has "
-                            "x y z f_dc_* f_rest_* opacity scale_* rot_* binding_0")
-    n_rest = sum(1 for n in names if n.startswith("f_rest_"))
-    k = n_rest // 3 + 1
-    degree = int(round(math.sqrt(k))) - 1
-    if n_rest % 3 or (degree + 1) ** 2 != k or degree > 3:
-        raise GAImportError(f"{path}: {n_rest} f_rest fields do not make SH of degree 0..3")
-    col = lambda *keys: torch.from_numpy(np.stack([np.asarray(vertex[key], np.float32) for key in keys], 1))
-    n = len(vertex.data)
-    binding = np.asarray(vertex["binding_0"])
+    ply = read_vertex_table(path, required, "GaussianAvatars splat file", error=GAImportError,
+                            hint="a GaussianAvatars point_cloud.ply has x y z f_dc_* f_rest_* opacity scale_* rot_* "
+                                 "binding_0")
+    degree = ply.sh_degree(GAImportError)
+    binding = np.asarray(ply.vertex["binding_0"])
     if not np.all(binding == np.round(binding)):
         raise GAImportError(f"{path}: binding_0 holds non-integer face indices")
-    rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(n, 0)
+    col = ply.columns
     return {"xyz": col("x", "y", "z"), "rotation": col(*[f"rot_{i}" for i in range(4)]),
             "log_scale": col("scale_0", "scale_1", "scale_2"), "opacity": col("opacity")[:, 0],
-            "sh0": col("f_dc_0", "f_dc_1", "f_dc_2")[:, None], "shN": rest.reshape(n, 3, k - 1).transpose(1, 2).contiguous(),
+            "sh0": col("f_dc_0", "f_dc_1", "f_dc_2")[:, None], "shN": ply.sh_rest(),
             "binding": torch.from_numpy(binding.astype(np.int64)), "sh_degree": degree}
 
 

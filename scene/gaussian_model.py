@@ -20,7 +20,7 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from scene.binding import triangle_frames, world_to_local
-from utils.errors import InputFileError, MissingFileError
+from utils.ply_io import read_vertex_table
 
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1 - x))
@@ -121,36 +121,23 @@ class BoundGaussians(torch.nn.Module):
     @classmethod
     def load_ply(cls, path: str | Path) -> "BoundGaussians":
         """Read a PLY written by :meth:`save_ply`."""
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"splat file not found: {path}")
-        try:
-            vertex = PlyData.read(str(path))["vertex"]
-        except Exception as exc:  # plyfile raises several types for corrupt files
-            raise InputFileError(f"{path}: not a readable PLY file ({exc})") from None
-        names = vertex.data.dtype.names
         required = ["x", "y", "z", "opacity", "binding"] + [f"rot_{i}" for i in range(4)] + [
             f"scale_{i}" for i in range(3)
         ]
-        missing = [n for n in required if n not in names]
-        if missing:
-            raise InputFileError(f"{path}: PLY lacks the fields {missing}; was it written by train.py?")
-        n_rest = sum(1 for n in names if n.startswith("f_rest_"))
+        ply = read_vertex_table(path, required, "splat file", hint="was it written by train.py?")
         sh_degree = None
-        if "f_dc_0" in names:
-            sh_degree = int(round(math.sqrt(n_rest // 3 + 1))) - 1
-        col = lambda *keys: torch.from_numpy(np.stack([np.asarray(vertex[k], np.float32) for k in keys], 1))
-        model = cls(torch.from_numpy(np.asarray(vertex["binding"], np.int64)), sh_degree)
+        if "f_dc_0" in ply.names:
+            sh_degree = int(round(math.sqrt(ply.n_rest // 3 + 1))) - 1
+        model = cls(torch.from_numpy(np.asarray(ply.vertex["binding"], np.int64)), sh_degree)
         with torch.no_grad():
-            model.params["xyz"].data = col("x", "y", "z")
-            model.params["rotation"].data = col(*[f"rot_{i}" for i in range(4)])
-            model.params["log_scale"].data = col(*[f"scale_{i}" for i in range(3)])
-            model.params["opacity"].data = col("opacity")[:, 0]
+            model.params["xyz"].data = ply.columns("x", "y", "z")
+            model.params["rotation"].data = ply.columns(*[f"rot_{i}" for i in range(4)])
+            model.params["log_scale"].data = ply.columns(*[f"scale_{i}" for i in range(3)])
+            model.params["opacity"].data = ply.columns("opacity")[:, 0]
             if sh_degree is not None:
-                model.params["sh0"].data = col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :]
-                if n_rest:
-                    rest = col(*[f"f_rest_{i}" for i in range(n_rest)])
-                    model.params["shN"].data = rest.reshape(len(model), 3, -1).transpose(1, 2).contiguous()
+                model.params["sh0"].data = ply.columns("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :]
+                if ply.n_rest:
+                    model.params["shN"].data = ply.sh_rest()
         return model
 
     # -- optimisation --------------------------------------------------------------------------
