@@ -53,6 +53,9 @@ class BackendChoice:
 
 # (backend, device) -> None when the probe passed, else the reason (one line).
 _probe_results: dict = {}
+# (device, candidates) -> the BackendChoice of ``auto``: rasterize(backend="auto") asks every call,
+# and the skipped backends' warning lines must be said once, not once per frame.
+_auto_choices: dict = {}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -173,6 +176,7 @@ def probe_backend(name: str, device: torch.device) -> Optional[str]:
 def clear_probe_cache() -> None:
     """Forget probe outcomes (after installing a package in a long-lived process)."""
     _probe_results.clear()
+    _auto_choices.clear()
 
 
 def _warn(text: str) -> None:
@@ -184,8 +188,9 @@ def select_backend(requested: str, device: torch.device | str, candidates: Optio
     """The backend to use for ``requested`` ("auto" or a name) on ``device``.
 
     ``auto``: the first of ``candidates`` (default :data:`AUTO_ORDER_CUDA` on CUDA,
-    :data:`AUTO_ORDER_CPU` elsewhere) whose probe passes; each one skipped on CUDA gets one
-    ``warn`` line. A named backend must pass its probe, else :class:`BackendUnavailableError`.
+    :data:`AUTO_ORDER_CPU` elsewhere) whose probe passes; each one skipped gets one ``warn``
+    line, once per process (the choice is cached, as ``rasterize(backend="auto")`` asks every
+    call). A named backend must pass its probe, else :class:`BackendUnavailableError`.
     """
     device = torch.device(device)
     if requested != "auto":
@@ -198,6 +203,14 @@ def select_backend(requested: str, device: torch.device | str, candidates: Optio
         return BackendChoice(requested, str(device), "requested" + ("" if requested == "torch" else ", probe passed"))
     if candidates is None:
         candidates = AUTO_ORDER_CUDA if device.type == "cuda" else AUTO_ORDER_CPU
+    key = (str(device), tuple(candidates))
+    if key not in _auto_choices:
+        _auto_choices[key] = _first_working(candidates, device, warn)
+    return _auto_choices[key]
+
+
+def _first_working(candidates: tuple, device: torch.device, warn: Callable[[str], None]) -> BackendChoice:
+    """``auto``'s choice: the first candidate whose probe passes, one warning per skipped one."""
     skipped = []
     for name in candidates:
         reason = probe_backend(name, device)

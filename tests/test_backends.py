@@ -79,6 +79,15 @@ def test_auto_falls_back_with_one_warning_line_when_gsplat_imports_but_cannot_re
     assert "ninja" not in lines[0]  # only the first line of the captured error
 
 
+def test_auto_warns_once_however_often_it_is_asked(stand_in_gsplat):
+    """rasterize(backend="auto") asks for the choice on every call: the warning is said once."""
+    stand_in_gsplat(_failing_rasterization)
+    lines = []
+    for _ in range(3):
+        assert select_backend("auto", CPU, candidates=("gsplat", "torch"), warn=lines.append).name == "torch"
+    assert len(lines) == 1
+
+
 def test_auto_rejects_a_backend_that_renders_wrongly(stand_in_gsplat):
     stand_in_gsplat(_wrong_rasterization)
     lines = []
