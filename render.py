@@ -47,6 +47,7 @@ from scene.subject import load_sequence, load_subject
 from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png
+from utils.image_metrics import comparison_panel
 from utils.subject_ids import own_free_sequence
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
@@ -133,12 +134,6 @@ def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
     offset = None if model.static_offset is None else model.static_offset[None]
     return model.flame(model.shape, motion["expr"], motion["rotation"], motion["neck_pose"], motion["jaw_pose"],
                        motion["eyes_pose"], motion["translation"], static_offset=offset)
-
-
-def error_map(render: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) heat map of the per-pixel L1 error (black = 0, bright = >= 0.25)."""
-    err = ((render - gt).abs().mean(-1) / 0.25).clamp(0, 1)
-    return torch.stack([err, err ** 2, torch.zeros_like(err)], -1)
 
 
 class Renderer:
@@ -352,7 +347,7 @@ class Renderer:
             videos["render.mp4"].append(even(to_uint8(render)))
             if has_gt:
                 gt = read_rgb(out / "gt" / f"{n}.png")
-                videos["compare.mp4"].append(even(to_uint8(torch.cat([render, gt, error_map(render, gt)], dim=1))))
+                videos["compare.mp4"].append(even(to_uint8(comparison_panel(render, gt))))
         for file, frames in videos.items():
             with imageio.get_writer(out / file, fps=self.args.fps, codec="libx264", quality=8, macro_block_size=1) as w:
                 for f in frames:

@@ -50,7 +50,7 @@ from utils.cli_common import describe_device, even_subset, pick_device
 from utils.config import (TrainConfig, config_differences, load_saved_config, parse_assignment, resolve_config,
                           save_config)
 from utils.errors import InputFileError, MissingFileError, UserFacingError
-from utils.image_metrics import psnr, ssim
+from utils.image_metrics import comparison_panel, psnr, ssim
 from utils.phase_timer import DISABLED, PhaseTimer
 
 # Keys that may change between a run and its resumption: they do not change what is learned.
@@ -304,11 +304,8 @@ class Trainer:
         needs = [name for name, on in (("feature lines", m.model.use_feature_lines),
                                        ("the opacity penalty", m.penalty.enabled),
                                        ("class-balanced sampling", m.sampling.class_balanced)) if on]
-        if needs and self.flame.masks_path is None:
-            raise MissingFileError(
-                f"FLAME_masks.pkl not found (looked for {self.flame._expected_masks_path}); {', '.join(needs)} need "
-                "FLAME's region masks. Download 'FLAME Vertex Masks' from https://flame.is.tue.mpg.de and put "
-                "FLAME_masks.pkl beside the model, or pass --flame-masks PATH")
+        if needs:
+            self.flame.require_masks_file(", ".join(needs))
 
     def _penalty_face_region(self) -> torch.Tensor:
         masks = self.flame.face_masks
@@ -508,12 +505,11 @@ class Trainer:
         return results
 
     def _tensorboard_image(self, split: str, image: torch.Tensor, gt: torch.Tensor, step: int) -> None:
-        """``<split>/render_gt_error`` in TensorBoard: render | ground truth | error (render.py's
-        error map), side by side; flushed, so that it shows while training goes on."""
+        """``<split>/render_gt_error`` in TensorBoard: render | ground truth | error, side by side
+        (the panel of render.py's videos); flushed, so that it shows while training goes on."""
         if self.writer is None:
             return
-        from render import error_map
-        panel = torch.cat([image, gt, error_map(image, gt)], dim=1).clamp(0, 1)
+        panel = comparison_panel(image, gt)
         self.writer.add_image(f"{split}/render_gt_error", panel.cpu(), step, dataformats="HWC")
         self.writer.flush()
 

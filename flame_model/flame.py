@@ -368,9 +368,17 @@ class FLAME(nn.Module):
         masks = self.vertex_masks
         if name in masks:
             return masks[name]
-        if self.masks_path is None:
-            raise missing_masks_error(self._expected_masks_path, needed_for=f"region '{name}'")
+        self.require_masks_file(f"region '{name}'")
         raise FlameFileError(f"{self.masks_path}: has no region '{name}' (available: {', '.join(sorted(masks))}).")
+
+    def require_masks_file(self, needed_for: str) -> None:
+        """Raise FlameMasksMissingError (where to put the file) when no masks file was found.
+
+        Args:
+            needed_for: what needs the masks, for the message (e.g. "feature lines").
+        """
+        if self.masks_path is None:
+            raise missing_masks_error(self._expected_masks_path, needed_for=needed_for)
 
     def require_face_mask(self, name: str) -> torch.Tensor:
         """Like :meth:`require_mask` but (F,) bool over faces."""

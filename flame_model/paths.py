@@ -93,4 +93,4 @@ def missing_masks_error(path: str | os.PathLike, needed_for: str | None = None) 
         f"FLAME vertex masks not found: {path}{why}. Download \"FLAME Vertex Masks\" "
         f"({FLAME_MASKS_FILENAME}) from {FLAME_DOWNLOAD_URL} after accepting the licence and put it at "
         f"exactly {path} (by default it sits beside the FLAME model, {DEFAULT_FLAME_MASKS_PATH}), "
-        f"or pass its path explicitly.")
+        f"or pass its path explicitly (--flame-masks PATH).")

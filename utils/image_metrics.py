@@ -190,3 +190,15 @@ def psnr_from_mse(mse_value: float, data_range: float = 1.0) -> float:
     if mse_value <= 0:
         return math.inf
     return 10.0 * math.log10(data_range ** 2 / mse_value)
+
+
+def error_map(render: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) heat map of the per-pixel L1 error (black = 0, bright = >= 0.25)."""
+    err = ((render - gt).abs().mean(-1) / 0.25).clamp(0, 1)
+    return torch.stack([err, err ** 2, torch.zeros_like(err)], -1)
+
+
+def comparison_panel(render: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(H, 3W, 3) render | ground truth | error map side by side, in [0, 1] (videos, TensorBoard)."""
+    return torch.cat([render, gt, error_map(render, gt)], dim=1).clamp(0, 1)
+
