@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
 from gaussian_renderer import select_backend
-from scene.protocols import protocol_splits
+from scene.protocols import protocol_splits, saved_protocol
 from scene.rendering import measure_render_speed, render_avatar
 from scene.subject import load_sequence, load_subject
 from utils.cli_common import describe_device, even_subset, pick_device
@@ -210,8 +210,7 @@ class Renderer:
 
     @property
     def protocol(self) -> str:
-        extra = self.model.extra
-        return extra.get("protocol") or ("ga" if extra.get("eval") else "none")
+        return saved_protocol(self.model.extra)
 
     def render_splits(self, splits: list[str]) -> None:
         """Render the held-out splits of the run's protocol (scene/protocols.py) beside their GT."""

@@ -41,7 +41,7 @@ from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
 from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import truncated_opacity_penalty
-from scene.protocols import PROTOCOLS, protocol_splits
+from scene.protocols import PROTOCOLS, protocol_splits, saved_protocol
 from scene.rendering import render_avatar
 from scene.subject import load_subject
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
@@ -275,17 +275,17 @@ class Trainer:
                                        ("FLAME masks", args.flame_masks, extra.get("flame_masks"))):
                 if given and saved and str(Path(given).resolve()) != str(Path(saved).resolve()):
                     changes.append(f"{name}: {saved} -> {Path(given).resolve()}")
-            saved_protocol = extra.get("protocol") or ("ga" if extra.get("eval") else "none")
+            trained_protocol = saved_protocol(extra)
             given_protocol = args.protocol or ("ga" if args.eval else None)
-            if given_protocol is not None and given_protocol != saved_protocol:
-                changes.append(f"protocol: {saved_protocol} -> {given_protocol}")
+            if given_protocol is not None and given_protocol != trained_protocol:
+                changes.append(f"protocol: {trained_protocol} -> {given_protocol}")
             if changes and not args.allow_changes:
                 raise InputFileError(
                     f"--resume: {self.model_dir} was trained with another setup ({'; '.join(changes[:5])}"
                     f"{' ...' if len(changes) > 5 else ''}); pass --allow-changes to continue it anyway (the changes "
                     "are recorded in config.yaml), or choose another -m folder")
             self.resume_changes = changes
-            args.protocol = given_protocol or saved_protocol
+            args.protocol = given_protocol or trained_protocol
             return cfg, source, flame_path, masks_path, checkpoints, extra
         if not args.source_path:
             raise InputFileError("-s SUBJECT is required (the folder with transforms_train.json)")

@@ -36,3 +36,9 @@ def protocol_splits(subject, protocol: str) -> dict:
             "val": val + [f for f in test if f.camera_index in val_cameras],
             "test": []}
 
+
+def saved_protocol(extra: dict) -> str:
+    """The protocol a model folder was trained under, from its ``config.yaml`` extras (runs saved
+    before protocols were recorded carry only ``eval``: true meant ``ga``)."""
+    return extra.get("protocol") or ("ga" if extra.get("eval") else "none")
+
