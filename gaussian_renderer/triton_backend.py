@@ -21,6 +21,7 @@ import importlib
 
 import torch
 
+from .backends import backend_import_error
 from .compositing import _conic_table
 from .gsplat_backend import BackendUnavailableError
 from .tiles import bin_gaussians
@@ -32,11 +33,7 @@ _G_COLS = 6  # columns of the backward kernel's per-splat gradient table (mean x
 
 def triton_available() -> bool:
     """True when the triton package imports (it may still need a GPU or TRITON_INTERPRET=1 to run)."""
-    try:
-        import triton  # noqa: F401
-        return True
-    except Exception:  # ImportError, or a broken install
-        return False
+    return backend_import_error("triton") is None
 
 
 def _kernels():
