@@ -22,6 +22,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from utils.rotations import matrix_to_quat, quat_to_matrix
+
 __all__ = [
     "opengl_c2w_to_opencv_w2c",
     "opencv_w2c_to_opengl_c2w",
@@ -31,6 +33,8 @@ __all__ = [
     "scaled_size",
     "focal_to_fov",
     "cameras_extent",
+    "pinhole_camera",
+    "camera_pose",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, list, tuple]
@@ -151,3 +155,35 @@ def cameras_extent(centers: torch.Tensor, margin: float = 1.1) -> float:
     if radius < 1e-9:
         return 1.0
     return radius * margin
+
+
+def pinhole_camera(position: ArrayLike, wxyz: ArrayLike, fov_y: float, width: int, height: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV world-to-camera ``(4, 4)`` and centred pixel intrinsics ``(3, 3)`` (float32) of a
+    camera placed in the world (a viewer's camera).
+
+    Args:
+        position: (3,) camera centre in world space.
+        wxyz: (4,) orientation of the camera in the world: the quaternion of the camera-to-world
+            rotation, OpenCV camera axes (x right, y down, z forward), as viser reports it.
+        fov_y: vertical field of view in radians; square pixels, principal point at the centre.
+    """
+    R_wc = quat_to_matrix(_as_tensor(wxyz).to(torch.float64))
+    eye = _as_tensor(position).to(torch.float64).reshape(3)
+    viewmat = torch.eye(4, dtype=torch.float64)
+    viewmat[:3, :3] = R_wc.T
+    viewmat[:3, 3] = -R_wc.T @ eye
+    focal = 0.5 * height / float(np.tan(0.5 * fov_y))
+    return viewmat.float(), intrinsics_matrix(focal, focal, 0.5 * width, 0.5 * height)
+
+
+def camera_pose(viewmat: ArrayLike, K: ArrayLike, height: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Inverse of :func:`pinhole_camera` for a dataset camera: its centre ``(3,)``, camera-to-world
+    wxyz ``(4,)`` (float64 numpy arrays) and vertical field of view (radians) from the world-to-
+    camera ``(4, 4)``, intrinsics ``(3, 3)`` and image height. An off-centre principal point is
+    not representable and is dropped."""
+    w2c = _as_tensor(viewmat).to(torch.float64)
+    R_wc = w2c[:3, :3].T
+    centre = camera_center_from_w2c(w2c)
+    fov_y = focal_to_fov(float(_as_tensor(K)[1, 1]), height)
+    return centre.numpy(), matrix_to_quat(R_wc).numpy(), fov_y
