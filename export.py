@@ -1,7 +1,7 @@
 """Export a trained avatar as standard 3D Gaussian Splatting files, in world space.
 
     python export.py -m OUTPUT [--timestep T | --target SEQUENCE_FOLDER] [--camera-split val]
-                     [--format ply|splat] [--sh-degree 3] [--directions 128] -o PATH
+                     [--format ply|splat] [--sh-degree 3] [--directions 256] [--sphere-fit] -o PATH
 
 - One frame (default): the avatar posed by a timestep of its own subject (``--timestep``; default:
   the first timestep of the ``--camera-split`` split, test then val when not given), written to
@@ -25,6 +25,7 @@ import torch
 
 import render
 from gaussian_renderer import rasterize
+from scene.cameras import camera_center_from_w2c
 from scene.export_3dgs import TriplaneSHFit, export_frame, read_3dgs_ply, write_3dgs_ply, write_splat
 from scene.protocols import protocol_splits
 from scene.subject import load_sequence
@@ -43,7 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--format", choices=("ply", "splat"), default="ply")
     p.add_argument("--sh-degree", type=int, help="SH degree of the file (default: 3 for triplane avatars, the "
                                                  "avatar's own degree for per-splat SH)")
-    p.add_argument("--directions", type=int, default=128, help="view directions of the SH fit (triplane avatars)")
+    p.add_argument("--directions", type=int, default=256, help="view directions of the SH fit (triplane avatars)")
+    p.add_argument("--sphere-fit", action="store_true",
+                   help="weight every view direction alike in the SH fit (default: favour the directions the "
+                        "training cameras see each splat from)")
     p.add_argument("--iteration", type=int, help="checkpoint (default: the latest)")
     p.add_argument("--flame", help="FLAME model pickle (default: the one training used)")
     p.add_argument("--device", default="auto")
@@ -71,8 +75,20 @@ class Exporter:
         self.renderer = render.Renderer(render.parse_args(argv))
         self.avatar = self.renderer.model.avatar
         self.sh_fit = None
+        self._rig_centers = None
         if self.avatar.triplane is not None:
             self.sh_fit = TriplaneSHFit(self.avatar, 3 if args.sh_degree is None else args.sh_degree, args.directions)
+
+    @property
+    def rig_centers(self) -> torch.Tensor | None:
+        """(C, 3) centres of the training subject's cameras, which the SH fit favours; None with
+        --sphere-fit or for avatars with their own SH."""
+        if self.sh_fit is None or self.args.sphere_fit:
+            return None
+        if self._rig_centers is None:
+            views = {f.camera_index: f.viewmat for f in self.renderer.subject.all_frames()}
+            self._rig_centers = torch.stack([camera_center_from_w2c(v) for v in views.values()]).to(self.renderer.device)
+        return self._rig_centers
 
     def log(self, text: str) -> None:
         if not self.args.quiet:
@@ -97,13 +113,13 @@ class Exporter:
         """Write one frame driven by ``motion`` (dict of (1, ...) FLAME tensors) to ``path``."""
         verts = render.reenactment_vertices(self.renderer.model, motion)[0]
         expr, jaw = motion["expr"][0], motion["jaw_pose"][0]
-        splats = export_frame(self.avatar, verts, expr, jaw, self.sh_fit, self.args.sh_degree)
+        splats = export_frame(self.avatar, verts, expr, jaw, self.sh_fit, self.args.sh_degree, self.rig_centers)
         if self.args.format == "ply":
             write_3dgs_ply(path, splats)
         else:
             write_splat(path, splats)
         info = {"file": str(path), "splats": int(splats.means.shape[0]), "sh_degree": splats.sh_degree,
-                "sh_fit_rms": splats.fit_rms}
+                "sh_fit_rms": splats.fit_rms, "sh_fit_rms_sphere": splats.fit_rms_sphere}
         if camera is not None and self.args.format == "ply":
             info.update(self.check(path, verts, expr, jaw, camera))
         return info
@@ -152,9 +168,11 @@ class Exporter:
         report = {"model": str(self.renderer.model_dir), "iteration": self.renderer.model.iteration,
                   "format": args.format, "colour": "fitted SH" if self.sh_fit is not None else "per-splat SH",
                   "sh_fit_directions": args.directions if self.sh_fit is not None else None,
+                  "sh_fit_weighting": None if self.sh_fit is None else ("sphere" if args.sphere_fit else "rig views"),
                   "sh_fit_rms_mean": sum(rms) / len(rms) if rms else None, "frames": frames}
         report_path.write_text(json.dumps(report, indent=2))
-        fit = f"; SH fit RMS {report['sh_fit_rms_mean']:.4f} over {args.directions} directions" if rms else ""
+        fit = (f"; SH fit RMS {report['sh_fit_rms_mean']:.4f} over {args.directions} directions "
+               f"({report['sh_fit_weighting']})" if rms else "")
         check = ""
         if "check_psnr_db" in frames[0]:
             check = (f"; rasterized back vs the avatar's render: {frames[0]['check_psnr_db']:.2f} dB PSNR, "

@@ -100,7 +100,8 @@ def add_gaussian_avatars_flags(p: argparse.ArgumentParser) -> None:
                          "--set run.eval_interval=N --set run.save_interval=N")
     ga.add_argument("--port", action=RefusedFlag, metavar="N",
                     message="is GaussianAvatars' network viewer port: this train.py has no training viewer "
-                            "(drop --port; watch the run with TensorBoard on OUTPUT/tensorboard, or render.py)",
+                            "(drop --port; watch the run with TensorBoard on OUTPUT/tensorboard, and look at any saved "
+                            "checkpoint with python viewer.py -m OUTPUT)",
                     help="refused: there is no training viewer")
 
 

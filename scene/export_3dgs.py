@@ -34,7 +34,10 @@ Triplane avatars get SH coefficients fitted per splat, by least squares, to the 
 Fibonacci view directions spread over the sphere in the canonical frame; each direction is mapped
 into world space exactly as the renderer maps world view directions back (through the splat's
 triangle frames, :func:`scene.triplane.canonical_view_dirs`), so the fitted SH reproduces the
-decoder's colour for a camera anywhere in that direction.
+decoder's colour for a camera anywhere in that direction. Given the training rig's cameras, the
+fit weights directions by their closeness to those cameras' views of the splat
+(:meth:`TriplaneSHFit.fit`): degree 3 cannot hold all of the decoder's view dependence, and the
+decoder only ever learnt those directions.
 """
 from __future__ import annotations
 
@@ -64,8 +67,9 @@ class ExportedSplats:
     Attributes:
         means: (N, 3); quats: (N, 4) unit wxyz; scales: (N, 3) linear; opacity_logit: (N,)
         (canonical logit + the frame's offset); sh: (N, K, 3) SH coefficients, K = (degree + 1)^2;
-        sh_degree: the degree of ``sh``; fit_rms: RMS colour error of the SH fit over the sampled
-        directions (None when the avatar has its own SH).
+        sh_degree: the degree of ``sh``; fit_rms: RMS colour error of the SH fit near the cameras'
+        view directions (:meth:`TriplaneSHFit.fit`); fit_rms_sphere: the same over the whole
+        sphere, unweighted (both None when the avatar has its own SH).
     """
 
     means: torch.Tensor
@@ -75,6 +79,7 @@ class ExportedSplats:
     sh: torch.Tensor
     sh_degree: int
     fit_rms: float | None = None
+    fit_rms_sphere: float | None = None
 
     @property
     def opacities(self) -> torch.Tensor:
@@ -105,7 +110,10 @@ class TriplaneSHFit:
         chunk: splats per batch (bounds memory: chunk x n_dirs x K values).
     """
 
-    def __init__(self, avatar: GaussianAvatar, degree: int = 3, n_dirs: int = 128, chunk: int = 8192):
+    view_sigma_deg = 20.0  # angular reach of a camera's weight in the fit (see fit())
+    view_floor = 0.05  # weight of the directions no camera comes near
+
+    def __init__(self, avatar: GaussianAvatar, degree: int = 3, n_dirs: int = 256, chunk: int = 8192):
         if avatar.triplane is None:
             raise ValueError("TriplaneSHFit needs a triplane avatar")
         if not 0 <= degree <= 3:
@@ -128,18 +136,32 @@ class TriplaneSHFit:
         self.targets = torch.cat(targets)
 
     @torch.no_grad()
-    def fit(self, frame_rot: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def fit(self, frame_rot: torch.Tensor, means: torch.Tensor | None = None,
+            camera_centers: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
         """SH coefficients for a frame.
+
+        Degree 3 cannot hold all of the paper decoder's view dependence (its view encoding reaches
+        frequencies of 8 pi), so where the fit has to give, it should give in directions nobody
+        looks from: with ``camera_centers``, each direction's squared error is weighted by how
+        close it comes to a direction from which one of those cameras sees the splat (a Gaussian
+        of the angle, sigma :attr:`view_sigma_deg`, over a floor :attr:`view_floor` that keeps the
+        colour defined all around). The decoder was trained from those directions only.
 
         Args:
             frame_rot: (F, 3, 3) the frame's triangle rotations (:func:`scene.binding.triangle_frames`).
+            means: (N, 3) world positions of the splats in the frame (needed with ``camera_centers``).
+            camera_centers: (C, 3) world positions of the cameras to favour (the training rig), or
+                None for an unweighted fit over the whole sphere.
         Returns:
-            sh (N, K, 3) float32 and the RMS error of the rendered colours max(SH(d) + 0.5, 0)
-            against the decoder's colours over all splats, directions and channels.
+            sh (N, K, 3) float32; the RMS error of the rendered colours max(SH(d) + 0.5, 0) against
+            the decoder's colours over all splats and channels, over the directions near the
+            cameras' views (weighted by the Gaussian of the angle, without the floor: the error those
+            cameras see) or over the whole sphere without ``camera_centers``; and the RMS over the
+            whole sphere, unweighted.
         """
         avatar = self.avatar
         binding = avatar.gaussians.binding
-        out, sq_err, count = [], 0.0, 0
+        out, sq_err, weight_sum, sphere_err, count = [], 0.0, 0.0, 0.0, 0
         for start in range(0, binding.shape[0], self.chunk):
             b = binding[start:start + self.chunk]
             # The renderer maps a world direction v to R_c R_d^T v; its inverse maps d_c to R_d R_c^T d_c.
@@ -147,17 +169,31 @@ class TriplaneSHFit:
             world = torch.einsum("nij,dj->ndi", to_world, self.dirs).double()  # (n, D, 3)
             basis = sh_basis(self.degree, world)  # (n, D, K)
             target = self.targets[start:start + self.chunk].double()  # (n, D, 3)
-            coeffs = torch.linalg.lstsq(basis, target).solution  # (n, K, 3)
-            fitted = (basis @ coeffs + 0.5).clamp_min(0.0)
-            sq_err += float(((fitted - (target + 0.5).clamp_min(0.0)) ** 2).sum())
+            if camera_centers is None:
+                near = torch.ones_like(target[..., :1])
+                weight = near
+            else:
+                seen = torch.nn.functional.normalize(
+                    means[start:start + self.chunk, None].double() - camera_centers[None].double(), dim=-1)  # (n, C, 3)
+                cos = torch.einsum("ndi,nci->ndc", world, seen).amax(-1).clamp(-1.0, 1.0)  # (n, D)
+                angle = torch.rad2deg(torch.acos(cos))
+                near = torch.exp(-0.5 * (angle / self.view_sigma_deg) ** 2)[..., None]  # (n, D, 1)
+                weight = self.view_floor + (1.0 - self.view_floor) * near
+            root = weight.sqrt()
+            coeffs = torch.linalg.lstsq(basis * root, target * root).solution  # (n, K, 3)
+            error = ((basis @ coeffs + 0.5).clamp_min(0.0) - (target + 0.5).clamp_min(0.0)) ** 2  # (n, D, 3)
+            sq_err += float((error * near).sum())
+            weight_sum += float(near.sum()) * 3
+            sphere_err += float(error.sum())
             count += target.numel()
             out.append(coeffs.float())
-        return torch.cat(out), math.sqrt(sq_err / max(count, 1))
+        return torch.cat(out), math.sqrt(sq_err / max(weight_sum, 1e-12)), math.sqrt(sphere_err / max(count, 1))
 
 
 @torch.no_grad()
 def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor,
-                 sh_fit: TriplaneSHFit | None = None, sh_degree: int | None = None) -> ExportedSplats:
+                 sh_fit: TriplaneSHFit | None = None, sh_degree: int | None = None,
+                 camera_centers: torch.Tensor | None = None) -> ExportedSplats:
     """World-space splats of the avatar posed by one frame.
 
     Args:
@@ -166,6 +202,8 @@ def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, expr: torch.Ten
             frame's opacity offsets.
         sh_fit: required for triplane avatars (their colour becomes fitted SH).
         sh_degree: for per-splat SH avatars, export only up to this degree (None: all of them).
+        camera_centers: (C, 3) world positions of the cameras whose view directions the SH fit
+            favours (:meth:`TriplaneSHFit.fit`); None: the whole sphere alike.
     Returns:
         :class:`ExportedSplats`; means, quats and scales are exactly the avatar's
         (:meth:`GaussianAvatar.splats`).
@@ -175,15 +213,15 @@ def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, expr: torch.Ten
     logit = avatar.gaussians.params["opacity"].detach() + splats["delta"]
     if "sh" in splats:
         degree = avatar.gaussians.sh_degree if sh_degree is None else min(sh_degree, avatar.gaussians.sh_degree)
-        sh, rms = splats["sh"][:, : num_sh_bases(degree)].detach(), None
+        sh, rms, rms_sphere = splats["sh"][:, : num_sh_bases(degree)].detach(), None, None
     else:
         if sh_fit is None:
             raise ValueError("a triplane avatar needs a TriplaneSHFit")
         rot = triangle_frames(vertices, avatar.faces).rotations
-        sh, rms = sh_fit.fit(rot)
+        sh, rms, rms_sphere = sh_fit.fit(rot, splats["means"].detach(), camera_centers)
         degree = sh_fit.degree
     return ExportedSplats(splats["means"].detach(), splats["quats"].detach(), splats["scales"].detach(), logit, sh,
-                          degree, rms)
+                          degree, rms, rms_sphere)
 
 
 def write_3dgs_ply(path: str | Path, splats: ExportedSplats) -> None:

@@ -98,9 +98,9 @@ def check_geometry(path: Path, splats: dict):
     assert splats["delta"].abs().max() > 0 or "sh" in splats  # the frame's offsets are in the file
 
 
-def export_triplane(model: Path, out: Path) -> tuple[float, float, float]:
+def export_triplane(model: Path, out: Path, *flags: str) -> tuple[float, float, float]:
     """Export the first val frame; (PSNR of the file rasterized vs render.py's image, fit RMS, check PSNR)."""
-    assert export.main(["-m", str(model), "-o", str(out), "--camera-split", "val", "--quiet"]) == 0
+    assert export.main(["-m", str(model), "-o", str(out), "--camera-split", "val", "--quiet", *flags]) == 0
     renderer, frame, image, splats = avatar_frame(model)
     check_geometry(out, splats)
     data = read_3dgs_ply(out)
@@ -114,11 +114,18 @@ def test_triplane_avatar_exports_fitted_sh_that_renders_like_the_avatar(models, 
     value, rms, check = export_triplane(models["tri_smooth"], tmp_path / "smooth.ply")
     print(f"triplane (view_pe_freqs=0) SH fit: RMS {rms:.5f}, PSNR {value:.2f} dB (export's own check {check:.2f})")
     assert value >= 40.0 and abs(check - value) < 1e-6 and 0 <= rms < 0.01
-    # The paper's decoder: what degree 3 can hold of its view dependence (measured ~35.6 dB).
+    # The paper's decoder: degree 3 cannot hold all of its view dependence. Over the whole sphere
+    # alike, the fit loses ~36 dB worth; weighted towards the rig's views, the rig's cameras see
+    # the decoder's colours to 40 dB, and the error the report states is the image's error.
+    sphere, sphere_rms, _ = export_triplane(models["tri"], tmp_path / "sphere.ply", "--sphere-fit")
     value, rms, check = export_triplane(models["tri"], tmp_path / "paper.ply")
-    print(f"triplane (paper decoder) SH fit: RMS {rms:.5f}, PSNR {value:.2f} dB")
-    assert value >= 30.0 and abs(check - value) < 1e-6
-    assert abs(value + 20 * math.log10(rms)) < 3.0  # the image error is the fit error the report states
+    report = json.loads((tmp_path / "paper.json").read_text())
+    rms_sphere = report["frames"][0]["sh_fit_rms_sphere"]
+    print(f"triplane (paper decoder) SH fit: rig-weighted RMS {rms:.5f} (whole sphere {rms_sphere:.5f}), PSNR "
+          f"{value:.2f} dB; fitted over the whole sphere alike: RMS {sphere_rms:.5f}, PSNR {sphere:.2f} dB")
+    assert value >= 40.0 and value > sphere + 2.0 and abs(check - value) < 1e-6
+    assert report["sh_fit_weighting"] == "rig views" and rms < sphere_rms < rms_sphere
+    assert abs(sphere + 20 * math.log10(sphere_rms)) < 3.0  # the image error is the fit error the report states
 
 
 def test_gaussian_avatars_export_is_exact_and_splat_format(models, tmp_path):
