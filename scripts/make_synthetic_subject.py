@@ -15,7 +15,7 @@ Presets (explicit options override them):
 Timesteps are rendered in parallel, one process per core (``--workers``); the output does not
 depend on the number of workers. Skips the work when the output already holds a complete dataset
 with the same settings (see ``OUT/synthetic_manifest.json``). Library:
-:func:`utils.synthetic.generate_dataset`.
+:func:`synthetic.generate_dataset`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.errors import UserFacingError  # noqa: E402
-from utils.synthetic import DEFAULT_EVAL_TIMESTEPS, DEFAULT_TIMESTEPS, generate_dataset  # noqa: E402
+from synthetic import DEFAULT_EVAL_TIMESTEPS, DEFAULT_TIMESTEPS, generate_dataset  # noqa: E402
 
 
 PRESETS = {
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                                  force=args.force, progress=not args.quiet, test_timesteps=args.test_timesteps,
                                  free_timesteps=args.free_timesteps, workers=args.workers)
         if args.preview:
-            from utils.synthetic.preview import write_contact_sheets
+            from synthetic.preview import write_contact_sheets
             for sheet in write_contact_sheets(paths, progress=not args.quiet):
                 print(f"Contact sheet: {sheet}")
     except UserFacingError as exc:

@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 ``synthetic_dataset`` (session scope) generates a SMALL synthetic dataset once per test session
-and returns the dict of :func:`utils.synthetic.generate_dataset` (absolute ``str`` paths):
+and returns the dict of :func:`synthetic.generate_dataset` (absolute ``str`` paths):
 
     {"root", "flame_model", "flame_masks", "manifest", "settings",
      "subjects": {"s000": {"union": <UNION folder>,
@@ -29,7 +29,7 @@ SYNTHETIC_FIXTURE_SETTINGS = dict(seed=0, n_identities=1, downscale=10, n_camera
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> dict:
     """A small synthetic dataset (see module doc), generated once per session (~5 s)."""
-    from utils.synthetic import generate_dataset
+    from synthetic import generate_dataset
     root = tmp_path_factory.mktemp("synthetic")
     return generate_dataset(root, progress=False, **SYNTHETIC_FIXTURE_SETTINGS)
 

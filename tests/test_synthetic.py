@@ -13,16 +13,16 @@ import torch
 from PIL import Image
 
 from utils.errors import UserFacingError
-from utils.synthetic import generate_dataset
-from utils.synthetic.appearance import Appearance, ExpressionState, sample_identity_look
-from utils.synthetic.blendshapes import BROW_RAISE, SMILE
-from utils.synthetic.cameras import FRONT_CAMERA, gl_to_cv_viewmat, look_at_c2w_gl, make_rig
-from utils.synthetic.dataset import load_flame, make_identity
-from utils.synthetic.gt_renderer import GroundTruthRenderer
-from utils.synthetic.head_model import KINTREE_TABLE, build_head_model
-from utils.synthetic.head_surface import build_head_template
-from utils.synthetic.mesh_rasterizer import interpolate, rasterize
-from utils.synthetic.motion import add_tracking_noise, make_sequence
+from synthetic import generate_dataset
+from synthetic.appearance import Appearance, ExpressionState, sample_identity_look
+from synthetic.blendshapes import BROW_RAISE, SMILE
+from synthetic.cameras import FRONT_CAMERA, gl_to_cv_viewmat, look_at_c2w_gl, make_rig
+from synthetic.dataset import load_flame, make_identity
+from synthetic.gt_renderer import GroundTruthRenderer
+from synthetic.head_model import KINTREE_TABLE, build_head_model
+from synthetic.head_surface import build_head_template
+from synthetic.mesh_rasterizer import interpolate, rasterize
+from synthetic.motion import add_tracking_noise, make_sequence
 
 REQUIRED_MASKS = ("face", "eye_region", "lips", "neck", "scalp", "left_eyeball", "right_eyeball")
 
@@ -440,6 +440,6 @@ def test_camera_rig_arc_and_conventions():
 
 
 def test_contact_sheet_renders(synthetic_dataset):
-    from utils.synthetic.preview import SHOWCASE, render_contact_sheet
+    from synthetic.preview import SHOWCASE, render_contact_sheet
     sheet = render_contact_sheet(synthetic_dataset, "s000", cameras=(0, 8), scale=1)
     assert sheet.size == (90 + 2 * 55, len(SHOWCASE) * 80)

@@ -14,7 +14,7 @@ download needed). Modules, one job each:
   :mod:`.threads` -- single-threaded torch (fast on shared cores);
   :mod:`.preview` -- contact sheet.
 
-    from utils.synthetic import generate_dataset
+    from synthetic import generate_dataset
     paths = generate_dataset("data/synthetic", seed=0)
     paths["subjects"]["s000"]["union"]   # the union subject folder to train on
 """
