@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from scene.export_3dgs import TriplaneSHFit, export_frame, read_3dgs_ply, write_
 from scene.protocols import protocol_splits
 from scene.subject import load_sequence
 from utils.errors import InputFileError, UserFacingError
+from utils.image_metrics import psnr
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,11 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
 class Exporter:
@@ -134,7 +129,7 @@ class Exporter:
                               backgrounds=self.renderer.background[None], backend="torch",
                               tile_size=16 if device.type == "cuda" else 8)
         ours = self.renderer.render(verts, expr, jaw, viewmat, K, camera.width, camera.height)
-        return {"check_camera": camera.image_name, "check_psnr_db": psnr(rgb[0], ours),
+        return {"check_camera": camera.image_name, "check_psnr_db": float(psnr(rgb[0], ours)),
                 "check_max_abs_diff": float((rgb[0] - ours).abs().max())}
 
     def run(self) -> dict:

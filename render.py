@@ -47,7 +47,7 @@ from scene.subject import load_sequence, load_subject
 from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png
-from utils.image_metrics import comparison_panel
+from utils.image_metrics import comparison_panel, psnr
 from utils.subject_ids import own_free_sequence
 
 FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
@@ -405,10 +405,7 @@ class Renderer:
                 renders[precision].append(self.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K, frame.width, frame.height))
         for m, state in zip(modules, originals):
             m.load_state_dict(state)
-        psnrs = []
-        for a, b in zip(renders["full"], renders["half"]):
-            mse = float(((a - b) ** 2).mean())
-            psnrs.append(float("inf") if mse == 0 else -10 * math.log10(mse))
+        psnrs = [float(psnr(a, b)) for a, b in zip(renders["full"], renders["half"])]
         full_size = sum(storage_report(self.model.folder).values())
         half_size = sum(storage_report(out).values())
         report = {"folder": str(out), "bytes_full": full_size, "bytes_half": half_size,

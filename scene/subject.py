@@ -195,7 +195,6 @@ class Subject:
             torch.stack([f.camera_center for f in extent_frames]) if extent_frames else torch.zeros(0, 3)
         )
         self.cameras_extent = float(_cameras_extent(centers, margin=1.1))
-        self._by_timestep: Optional[Dict[Tuple[str, int], List[CameraFrame]]] = None
 
     # ----------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -228,19 +227,6 @@ class Subject:
     def num_frames(self, split: str) -> int:
         """Number of frames in ``split`` (KeyError naming the loaded splits if unknown)."""
         return len(self._split(split))
-
-    def frames_at(self, split: str, timestep: int) -> List[CameraFrame]:
-        """Frames of ``split`` at ``timestep``, sorted by camera index (empty list if none)."""
-        self._split(split)
-        if self._by_timestep is None:
-            idx: Dict[Tuple[str, int], List[CameraFrame]] = {}
-            for name, fs in self.frames.items():
-                for f in fs:
-                    idx.setdefault((name, f.timestep), []).append(f)
-            for v in idx.values():
-                v.sort(key=lambda f: f.camera_index)
-            self._by_timestep = idx
-        return list(self._by_timestep.get((split, int(timestep)), []))
 
     def flame_at(self, timestep: int) -> Dict[str, torch.Tensor]:
         """FLAME parameters of one timestep with a batch dim of 1, ready for ``FLAME(...)``:

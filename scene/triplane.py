@@ -32,7 +32,6 @@ __all__ = [
     "SH_C0",
     "sh_dc_to_rgb",
     "rgb_to_sh_dc",
-    "bbox_from_points",
     "normalize_to_box",
     "as_vec3",
     "check_box",
@@ -53,18 +52,6 @@ def sh_dc_to_rgb(f_dc: torch.Tensor) -> torch.Tensor:
 def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`sh_dc_to_rgb` for colours >= 0: ``(rgb - 0.5) / C0``."""
     return (rgb - 0.5) / SH_C0
-
-
-def bbox_from_points(points: torch.Tensor, margin: float = 0.05) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Axis-aligned box ``(min (3,), max (3,))`` around ``points (N, 3)``.
-
-    Each side is padded by ``margin`` x the box's largest extent, so splats that drift a little
-    outside the canonical mesh still land inside the grids.
-    """
-    lo = points.detach().amin(dim=0)
-    hi = points.detach().amax(dim=0)
-    pad = margin * (hi - lo).max()
-    return lo - pad, hi + pad
 
 
 def normalize_to_box(points: torch.Tensor, bbox_min: torch.Tensor, bbox_max: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ from scene.binding import (
     world_to_local,
     world_to_local_rotation_scale,
 )
+from flame_model.lbs import axis_angle_to_matrix
 from utils.rotations import (
-    axis_angle_to_matrix,
     axis_angle_to_quat,
     matrix_to_quat,
     quat_multiply,

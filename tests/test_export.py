@@ -113,7 +113,7 @@ def export_triplane(model: Path, out: Path, *flags: str) -> tuple[float, float, 
 def test_triplane_avatar_exports_fitted_sh_that_renders_like_the_avatar(models, tmp_path):
     value, rms, check = export_triplane(models["tri_smooth"], tmp_path / "smooth.ply")
     print(f"triplane (view_pe_freqs=0) SH fit: RMS {rms:.5f}, PSNR {value:.2f} dB (export's own check {check:.2f})")
-    assert value >= 40.0 and abs(check - value) < 1e-6 and 0 <= rms < 0.01
+    assert value >= 40.0 and abs(check - value) < 1e-4 and 0 <= rms < 0.01
     # The paper's decoder: degree 3 cannot hold all of its view dependence. Over the whole sphere
     # alike, the fit loses ~36 dB worth; weighted towards the rig's views, the rig's cameras see
     # the decoder's colours to 40 dB, and the error the report states is the image's error.
@@ -123,7 +123,7 @@ def test_triplane_avatar_exports_fitted_sh_that_renders_like_the_avatar(models, 
     rms_sphere = report["frames"][0]["sh_fit_rms_sphere"]
     print(f"triplane (paper decoder) SH fit: rig-weighted RMS {rms:.5f} (whole sphere {rms_sphere:.5f}), PSNR "
           f"{value:.2f} dB; fitted over the whole sphere alike: RMS {sphere_rms:.5f}, PSNR {sphere:.2f} dB")
-    assert value >= 40.0 and value > sphere + 2.0 and abs(check - value) < 1e-6
+    assert value >= 40.0 and value > sphere + 2.0 and abs(check - value) < 1e-4
     assert report["sh_fit_weighting"] == "rig views" and rms < sphere_rms < rms_sphere
     assert abs(sphere + 20 * math.log10(sphere_rms)) < 3.0  # the image error is the fit error the report states
 

@@ -145,10 +145,6 @@ def test_union_counts_paths_and_indices(fake):
     assert set(s.canonical) >= {"shape", "static_offset", "expr"}
     p = s.flame_at(3)
     assert p["expr"].shape == (1, 100) and p["shape"].shape == (1, 300) and p["static_offset"].shape == (1, 5143, 3)
-    # frames_at: the timestep's cameras in the split, sorted.
-    at = s.frames_at("train", 1)
-    assert [f.camera_index for f in at] == [c for c in range(fake.n_cameras) if c != fake.val_camera]
-    assert s.frames_at("train", 999) == [] and s.frames_at("test", 0) == []
     with pytest.raises(KeyError, match="loaded splits"):
         s.num_frames("nope")
 

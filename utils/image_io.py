@@ -38,7 +38,6 @@ __all__ = [
     "load_rgb_uint8",
     "load_mask_uint8",
     "read_rgb",
-    "read_mask",
     "resize_float",
     "uint8_to_float",
 ]
@@ -207,11 +206,6 @@ def uint8_to_float(t: torch.Tensor) -> torch.Tensor:
 def read_rgb(path: Path, size: Optional[Size] = None, expected_size: Optional[Size] = None) -> torch.Tensor:
     """Uncached colour image: ``(H, W, 3)`` float32 in [0, 1], composited over white."""
     return uint8_to_float(torch.from_numpy(load_rgb_uint8(path, size, expected_size)))
-
-
-def read_mask(path: Path, size: Optional[Size] = None, expected_size: Optional[Size] = None) -> torch.Tensor:
-    """Uncached matte: ``(H, W, 1)`` float32 in [0, 1]."""
-    return uint8_to_float(torch.from_numpy(load_mask_uint8(path, size, expected_size)))
 
 
 # --------------------------------------------------------------------------------------------

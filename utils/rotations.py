@@ -15,16 +15,7 @@ __all__ = [
     "quat_to_matrix",
     "matrix_to_quat",
     "axis_angle_to_quat",
-    "axis_angle_to_matrix",
-    "quat_identity",
 ]
-
-
-def quat_identity(*batch: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Identity quaternions ``(*batch, 4)`` = (1, 0, 0, 0)."""
-    q = torch.zeros(*batch, 4, dtype=dtype, device=device)
-    q[..., 0] = 1.0
-    return q
 
 
 def quat_normalize(q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -131,8 +122,3 @@ def axis_angle_to_quat(aa: torch.Tensor) -> torch.Tensor:
     factor = torch.where(small, 0.5 - theta2 / 48.0, torch.sin(0.5 * safe_theta) / safe_theta)
     w = torch.where(small, 1.0 - theta2 / 8.0, torch.cos(0.5 * safe_theta))
     return torch.cat([w, aa * factor], dim=-1)
-
-
-def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices ``(..., 3, 3)`` from axis-angle vectors ``(..., 3)``."""
-    return quat_to_matrix(axis_angle_to_quat(aa))
