@@ -65,7 +65,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -78,6 +77,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from utils.atomic import atomic_write, write_text_atomic  # noqa: E402
 from utils.errors import InputFileError, MissingFileError, UserFacingError  # noqa: E402
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -451,21 +451,16 @@ def _json_safe(obj):
 
 
 def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_csv(path: Path, per_view_by_split: dict[str, dict[str, dict[str, float]]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["split", "image", *METRICS])
         for split, views in per_view_by_split.items():
             for name, v in views.items():
                 w.writerow([split, name, *(repr(v[k]) for k in METRICS)])
-    os.replace(tmp, path)
 
 
 def _fmt(value, digits: int) -> str:

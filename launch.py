@@ -46,6 +46,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from utils.atomic import write_text_atomic
+
 # submitit reads its preemption signal when it is imported. SIGUSR1 is the one train.py saves on
 # (submitit's default, SIGUSR2, would kill train.py, which SLURM signals as well).
 os.environ["SUBMITIT_PREEMPT_SIGNAL"] = "USR1"
@@ -88,10 +90,7 @@ def now() -> str:
 
 def write_json(path: Path, data) -> None:
     """Write ``data`` as JSON atomically (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def read_json(path: Path) -> dict | None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from utils.atomic import atomic_write
 
 __all__ = [
     "expression_displacements",
@@ -348,7 +348,7 @@ def cluster_cache_key(timesteps: Sequence[int], meta: Dict[str, Any]) -> str:
 
 
 def save_clusters(path, labels, timesteps, meta: Dict[str, Any]) -> None:
-    """Write the cluster labels as JSON, atomically (tmp file in the same folder + os.replace).
+    """Write the cluster labels as JSON, atomically (:func:`utils.atomic.atomic_write`).
 
     Args:
         path: target .json file (folders are created).
@@ -367,19 +367,8 @@ def save_clusters(path, labels, timesteps, meta: Dict[str, Any]) -> None:
         "labels": labels,
         "meta": meta,
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".clusters_", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        json.dump(doc, f)
 
 
 def load_clusters(

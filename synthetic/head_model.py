@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from utils.atomic import atomic_write
+
 from . import anatomy as A
 from .blendshapes import expression_basis, pose_correctives, shape_basis
 from .head_surface import PART_LEFT_EYE, PART_POCKET, PART_RIGHT_EYE, PART_SKIN, HeadTemplate, build_head_template
@@ -201,10 +203,8 @@ def build_head_model() -> SyntheticHeadModel:
 
 def _write_pickle(obj, path: Path) -> None:
     """Pickle (protocol 4: protocol 2 would inflate binary arrays by ~50%), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         pickle.dump(obj, fh, protocol=4)
-    os.replace(tmp, path)
 
 
 def write_flame_files(model: SyntheticHeadModel, out_dir: str | os.PathLike) -> tuple[Path, Path]:

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from utils.atomic import write_text_atomic
 from utils.errors import InputFileError, MissingFileError
 
 
@@ -347,10 +348,7 @@ def save_config(config: TrainConfig, path: str | os.PathLike, extra: dict | None
     data = {"config": config.to_dict()}
     if extra:
         data.update(extra)
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def load_saved_config(model_dir: str | os.PathLike) -> tuple[TrainConfig, dict]:
