@@ -25,6 +25,7 @@ On a CPU, keep the render height low (the default is 256 on a CPU, 720 on a GPU)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import threading
 import time
@@ -41,6 +42,7 @@ from scene.protocols import protocol_splits
 from scene.subject import load_sequence
 from utils.errors import UserFacingError
 from utils.image_io import to_uint8
+from utils.subject_ids import own_free_sequence
 
 EXPRESSION_SLIDERS = 10
 # (label, FLAME parameter, indices it sets, slider range in radians). Eye gaze sets both eyes.
@@ -142,6 +144,10 @@ class AvatarViewer:
         subject = renderer.subject
         splits = subject.frames if renderer.protocol == "none" else protocol_splits(subject, renderer.protocol)
         motion = renderer.motion_from(subject, renderer.fine_tuned)
+        if renderer.protocol == "paper":  # its test split is the subject's own FREE sequence
+            free, _ = own_free_sequence(renderer.model.extra["source_path"])
+            if free is not None:
+                self.add_sequence_folder(str(free))
         for split in ("test", "val", "train"):
             timesteps = sorted({f.timestep for f in splits.get(split, [])})
             if timesteps:
@@ -355,9 +361,7 @@ def _clamp(value: float, bounds: tuple) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import viser  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("viser") is None:
         print("error: the viewer needs viser: pip install -r requirements.txt (it lists viser)", file=sys.stderr)
         return 2
     try:

@@ -59,6 +59,10 @@ def main(argv=None) -> int:
                 print("error: the viewer sent no frame to the page within 120 s", file=sys.stderr)
                 return 1
             time.sleep(args.settle)
+            # Headless Chromium draws WebGL in software, and the page says so in a notification
+            # that would cover the picture: close it.
+            browser.evaluate("document.querySelectorAll('[role=alert] button').forEach(b => b.click())")
+            time.sleep(1.0)
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(browser.screenshot()).save(args.output)
     finally:
