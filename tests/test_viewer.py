@@ -16,6 +16,7 @@ import render  # noqa: E402
 import train  # noqa: E402
 import viewer  # noqa: E402
 from scene.cameras import camera_pose, pinhole_camera  # noqa: E402
+from conftest import SYNTHETIC_FIXTURE_SETTINGS  # noqa: E402
 from test_train import SMALL_SCHEDULE  # noqa: E402
 from utils.headless_chromium import HeadlessChromium, find_chromium  # noqa: E402
 from utils.rotations import quat_to_matrix  # noqa: E402
@@ -191,3 +192,21 @@ def test_page_in_headless_chromium_shows_the_avatar_and_follows_the_jaw(avatar_v
         shot_after = canvas_region(browser.screenshot(), rect, first.shape[:2])
         changed = np.abs(shot_after.astype(int) - shot_before.astype(int)).max(axis=-1) > 40
         assert changed.mean() > 0.002, f"the jaw moved but only {changed.mean():.4%} of the view changed"
+
+
+def test_paper_protocol_offers_the_subjects_free_sequence(synthetic_dataset, tmp_path):
+    """Under the paper protocol the test split is the subject's own FREE folder: the viewer plays it."""
+    entry = synthetic_dataset["subjects"]["s000"]
+    schedule = [a for a in SMALL_SCHEDULE if a != "--eval"] + ["--protocol", "paper"]
+    args = ["-s", entry["union"], "-m", tmp_path / "paper", "--flame", synthetic_dataset["flame_model"], *schedule,
+            "--iterations", "2"]
+    assert train.main(list(map(str, args))) == 0
+    v = viewer.AvatarViewer(viewer.parse_args(["-m", str(tmp_path / "paper"), "--port", str(free_port()), "--quiet",
+                                                "--device", "cpu"]))
+    try:
+        free = Path(entry["sequences"]["FREE"]).resolve()
+        assert free.name in v.sequences and v.sequence.name == free.name
+        assert "test split" not in v.sequences and "val split" in v.sequences
+        assert len(v.sequences[free.name].timesteps) == SYNTHETIC_FIXTURE_SETTINGS["free_timesteps"]
+    finally:
+        v.close()
