@@ -1,4 +1,4 @@
-"""FLAME head model layer (docs/METHOD.md section 2): restricted pickle loading, LBS and GaussianAvatars teeth.
+"""FLAME head model layer (docs/DESIGN.md section 2): restricted pickle loading, LBS and GaussianAvatars teeth.
 
     from flame_model import FLAME
     flame = FLAME(model_path, masks_path=None, n_shape=300, n_expr=100, add_teeth=True)

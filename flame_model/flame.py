@@ -1,4 +1,4 @@
-"""The FLAME head model as a PyTorch module (docs/METHOD.md section 2), with optional GaussianAvatars teeth.
+"""The FLAME head model as a PyTorch module (docs/DESIGN.md section 2), with optional GaussianAvatars teeth.
 
 Shapes: V vertices (5023 for FLAME, 5143 with teeth), F faces (9976 / 10144), K = 5 joints
 (global, neck, jaw, left eye, right eye).
@@ -218,7 +218,7 @@ class FLAME(nn.Module):
             the file goes). An explicit path that does not exist is an error.
         n_shape: identity components used (<= those in the file, 300 for FLAME).
         n_expr: expression components used (<= those in the file, 100 for FLAME).
-        add_teeth: append the 120 teeth vertices / 168 faces (docs/METHOD.md section 2).
+        add_teeth: append the 120 teeth vertices / 168 faces (docs/DESIGN.md section 2).
 
     Attributes:
         faces: (F, 3) int64 buffer.

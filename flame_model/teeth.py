@@ -1,7 +1,7 @@
-"""GaussianAvatars-style teeth: 8 rows of vertices built from the outer lip rings (docs/METHOD.md section 2).
+"""GaussianAvatars-style teeth: 8 rows of vertices built from the outer lip rings (docs/DESIGN.md section 2).
 
 Real tracked data (VHAP / GaussianAvatars) carries ``static_offset`` rows for the teeth, so the
-vertex placement and order here must be exactly GaussianAvatars' (docs/METHOD.md section 2):
+vertex placement and order here must be exactly GaussianAvatars' (docs/DESIGN.md section 2):
 
     rows appended after the base mesh (N = ring length, 15 for FLAME):
         0 upper root, 1 lower root, 2 upper edge, 3 lower edge,
@@ -89,7 +89,7 @@ def _strip(row_a: np.ndarray, row_b: np.ndarray, positions: np.ndarray, outward:
 
 
 def build_teeth(v_template: np.ndarray, ring_upper, ring_lower) -> TeethGeometry:
-    """Place the teeth rows on the template (docs/METHOD.md section 2).
+    """Place the teeth rows on the template (docs/DESIGN.md section 2).
 
     d = mean |upper_k - lower_k|; middle = ring midpoints, all at their mean y, moved 1.5 d back in
     z; upper edge = middle + 0.1 d y; upper root = upper edge + 2 d y; lower edge = middle - 0.1 d y

@@ -1,4 +1,4 @@
-"""Differentiable 3D Gaussian rasterization behind one API (docs/METHOD.md section 5).
+"""Differentiable 3D Gaussian rasterization behind one API (docs/DESIGN.md section 5).
 
 ``from gaussian_renderer import rasterize`` -- gsplat 1.x ``rasterization()`` argument names; a
 pure-PyTorch tile rasterizer (any device, the reference), Triton compositing kernels (CUDA) and a

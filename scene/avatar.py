@@ -1,7 +1,7 @@
 """The avatar: FLAME-bound splats with triplane colour and feature-line opacity blendshapes.
 
 Given a posed FLAME mesh, the frame's expression/jaw and a camera, :meth:`GaussianAvatar.splats`
-produces the world-space splat attributes the rasterizer takes. Components follow docs/METHOD.md section 3 and
+produces the world-space splat attributes the rasterizer takes. Components follow docs/DESIGN.md section 3 and
 each can be switched off (``ModelConfig``) so that GaussianAvatars and the paper's ablations run
 from the same code:
 

@@ -1,4 +1,4 @@
-"""Binding of splats to mesh triangles (docs/METHOD.md section 3.1).
+"""Binding of splats to mesh triangles (docs/DESIGN.md section 3.1).
 
 Each FLAME triangle (v0, v1, v2) defines a local frame:
 

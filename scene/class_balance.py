@@ -1,4 +1,4 @@
-"""Class-balanced frame sampling (docs/METHOD.md section 3.5, paper section 3.4).
+"""Class-balanced frame sampling (docs/DESIGN.md section 3.5, paper section 3.4).
 
 Most training frames show small expressions; a few show large ones. Timesteps are grouped by
 how their FLAME meshes differ from neutral, then training draws a class uniformly and a frame

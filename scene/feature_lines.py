@@ -1,4 +1,4 @@
-"""Feature-line opacity blendshapes (docs/METHOD.md section 3.3, paper section 3.3).
+"""Feature-line opacity blendshapes (docs/DESIGN.md section 3.3, paper section 3.3).
 
 Every expression basis (first 80 FLAME expression components) and every jaw basis (16) owns
 a triple of 1D feature lines (x, y, z axes; R samples x C channels). A frame's lines are the

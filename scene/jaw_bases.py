@@ -1,4 +1,4 @@
-"""Linear jaw-rotation bases (docs/METHOD.md section 3.4, paper section 3.3).
+"""Linear jaw-rotation bases (docs/DESIGN.md section 3.4, paper section 3.3).
 
 FLAME's jaw is a rotation, not a linear blendshape. To give it feature lines anyway, pick K
 representative jaw rotations (bases) from the *training* frames by farthest point sampling

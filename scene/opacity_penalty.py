@@ -1,4 +1,4 @@
-"""Adaptive truncated opacity-offset penalty (docs/METHOD.md section 3.6, paper section 3.4, Eq. 2).
+"""Adaptive truncated opacity-offset penalty (docs/DESIGN.md section 3.6, paper section 3.4, Eq. 2).
 
 The feature lines model opacity changes *relative to the neutral face*, so where the mesh
 does not move, the offset should be zero. Per frame:

@@ -1,4 +1,4 @@
-"""NeRSemble subject reader (the GaussianAvatars / VHAP export format; docs/METHOD.md section 1).
+"""NeRSemble subject reader (the GaussianAvatars / VHAP export format; docs/DESIGN.md section 1).
 
 A *subject* folder holds ``transforms_{train,val,test}.json`` and ``canonical_flame_param.npz``.
 Frame paths in the JSONs are relative to the JSON's folder; a *union* folder's frames point into

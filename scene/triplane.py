@@ -1,4 +1,4 @@
-"""Triplane colour (docs/METHOD.md section 3.2, paper section 3.2).
+"""Triplane colour (docs/DESIGN.md section 3.2, paper section 3.2).
 
 Three axis-aligned feature planes over the canonical head's bounding box hold the neutral
 appearance; a tiny MLP decodes [triplane feature, PE(canonical view direction)] into the
@@ -9,7 +9,7 @@ Plane layout: each plane is a ``(1, C, R, R)`` image. For the plane named "AB" t
 node (i along A, j along B) is ``plane[0, :, j, i]``. That is what ``F.grid_sample`` expects
 with grid[..., 0] = normalised A and grid[..., 1] = normalised B.
 
-Colour convention: the decoder outputs the degree-0 SH coefficient ``f_dc (N, 3)`` (docs/METHOD.md
+Colour convention: the decoder outputs the degree-0 SH coefficient ``f_dc (N, 3)`` (docs/DESIGN.md
 section 3.2); the renderer colour is
 ``max(SH_C0 * f_dc + 0.5, 0)``, exactly what 3DGS/GA/gsplat do for SH degree 0 (see
 :func:`sh_dc_to_rgb`). Why this and not a sigmoid: (a) the GA baseline's per-splat SH and the

@@ -1,6 +1,6 @@
 """Generate the synthetic FLAME model and NeRSemble-format subjects (``generate_dataset``).
 
-Output layout (docs/METHOD.md section 1, docs/CONTRACTS.md), with ``<f>`` the downscale factor and ``<n>`` the
+Output layout (docs/DESIGN.md section 1, docs/CONTRACTS.md), with ``<f>`` the downscale factor and ``<n>`` the
 camera count (16 by default):
 
     OUT/flame/flame2023.pkl, OUT/flame/FLAME_masks.pkl

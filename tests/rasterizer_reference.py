@@ -1,7 +1,7 @@
 """Brute-force dense reference rasterizer for tests (plain torch autograd, no tiles, no product code).
 
 Every pixel is composited against every splat in global depth order with a sequential loop, from
-the rules stated in docs/METHOD.md section 5 / gaussian_renderer docs, re-derived independently:
+the rules stated in docs/DESIGN.md section 5 / gaussian_renderer docs, re-derived independently:
 
 * rotation from a unit quaternion via Rodrigues' form ``R = I + 2w[v]x + 2[v]x^2``;
 * real SH from the associated Legendre recurrence (Condon-Shortley phase, m = -l..l order);

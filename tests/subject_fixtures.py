@@ -1,6 +1,6 @@
 """Writer of small fake NeRSemble-format subjects for the reader's tests.
 
-Layout written under ``parent`` (mirrors the GaussianAvatars export, docs/METHOD.md section 1)::
+Layout written under ``parent`` (mirrors the GaussianAvatars export, docs/DESIGN.md section 1)::
 
     parent/
       SEQ_EXP-0/  images/00000_00.png  fg_masks/00000_00.png  flame_param/00000.npz
