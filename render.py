@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
+from flame_model import MOTION_KEYS
 from gaussian_renderer import select_backend
+from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
 from scene.protocols import protocol_splits, saved_protocol
 from scene.rendering import measure_render_speed, render_avatar
 from scene.subject import load_sequence, load_subject
@@ -50,7 +51,6 @@ from utils.image_io import read_rgb, to_uint8, write_png
 from utils.image_metrics import comparison_panel, psnr
 from utils.subject_ids import own_free_sequence
 
-FLAME_MOTION_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 FRAME_SUBFOLDERS = ("renders", "gt", "masks")
 SPLITS = ("train", "val", "test")
 
@@ -131,9 +131,7 @@ def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
         motion: dict of (B, ...) tensors with keys expr, rotation, neck_pose, jaw_pose,
             eyes_pose, translation (the driving frames' FLAME parameters).
     """
-    offset = None if model.static_offset is None else model.static_offset[None]
-    return model.flame(model.shape, motion["expr"], motion["rotation"], motion["neck_pose"], motion["jaw_pose"],
-                       motion["eyes_pose"], motion["translation"], static_offset=offset)
+    return model.flame.motion_vertices(model.shape, motion, model.static_offset)
 
 
 class Renderer:
@@ -205,7 +203,7 @@ class Renderer:
         def motion(timestep: int) -> dict:
             row = subject.timestep_row[timestep]
             source = fine_tuned if fine_tuned is not None else subject.flame
-            return {k: source[k][row:row + 1].to(self.device).float() for k in FLAME_MOTION_KEYS}
+            return {k: source[k][row:row + 1].to(self.device).float() for k in MOTION_KEYS}
         return motion
 
     @property

@@ -33,11 +33,15 @@ from .teeth import (FLAME_LIP_RING_LOWER, FLAME_LIP_RING_UPPER, FLAME_NUM_VERTIC
                     teeth_shapedirs)
 
 __all__ = ["FLAME", "FlameData", "read_flame_model", "read_flame_masks", "FLAME_SHAPE_COMPONENTS",
-           "NUM_JOINTS", "JOINT_NAMES", "RING_KEYS"]
+           "NUM_JOINTS", "JOINT_NAMES", "RING_KEYS", "POSE_KEYS", "MOTION_KEYS"]
 
 #: FLAME's shapedirs hold 300 identity components followed by the expression components.
 FLAME_SHAPE_COMPONENTS = 300
 JOINT_NAMES = ("global", "neck", "jaw", "left_eye", "right_eye")
+# The per-frame FLAME parameters (a "motion") in the order FLAME.forward takes them; shape and the
+# static offset are the subject's identity. Pose keys are axis-angle rotations and a translation.
+POSE_KEYS = ("rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+MOTION_KEYS = ("expr",) + POSE_KEYS
 NUM_JOINTS = len(JOINT_NAMES)
 NECK_JOINT, JAW_JOINT = 1, 2
 #: Keys of the masks pickle holding ordered lip rings (non-FLAME models); not vertex regions.
@@ -440,6 +444,12 @@ class FLAME(nn.Module):
             if off.dim() == 3:
                 batch = max(batch, int(off.shape[0]))
         return batch
+
+    def motion_vertices(self, shape: torch.Tensor, motion: dict, static_offset: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """Posed vertices (B, V, 3) of an identity (``shape``, ``static_offset`` as in :meth:`forward`)
+        driven by a motion: a dict holding :data:`MOTION_KEYS`, each (B, ...) as :meth:`forward` takes it."""
+        return self(shape, *(motion[k] for k in MOTION_KEYS), static_offset=static_offset)
 
     def forward(self, shape: torch.Tensor, expr: torch.Tensor | None, rotation: torch.Tensor | None,
                 neck_pose: torch.Tensor | None, jaw_pose: torch.Tensor | None, eyes_pose: torch.Tensor | None,

@@ -26,6 +26,7 @@ __all__ = [
     "local_to_world",
     "local_to_world_positions",
     "world_to_local",
+    "triangle_displacements",
     "world_to_local_rotation_scale",
     "canonical_positions",
     "initial_local_params",
@@ -257,3 +258,19 @@ def initial_local_params(
     quat[:, 0] = 1.0
     log_scale = torch.zeros(n_faces, 3, dtype=dtype, device=device)
     return binding, xyz, quat, log_scale
+
+
+def triangle_displacements(expression_verts: torch.Tensor, canonical_verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Per-triangle translation magnitude between a frame's expression mesh and the canonical mesh.
+
+    Args:
+        expression_verts: (..., V, 3) mesh with expression/jaw/eyes, no global pose.
+        canonical_verts: (V, 3) canonical mesh (broadcast over ``...``).
+        faces: (F, 3) long.
+    Returns:
+        (..., F) |centroid displacement| (same units as the vertices, metres for FLAME).
+    """
+    faces = faces.to(device=expression_verts.device, dtype=torch.long)
+    disp = expression_verts - canonical_verts  # (..., V, 3)
+    tri = disp[..., faces, :].mean(dim=-2)  # (..., F, 3)
+    return tri.norm(dim=-1)

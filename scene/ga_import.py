@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flame_model import MOTION_KEYS
 from scene.avatar import GaussianAvatar
 from scene.avatar_io import build_flame, face_vertex_mask, save_avatar
 from scene.binding import local_to_world, triangle_frames, world_to_local, world_to_local_rotation_scale
 from scene.gaussian_model import BoundGaussians
-from scene.mesh_cache import POSE_KEYS
 from scene.subject import load_subject
 from utils.checkpoint import list_checkpoints, write_checkpoint
 from utils.config import resolve_config, save_config
@@ -42,7 +42,6 @@ from utils.errors import InputFileError, MissingFileError
 from utils.ply_io import read_vertex_table
 
 GA_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gaussian_avatars.yaml"
-FLAME_MOTION = ("expr",) + POSE_KEYS
 
 __all__ = ["GAImportError", "find_ga_iteration", "read_ga_ply", "read_ga_flame_params", "match_faces",
            "rebind_splats", "import_gaussian_avatars"]
@@ -104,15 +103,15 @@ def read_ga_flame_params(path: Path) -> dict:
             params = {k: torch.from_numpy(np.asarray(data[k], np.float32)) for k in data.files}
     except Exception as exc:
         raise GAImportError(f"{path}: not a readable npz file ({exc})") from None
-    missing = [k for k in FLAME_MOTION + ("shape",) if k not in params]
+    missing = [k for k in MOTION_KEYS + ("shape",) if k not in params]
     if missing:
-        raise GAImportError(f"{path}: lacks the keys {missing} (GaussianAvatars saves {', '.join(FLAME_MOTION)}, shape, "
+        raise GAImportError(f"{path}: lacks the keys {missing} (GaussianAvatars saves {', '.join(MOTION_KEYS)}, shape, "
                             "static_offset)")
     params["shape"] = params["shape"].reshape(-1)
     if "static_offset" in params:
         params["static_offset"] = params["static_offset"].reshape(-1, 3)
     rows = params["expr"].shape[0]
-    bad = [k for k in FLAME_MOTION if params[k].dim() != 2 or params[k].shape[0] != rows]
+    bad = [k for k in MOTION_KEYS if params[k].dim() != 2 or params[k].shape[0] != rows]
     if bad:
         raise GAImportError(f"{path}: per-timestep keys {bad} do not have {rows} rows like 'expr'")
     return params
@@ -264,7 +263,7 @@ def import_gaussian_avatars(ga_folder: str | Path, subject: str | Path, output: 
     if rows.numel() and int(rows.max()) >= n_rows:
         raise GAImportError(f"{folder / 'flame_param.npz'} has {n_rows} timesteps, the subject {subject} uses "
                             f"timestep {int(rows.max())}: was GA trained on another subject?")
-    fine_tuned = {k: params[k][rows].clone() for k in FLAME_MOTION}
+    fine_tuned = {k: params[k][rows].clone() for k in MOTION_KEYS}
     if "dynamic_offset" in params and params["dynamic_offset"].abs().max() > 0:
         log("[import] warning: GaussianAvatars' dynamic_offset is not supported and is dropped: renders of frames "
             "that used it will differ")

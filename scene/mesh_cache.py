@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from flame_model import FLAME
-from scene.opacity_penalty import triangle_displacements
+from flame_model import FLAME, MOTION_KEYS
+from scene.binding import triangle_displacements
 
-POSE_KEYS = ("rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 
 
 class FlameSequence(torch.nn.Module):
@@ -32,7 +31,7 @@ class FlameSequence(torch.nn.Module):
         self.trainable = trainable
         self.register_buffer("shape", shape.float().clone())
         self.register_buffer("static_offset", None if static_offset is None else static_offset.float().clone())
-        keys = ("expr",) + POSE_KEYS
+        keys = MOTION_KEYS
         missing = [k for k in keys if k not in params]
         if missing:
             raise ValueError(f"FLAME parameters lack {missing}")
@@ -52,8 +51,7 @@ class FlameSequence(torch.nn.Module):
         return {k: self.values[k][rows] for k in self.keys}
 
     def _forward(self, p: dict) -> torch.Tensor:
-        offset = None if self.static_offset is None else self.static_offset[None]
-        return self.flame(self.shape, p["expr"], p["rotation"], p["neck_pose"], p["jaw_pose"], p["eyes_pose"], p["translation"], static_offset=offset)
+        return self.flame.motion_vertices(self.shape, p, self.static_offset)
 
     def vertices(self, rows: torch.Tensor) -> torch.Tensor:
         """Posed vertices (B, V, 3) of timestep rows (B,), from the cache unless fine-tuning."""

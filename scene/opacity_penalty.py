@@ -32,23 +32,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["triangle_displacements", "static_triangle_weights", "truncated_opacity_penalty"]
-
-
-def triangle_displacements(expression_verts: torch.Tensor, canonical_verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Per-triangle translation magnitude between a frame's expression mesh and the canonical mesh.
-
-    Args:
-        expression_verts: (..., V, 3) mesh with expression/jaw/eyes, no global pose.
-        canonical_verts: (V, 3) canonical mesh (broadcast over ``...``).
-        faces: (F, 3) long.
-    Returns:
-        (..., F) |centroid displacement| (same units as the vertices, metres for FLAME).
-    """
-    faces = faces.to(device=expression_verts.device, dtype=torch.long)
-    disp = expression_verts - canonical_verts  # (..., V, 3)
-    tri = disp[..., faces, :].mean(dim=-2)  # (..., F, 3)
-    return tri.norm(dim=-1)
+__all__ = ["static_triangle_weights", "truncated_opacity_penalty"]
 
 
 def static_triangle_weights(
@@ -62,7 +46,7 @@ def static_triangle_weights(
     """Per-triangle penalty weight for one frame.
 
     Args:
-        tri_displacement: (F,) from :func:`triangle_displacements`.
+        tri_displacement: (F,) from :func:`scene.binding.triangle_displacements`.
         face_region: (F,) bool, True for face-region triangles.
         tau_face, tau_other: static thresholds (metres) on / off the face.
         weight_face, weight_other: weights of static triangles on / off the face.

@@ -1,7 +1,8 @@
 """Adaptive truncated opacity-offset penalty (scene/opacity_penalty.py)."""
 import torch
 
-from scene.opacity_penalty import static_triangle_weights, triangle_displacements, truncated_opacity_penalty
+from scene.binding import triangle_displacements
+from scene.opacity_penalty import static_triangle_weights, truncated_opacity_penalty
 
 
 def test_triangle_displacement_is_centroid_translation():
