@@ -44,7 +44,7 @@ from gaussian_renderer import select_backend
 from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
 from scene.protocols import protocol_splits, saved_protocol
 from scene.rendering import measure_render_speed, render_avatar
-from scene.subject import load_sequence, load_subject
+from scene.datasets import load_sequence, load_subject
 from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png

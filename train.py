@@ -43,7 +43,7 @@ from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import truncated_opacity_penalty
 from scene.protocols import PROTOCOLS, protocol_splits, saved_protocol
 from scene.rendering import render_avatar
-from scene.subject import load_subject
+from scene.datasets import load_subject
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
                               seed_everything, write_checkpoint)
 from utils.cli_common import describe_device, even_subset, pick_device

@@ -39,7 +39,7 @@ import torch
 import render
 from scene.cameras import camera_pose, pinhole_camera
 from scene.protocols import protocol_splits
-from scene.subject import load_sequence
+from scene.datasets import load_sequence
 from utils.errors import UserFacingError
 from utils.image_io import to_uint8
 from utils.subject_ids import own_free_sequence

@@ -13,7 +13,7 @@ from subject_fixtures import write_fake_subject  # noqa: E402
 
 from scene.class_balance import ClassBalancedSampler, UniformFrameSampler  # noqa: E402
 from scene.frame_loader import DeviceImageCache, GroundTruthLoader, frame_loader_for  # noqa: E402
-from scene.subject import load_subject  # noqa: E402
+from scene.datasets import load_subject  # noqa: E402
 
 
 @pytest.fixture(scope="module")

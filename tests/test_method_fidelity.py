@@ -16,7 +16,7 @@ from scene.densification import BindingAwareDensification  # noqa: E402
 from scene.gaussian_model import BoundGaussians  # noqa: E402
 from scene.jaw_bases import farthest_point_jaw_bases  # noqa: E402
 from scene.protocols import protocol_splits  # noqa: E402
-from scene.subject import load_subject  # noqa: E402
+from scene.datasets import load_subject  # noqa: E402
 from utils.config import DensifyConfig, resolve_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

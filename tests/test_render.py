@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 import render  # noqa: E402
 import train  # noqa: E402
 from flame_model import FLAME  # noqa: E402
-from scene.subject import load_sequence  # noqa: E402
+from scene.datasets import load_sequence  # noqa: E402
 from utils.image_io import read_rgb  # noqa: E402
 
 

@@ -22,7 +22,8 @@ from scene.cameras import (
     opengl_c2w_to_opencv_w2c,
     scale_intrinsics,
 )
-from scene.subject import CameraFrame, Subject, load_sequence, load_subject
+from scene.nersemble import load_sequence, load_subject
+from scene.subject import CameraFrame, Subject
 from tests.subject_fixtures import edit_json, look_at_opengl, read_json, write_fake_subject, write_flame_npz, write_json
 from utils.errors import InputFileError, MissingFileError, UserFacingError
 from utils.image_io import ImageCache, load_mask_uint8, load_rgb_uint8
