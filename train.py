@@ -39,11 +39,12 @@ from scene.class_balance import (ClassBalancedSampler, UniformSampler, cluster_t
 from scene.densification import BindingAwareDensification
 from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
+from scene.datasets import load_subject
 from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import truncated_opacity_penalty
+from scene.optimizer_ops import make_splat_optimizers
 from scene.protocols import PROTOCOLS, protocol_splits, saved_protocol
 from scene.rendering import render_avatar
-from scene.datasets import load_subject
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
                               seed_everything, write_checkpoint)
 from utils.cli_common import describe_device, even_subset, pick_device
@@ -319,7 +320,7 @@ class Trainer:
         o = self.cfg.optim
         lrs = {"xyz": position_lr(self.cfg, 0, self.extent, self.schedule_iterations), "rotation": o.rotation_lr, "log_scale": o.scaling_lr,
                "opacity": o.opacity_lr, "sh0": o.sh_lr, "shN": o.sh_lr / 20.0}
-        self.optimizers = self.avatar.gaussians.make_optimizers({k: lrs[k] for k in self.avatar.gaussians.params})
+        self.optimizers = make_splat_optimizers(self.avatar.gaussians, {k: lrs[k] for k in self.avatar.gaussians.params})
         groups = self.avatar.network_param_groups(o.grid_lr, o.mlp_lr, o.opacity_mlp_lr)
         self.net_optimizer = torch.optim.Adam(groups) if groups else None
         self.flame_optimizer = None

@@ -17,6 +17,7 @@ import math
 import torch
 
 from scene.gaussian_model import BoundGaussians, inverse_sigmoid
+from scene.optimizer_ops import replace_splat_rows
 from utils.config import DensifyConfig
 from utils.rotations import quat_to_matrix
 
@@ -170,7 +171,7 @@ class BindingAwareDensification:
             out[n_old:] = 0  # new splats start with fresh Adam moments
             return out
 
-        gaussians.replace_rows(optimizers, new_param, new_state, gaussians.binding[src].clone())
+        replace_splat_rows(gaussians, optimizers, new_param, new_state, gaussians.binding[src].clone())
         self._ensure(len(gaussians), device)
         self.grad_accum.zero_()
         self.count.zero_()
@@ -200,7 +201,8 @@ class BindingAwareDensification:
     def reset_opacity(self, gaussians: BoundGaussians, optimizers: dict) -> None:
         """Clamp every opacity to at most 0.01 and restart its Adam moments (3DGS)."""
         clamped = inverse_sigmoid(torch.clamp(gaussians.opacity, max=0.01))
-        gaussians.replace_rows(
+        replace_splat_rows(
+            gaussians,
             optimizers,
             lambda name, old: clamped.clone() if name == "opacity" else old.clone(),
             lambda name, key, old: torch.zeros_like(old) if name == "opacity" else old,

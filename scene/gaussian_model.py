@@ -1,4 +1,4 @@
-"""Splats bound to mesh triangles: their local parameters, optimisers and PLY storage.
+"""Splats bound to mesh triangles: their local parameters and PLY storage.
 
 Each splat stores a local position ``xyz`` (N, 3), local rotation ``rotation`` (N, 4) wxyz,
 local log-scale ``log_scale`` (N, 3), canonical opacity logit ``opacity`` (N,) and the index of
@@ -6,9 +6,10 @@ its triangle ``binding`` (N,). World attributes come from the triangle frames
 (:mod:`scene.binding`). With per-splat colour (GaussianAvatars) it also stores SH coefficients
 ``sh0`` (N, 1, 3) and ``shN`` (N, K-1, 3); with the triplane decoder it stores no colour at all.
 
-Parameters live in a ``ParameterDict`` with one Adam optimiser per attribute, so that the
-densification strategy (:mod:`scene.densification`) can grow and shrink them together with
-their optimiser state, as gsplat's strategies do.
+Parameters live in a ``ParameterDict``, one tensor per attribute; the optimisers are not the
+model's: :mod:`scene.optimizer_ops` builds one Adam per attribute and rebuilds rows together with
+their Adam moments for the densification strategy (:mod:`scene.densification`), as gsplat's
+``strategy/ops.py`` does.
 """
 from __future__ import annotations
 
@@ -139,36 +140,3 @@ class BoundGaussians(torch.nn.Module):
                 if ply.n_rest:
                     model.params["shN"].data = ply.sh_rest()
         return model
-
-    # -- optimisation --------------------------------------------------------------------------
-
-    def make_optimizers(self, lrs: dict[str, float]) -> dict[str, torch.optim.Adam]:
-        """One Adam per attribute (``lrs`` maps attribute name -> learning rate)."""
-        missing = set(self.params) - set(lrs)
-        if missing:
-            raise ValueError(f"no learning rate given for splat attributes {sorted(missing)}")
-        return {
-            name: torch.optim.Adam([{"params": [param], "lr": lrs[name], "name": name}], eps=1e-15)
-            for name, param in self.params.items()
-        }
-
-    def replace_rows(self, optimizers: dict, fn_param, fn_state, binding: torch.Tensor) -> None:
-        """Rebuild every attribute (and its Adam moments) after a change of splat count.
-
-        ``fn_param(name, tensor) -> tensor`` builds the new parameter values and
-        ``fn_state(name, key, tensor) -> tensor`` the new optimiser moments.
-        """
-        for name in list(self.params):
-            old = self.params[name]
-            new = torch.nn.Parameter(fn_param(name, old.data))
-            opt = optimizers.get(name)
-            if opt is not None:
-                state = opt.state.pop(old, None)
-                opt.param_groups[0]["params"] = [new]
-                if state is not None:
-                    for key, value in list(state.items()):
-                        if key != "step" and torch.is_tensor(value) and value.shape == old.shape:
-                            state[key] = fn_state(name, key, value)
-                    opt.state[new] = state
-            self.params[name] = new
-        self.binding = binding

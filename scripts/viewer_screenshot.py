@@ -65,9 +65,10 @@ def main(argv=None) -> int:
             time.sleep(1.0)
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(browser.screenshot()).save(args.output)
+        stats = avatar_viewer.controls["stats"].content.replace("**", "").replace("  \n", "; ")
     finally:
         avatar_viewer.close()
-    print(f"[screenshot] {args.output}")
+    print(f"[screenshot] {args.output}; the viewer's last frame: {stats}")
     return 0
 
 

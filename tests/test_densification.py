@@ -3,6 +3,7 @@ import torch
 
 from scene.densification import BindingAwareDensification
 from scene.gaussian_model import BoundGaussians, inverse_sigmoid
+from scene.optimizer_ops import make_splat_optimizers
 from utils.config import DensifyConfig
 
 
@@ -13,7 +14,7 @@ def setup(n_faces=10, per_face=3, seed=0):
     with torch.no_grad():
         model.params["xyz"].copy_(torch.randn(len(model), 3, generator=g) * 0.1)
         model.params["log_scale"].copy_(torch.randn(len(model), 3, generator=g) * 0.1)
-    opts = model.make_optimizers({"xyz": 1e-3, "rotation": 1e-3, "log_scale": 1e-3, "opacity": 1e-3})
+    opts = make_splat_optimizers(model, {"xyz": 1e-3, "rotation": 1e-3, "log_scale": 1e-3, "opacity": 1e-3})
     return model, opts
 
 

@@ -2,6 +2,7 @@
 import torch
 
 from scene.gaussian_model import BoundGaussians
+from scene.optimizer_ops import make_splat_optimizers, replace_splat_rows
 
 
 def random_model(n=50, sh_degree=None, seed=0):
@@ -25,16 +26,16 @@ def test_ply_round_trip_is_exact(tmp_path):
             assert torch.equal(loaded.params[k], model.params[k]), k
 
 
-def test_replace_rows_keeps_optimiser_moments_with_their_splats():
+def test_replace_splat_rows_keeps_optimiser_moments_with_their_splats():
     model = random_model(n=6)
-    opts = model.make_optimizers({"xyz": 0.1, "rotation": 0.1, "log_scale": 0.1, "opacity": 0.1})
+    opts = make_splat_optimizers(model, {"xyz": 0.1, "rotation": 0.1, "log_scale": 0.1, "opacity": 0.1})
     loss = sum((p ** 2).sum() for p in model.params.values())
     loss.backward()
     for o in opts.values():
         o.step()
     before = opts["xyz"].state[model.params["xyz"]]["exp_avg"].clone()
     idx = torch.tensor([5, 0, 2])
-    model.replace_rows(opts, lambda n, t: t[idx].clone(), lambda n, k, t: t[idx].clone(), model.binding[idx])
+    replace_splat_rows(model, opts, lambda n, t: t[idx].clone(), lambda n, k, t: t[idx].clone(), model.binding[idx])
     after = opts["xyz"].state[model.params["xyz"]]["exp_avg"]
     assert torch.equal(after, before[idx])
     assert opts["xyz"].param_groups[0]["params"][0] is model.params["xyz"]

@@ -15,6 +15,7 @@ from scene.avatar import GaussianAvatar  # noqa: E402
 from scene.densification import BindingAwareDensification  # noqa: E402
 from scene.gaussian_model import BoundGaussians  # noqa: E402
 from scene.jaw_bases import farthest_point_jaw_bases  # noqa: E402
+from scene.optimizer_ops import make_splat_optimizers  # noqa: E402
 from scene.protocols import protocol_splits  # noqa: E402
 from scene.datasets import load_subject  # noqa: E402
 from utils.config import DensifyConfig, resolve_config  # noqa: E402
@@ -78,7 +79,7 @@ def test_opacity_reset_at_densify_start_only_with_a_white_background():
         with torch.no_grad():
             splats.params["opacity"].fill_(3.0)
         strategy = BindingAwareDensification(cfg, 1.0, 6, white_background=white)
-        optimizers = splats.make_optimizers({k: 1e-3 for k in splats.params})
+        optimizers = make_splat_optimizers(splats, {k: 1e-3 for k in splats.params})
         events = strategy.step(10, splats, optimizers, torch.ones(6, 3))
         assert ("opacity_reset" in events) == expected
         assert (splats.opacity.max() < 0.05) == expected
