@@ -34,15 +34,14 @@ from flame_model import DEFAULT_FLAME_MODEL_PATH
 from gaussian_renderer import select_backend
 from scene.avatar import GaussianAvatar
 from scene.avatar_io import build_flame, face_vertex_mask, load_avatar_components, save_avatar
-from scene.class_balance import (ClassBalancedSampler, UniformSampler, cluster_timesteps, load_clusters,
-                                 save_clusters, timestep_distance_matrix)
+from scene.class_balance import ClassBalancedSampler, UniformSampler, cluster_expressions, load_clusters, save_clusters
 from scene.densification import BindingAwareDensification
 from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
 from scene.datasets import load_subject
 from scene.mesh_cache import FlameSequence
-from scene.opacity_penalty import truncated_opacity_penalty
-from scene.optimizer_ops import make_splat_optimizers
+from scene.opacity_penalty import penalty_face_triangles, truncated_opacity_penalty
+from scene.optimizer_ops import make_splat_optimizers, splat_learning_rates
 from scene.protocols import PROTOCOLS, protocol_splits, saved_protocol
 from scene.rendering import render_avatar
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
@@ -213,7 +212,7 @@ class Trainer:
             jaw_bases = farthest_point_jaw_bases(jaw, cfg.model.n_jaw_bases)
         self.avatar = GaussianAvatar(cfg.model, self.flame.faces, self.sequence.canonical_vertices(),
                                      face_vertex_mask(self.flame, cfg.model.face_box_regions), jaw_bases).to(self.device)
-        self.face_region = self._penalty_face_region()
+        self.face_region = penalty_face_triangles(self.flame).to(self.device)
         self.extent = float(self.subject.cameras_extent)
         self._make_optimizers()
         self.strategy = BindingAwareDensification(cfg.densify, self.extent, self.flame.num_faces,
@@ -309,18 +308,10 @@ class Trainer:
         if needs:
             self.flame.require_masks_file(", ".join(needs))
 
-    def _penalty_face_region(self) -> torch.Tensor:
-        masks = self.flame.face_masks
-        regions = [masks[r] for r in ("face", "eye_region", "lips") if r in masks]
-        if not regions:
-            return torch.zeros(self.flame.num_faces, dtype=torch.bool, device=self.device)
-        return torch.stack(regions).any(0).to(self.device)
-
     def _make_optimizers(self) -> None:
         o = self.cfg.optim
-        lrs = {"xyz": position_lr(self.cfg, 0, self.extent, self.schedule_iterations), "rotation": o.rotation_lr, "log_scale": o.scaling_lr,
-               "opacity": o.opacity_lr, "sh0": o.sh_lr, "shN": o.sh_lr / 20.0}
-        self.optimizers = make_splat_optimizers(self.avatar.gaussians, {k: lrs[k] for k in self.avatar.gaussians.params})
+        lrs = splat_learning_rates(o, position_lr(self.cfg, 0, self.extent, self.schedule_iterations))
+        self.optimizers = make_splat_optimizers(self.avatar.gaussians, lrs)
         groups = self.avatar.network_param_groups(o.grid_lr, o.mlp_lr, o.opacity_mlp_lr)
         self.net_optimizer = torch.optim.Adam(groups) if groups else None
         self.flame_optimizer = None
@@ -355,11 +346,7 @@ class Trainer:
         with torch.no_grad():
             disp = torch.cat([self.sequence.expression_vertices(rows[i:i + 64]) for i in range(0, len(rows), 64)])
             disp = disp - self.sequence.canonical_vertices()
-        vm = self.flame.vertex_masks
-        face_idx = torch.nonzero(vm["face"].cpu()).squeeze(1) if "face" in vm else torch.arange(self.flame.num_vertices)
-        eye_idx = torch.nonzero(vm["eye_region"].cpu()).squeeze(1) if "eye_region" in vm else torch.zeros(0, dtype=torch.long)
-        distance = timestep_distance_matrix(disp.cpu(), face_idx, eye_idx)
-        labels = cluster_timesteps(distance, n_classes=n_classes, seed=self.cfg.run.seed)
+        labels = cluster_expressions(disp.cpu(), self.flame.vertex_masks, n_classes, self.cfg.run.seed)
         save_clusters(cache, labels, timesteps, meta)
         return list(np.asarray(labels))
 

@@ -30,6 +30,7 @@ import torch
 from utils.atomic import atomic_write
 
 __all__ = [
+    "cluster_expressions",
     "expression_displacements",
     "timestep_distance_matrix",
     "cluster_timesteps",
@@ -183,6 +184,24 @@ def cluster_timesteps(distance, n_classes: int = 16, seed: int = 0, duplicate_to
 
 
 # ----------------------------------------------------------------------------- samplers
+
+
+def cluster_expressions(expression_offsets: torch.Tensor, vertex_masks: dict, n_classes: int, seed: int) -> np.ndarray:
+    """Expression classes of timesteps (the paper's class-balanced sampling).
+
+    Args:
+        expression_offsets: (T, V, 3) each timestep's mesh with expression, jaw and eyes (no global
+            pose or neck) minus the canonical mesh.
+        vertex_masks: FLAME's vertex masks; the distance looks at the "face" region (every vertex
+            without it) and weights the "eye_region" twice (:func:`timestep_distance_matrix`).
+    Returns:
+        (T,) class labels (:func:`cluster_timesteps`).
+    """
+    n_vertices = expression_offsets.shape[1]
+    face = vertex_masks["face"].cpu() if "face" in vertex_masks else torch.ones(n_vertices, dtype=torch.bool)
+    eye = vertex_masks["eye_region"].cpu() if "eye_region" in vertex_masks else torch.zeros(n_vertices, dtype=torch.bool)
+    distance = timestep_distance_matrix(expression_offsets, face, eye)
+    return cluster_timesteps(distance, n_classes=n_classes, seed=seed)
 
 
 class ClassBalancedSampler:

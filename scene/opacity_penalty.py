@@ -32,7 +32,19 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["static_triangle_weights", "truncated_opacity_penalty"]
+__all__ = ["PENALTY_FACE_REGIONS", "penalty_face_triangles", "static_triangle_weights", "truncated_opacity_penalty"]
+
+#: FLAME mask regions whose triangles get the face threshold and weight (the rest: "other").
+PENALTY_FACE_REGIONS = ("face", "eye_region", "lips")
+
+
+def penalty_face_triangles(flame) -> torch.Tensor:
+    """(F,) bool: the FLAME triangles in :data:`PENALTY_FACE_REGIONS` (all False without masks)."""
+    masks = flame.face_masks
+    regions = [masks[r] for r in PENALTY_FACE_REGIONS if r in masks]
+    if not regions:
+        return torch.zeros(flame.num_faces, dtype=torch.bool)
+    return torch.stack(regions).any(0).cpu()
 
 
 def static_triangle_weights(

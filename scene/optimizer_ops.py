@@ -6,12 +6,22 @@ from __future__ import annotations
 import torch
 
 from scene.gaussian_model import BoundGaussians
+from utils.config import OptimConfig
 
-__all__ = ["make_splat_optimizers", "replace_splat_rows"]
+__all__ = ["splat_learning_rates", "make_splat_optimizers", "replace_splat_rows"]
+
+
+def splat_learning_rates(optim: OptimConfig, position_lr: float) -> dict[str, float]:
+    """Learning rate of each splat attribute (GaussianAvatars' rates): ``position_lr`` for the
+    local positions (scheduled by the trainer), the config's rotation, scale and opacity rates,
+    ``sh_lr`` for the DC colour and ``sh_lr / 20`` for the higher SH bands (3DGS's ``f_rest``)."""
+    return {"xyz": position_lr, "rotation": optim.rotation_lr, "log_scale": optim.scaling_lr,
+            "opacity": optim.opacity_lr, "sh0": optim.sh_lr, "shN": optim.sh_lr / 20.0}
 
 
 def make_splat_optimizers(gaussians: BoundGaussians, lrs: dict[str, float]) -> dict[str, torch.optim.Adam]:
-    """One Adam per attribute of ``gaussians`` (``lrs`` maps attribute name -> learning rate)."""
+    """One Adam per attribute of ``gaussians`` (``lrs`` maps attribute name -> learning rate;
+    attributes the splats lack, e.g. SH for a triplane avatar, are ignored)."""
     missing = set(gaussians.params) - set(lrs)
     if missing:
         raise ValueError(f"no learning rate given for splat attributes {sorted(missing)}")

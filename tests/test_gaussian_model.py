@@ -40,3 +40,16 @@ def test_replace_splat_rows_keeps_optimiser_moments_with_their_splats():
     assert torch.equal(after, before[idx])
     assert opts["xyz"].param_groups[0]["params"][0] is model.params["xyz"]
     assert len(model) == 3
+
+
+def test_splat_learning_rates_are_gaussian_avatars_rates():
+    from scene.optimizer_ops import splat_learning_rates
+    from utils.config import OptimConfig
+
+    o = OptimConfig()
+    lrs = splat_learning_rates(o, position_lr=0.123)
+    assert lrs == {"xyz": 0.123, "rotation": o.rotation_lr, "log_scale": o.scaling_lr, "opacity": o.opacity_lr,
+                   "sh0": o.sh_lr, "shN": o.sh_lr / 20.0}  # 3DGS's f_rest rate
+    model = BoundGaussians.one_per_triangle(3, sh_degree=1)
+    opts = make_splat_optimizers(model, lrs)
+    assert opts["shN"].param_groups[0]["lr"] == o.sh_lr / 20.0 and set(opts) == set(model.params)
