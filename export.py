@@ -71,7 +71,7 @@ class Exporter:
         self.avatar = self.renderer.model.avatar
         self.sh_fit = None
         self._rig_centers = None
-        if self.avatar.triplane is not None:
+        if self.avatar.color is not None:
             self.sh_fit = TriplaneSHFit(self.avatar, 3 if args.sh_degree is None else args.sh_degree, args.directions)
 
     @property

@@ -388,7 +388,7 @@ class Renderer:
         save_avatar(out, self.model.avatar, self.model.shape, self.model.static_offset, half=True)
         frames = even_subset(self.subject.frames["val"] or self.subject.frames["test"] or self.subject.frames["train"], 8)
         avatar = self.model.avatar
-        modules = [m for m in (avatar.triplane, avatar.color_decoder, avatar.feature_lines, avatar.opacity_decoder) if m is not None]
+        modules = list(avatar.components().values())
         originals = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
         motion_fn = self.motion_from(self.subject, self.fine_tuned)
         renders = {}

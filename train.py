@@ -312,7 +312,7 @@ class Trainer:
         o = self.cfg.optim
         lrs = splat_learning_rates(o, position_lr(self.cfg, 0, self.extent, self.schedule_iterations))
         self.optimizers = make_splat_optimizers(self.avatar.gaussians, lrs)
-        groups = self.avatar.network_param_groups(o.grid_lr, o.mlp_lr, o.opacity_mlp_lr)
+        groups = self.avatar.network_param_groups(o)
         self.net_optimizer = torch.optim.Adam(groups) if groups else None
         self.flame_optimizer = None
         if o.train_flame:
@@ -360,7 +360,7 @@ class Trainer:
     # -- one iteration --------------------------------------------------------------------------
 
     def lines_active(self, step: int) -> bool:
-        return self.avatar.feature_lines is not None and step > self.cfg.optim.feature_lines_warmup * self.schedule_iterations
+        return self.avatar.opacity is not None and step > self.cfg.optim.feature_lines_warmup * self.schedule_iterations
 
     def sh_degree_active(self, step: int) -> int | None:
         # GA raises the SH degree by one every 1000 iterations; shorter schedules scale that.

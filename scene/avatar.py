@@ -1,24 +1,29 @@
-"""The avatar: FLAME-bound splats with triplane colour and feature-line opacity blendshapes.
+"""The avatar: FLAME-bound splats with a colour component and an opacity component.
 
 Given a posed FLAME mesh, the frame's expression/jaw and a camera, :meth:`GaussianAvatar.splats`
-produces the world-space splat attributes the rasterizer takes. Components follow docs/DESIGN.md section 3 and
-each can be switched off (``ModelConfig``) so that GaussianAvatars and the paper's ablations run
-from the same code:
+produces the world-space splat attributes the rasterizer takes. Components follow docs/DESIGN.md
+section 3 and each can be switched off (``ModelConfig``) so that GaussianAvatars and the paper's
+ablations run from the same code:
 
-- colour: triplane features at the splat's canonical position + view direction (in the
-  canonical frame) -> MLP, or per-splat SH (GA);
-- opacity: canonical logit + feature-line offset for the frame's expression and jaw, or static.
+- colour (:mod:`scene.color`): triplane features at the splat's canonical position + view
+  direction (in the canonical frame) -> MLP; or, without a colour component, per-splat SH (GA);
+- opacity (:mod:`scene.opacity`): canonical logit + feature-line offset for the frame's expression
+  and jaw; or, without an opacity component, static.
+
+Both components have one interface: ``param_groups(optim)`` (their Adam groups),
+``checkpoint_entries()`` / ``load_checkpoint_entries(entries)`` (their checkpoint files); the
+avatar lists them in :meth:`GaussianAvatar.components`.
 """
 from __future__ import annotations
 
 import torch
 
 from scene.binding import local_to_world, triangle_frames
-from scene.feature_lines import FeatureLineBlendshapes, OpacityDecoder
+from scene.color import TriplaneColor
 from scene.gaussian_model import BoundGaussians
-from scene.jaw_bases import jaw_weights
-from scene.triplane import ColorDecoder, Triplane, canonical_view_dirs
-from utils.config import ModelConfig
+from scene.opacity import FeatureLineOpacity
+from scene.triplane import canonical_view_dirs
+from utils.config import ModelConfig, OptimConfig
 
 
 def padded_box(points: torch.Tensor, padding: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,28 +61,25 @@ class GaussianAvatar(torch.nn.Module):
 
         head_lo, head_hi = padded_box(self.canonical_vertices, cfg.box_padding)
         self.register_buffer("head_box", torch.stack([head_lo, head_hi]))
-        self.triplane = self.color_decoder = None
-        if cfg.use_triplane:
-            self.triplane = Triplane(cfg.triplane_resolution, tuple(cfg.triplane_channels), head_lo, head_hi)
-            self.color_decoder = ColorDecoder(sum(cfg.triplane_channels), cfg.view_pe_freqs, cfg.color_hidden)
+        self.color = TriplaneColor(cfg, head_lo, head_hi) if cfg.use_triplane else None
 
-        self.feature_lines = self.opacity_decoder = None
+        self.opacity = None
         if cfg.use_feature_lines:
             if jaw_bases is None:
                 raise ValueError("feature lines need jaw bases")
             if cfg.feature_line_box == "head":
                 # The whole head, hair, ears and neck (the official code's box): every splat can
                 # change opacity with expression.
-                face_lo, face_hi = head_lo, head_hi
+                box_lo, box_hi = head_lo, head_hi
             else:
                 if face_vertex_mask is None or not face_vertex_mask.any():
                     raise ValueError("model.feature_line_box 'face' needs the FLAME masks' face region")
-                face_lo, face_hi = padded_box(self.canonical_vertices[face_vertex_mask], cfg.box_padding)
-            self.register_buffer("face_box", torch.stack([face_lo, face_hi]))
-            self.register_buffer("jaw_bases", jaw_bases.float().clone())
-            self.feature_lines = FeatureLineBlendshapes(cfg.n_expr_bases, cfg.n_jaw_bases, cfg.line_resolution,
-                                                        cfg.line_channels, face_lo, face_hi, hidden=None)
-            self.opacity_decoder = OpacityDecoder(6 * cfg.line_channels, cfg.opacity_hidden, cfg.opacity_hidden_layers)
+                box_lo, box_hi = padded_box(self.canonical_vertices[face_vertex_mask], cfg.box_padding)
+            self.opacity = FeatureLineOpacity(cfg, box_lo, box_hi, jaw_bases)
+
+    def components(self) -> dict:
+        """The avatar's components by role ("color", "opacity"), those it has."""
+        return {name: c for name, c in (("color", self.color), ("opacity", self.opacity)) if c is not None}
 
     # -- geometry -------------------------------------------------------------------------------
 
@@ -94,12 +96,6 @@ class GaussianAvatar(torch.nn.Module):
         return self.canonical_scale[g.binding, None] * torch.exp(g.params["log_scale"])
 
     # -- appearance -----------------------------------------------------------------------------
-
-    def opacity_offsets(self, canonical_means: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor) -> torch.Tensor:
-        """(N,) logit-space opacity offsets for one frame's expression (E,) and jaw pose (3,)."""
-        weights = jaw_weights(jaw_pose[None], self.jaw_bases, pad_to=self.cfg.n_jaw_bases,
-                              kind=self.cfg.jaw_weighting, power=self.cfg.jaw_idw_power)[0]
-        return self.feature_lines(canonical_means, expr[: self.cfg.n_expr_bases], weights, self.opacity_decoder)
 
     def splats(self, vertices: torch.Tensor, camera_center: torch.Tensor, expr: torch.Tensor,
                jaw_pose: torch.Tensor, use_feature_lines: bool = True) -> dict:
@@ -118,19 +114,20 @@ class GaussianAvatar(torch.nn.Module):
         means, quats, scales = local_to_world(rot, scale, origin, g.binding, g.params["xyz"],
                                               g.params["rotation"], g.params["log_scale"])
         out = {"means": means, "quats": quats, "scales": scales}
-        need_canonical = self.triplane is not None or (self.feature_lines is not None and use_feature_lines)
+        lines_on = self.opacity is not None and use_feature_lines
+        need_canonical = self.color is not None or lines_on
         canonical_means = self.canonical_splat_positions() if need_canonical else None
 
-        if self.triplane is not None:
+        if self.color is not None:
             view = torch.nn.functional.normalize(means.detach() - camera_center, dim=-1)
             view_c = canonical_view_dirs(view, self.canonical_rot[g.binding], rot[g.binding])
-            out["colors"] = self.color_decoder.rgb(self.triplane(canonical_means), view_c)
+            out["colors"] = self.color(canonical_means, view_c)
         else:
             out["sh"] = g.sh
 
         logit = g.params["opacity"]
-        if self.feature_lines is not None and use_feature_lines:
-            delta = self.opacity_offsets(canonical_means, expr, jaw_pose)
+        if lines_on:
+            delta = self.opacity(canonical_means, expr, jaw_pose)
         else:
             delta = torch.zeros_like(logit)
         out["delta"] = delta
@@ -139,15 +136,7 @@ class GaussianAvatar(torch.nn.Module):
 
     # -- parameters -----------------------------------------------------------------------------
 
-    def network_param_groups(self, grid_lr: float, mlp_lr: float, opacity_mlp_lr: float) -> list[dict]:
-        """Adam parameter groups for the tensorial appearance: grids at ``grid_lr``, the colour
-        decoder at ``mlp_lr``, the opacity decoder at ``opacity_mlp_lr``."""
-        groups = []
-        if self.triplane is not None:
-            groups.append({"params": list(self.triplane.parameters()), "lr": grid_lr, "name": "triplane"})
-            groups.append({"params": list(self.color_decoder.parameters()), "lr": mlp_lr, "name": "color_decoder"})
-        if self.feature_lines is not None:
-            groups.append({"params": list(self.feature_lines.parameters()), "lr": grid_lr, "name": "feature_lines"})
-            groups.append({"params": list(self.opacity_decoder.parameters()), "lr": opacity_mlp_lr,
-                           "name": "opacity_decoder"})
-        return groups
+    def network_param_groups(self, optim: OptimConfig) -> list[dict]:
+        """Adam parameter groups of the components (the splats' own optimisers are
+        :mod:`scene.optimizer_ops`')."""
+        return [group for component in self.components().values() for group in component.param_groups(optim)]

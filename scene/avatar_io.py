@@ -26,7 +26,7 @@ from scene.avatar import GaussianAvatar
 from scene.gaussian_model import BoundGaussians
 from utils.checkpoint import latest_checkpoint, list_checkpoints, load_state
 from utils.config import TrainConfig, load_saved_config
-from utils.errors import InputFileError, MissingFileError
+from utils.errors import MissingFileError
 
 COMPONENT_FILES = {
     "splats": "splats.ply",
@@ -39,8 +39,12 @@ COMPONENT_FILES = {
 }
 
 
-def _half(state: dict, half: bool) -> dict:
-    return {k: (v.half() if half and torch.is_floating_point(v) else v) for k, v in state.items()}
+def _for_file(entry, half: bool):
+    """A component's checkpoint entry (a state dict or a tensor) on the CPU, network weights in
+    float16 when ``half``."""
+    if torch.is_tensor(entry):
+        return entry.detach().cpu()
+    return {k: (v.half() if half and torch.is_floating_point(v) else v) for k, v in entry.items()}
 
 
 def save_avatar(folder: Path, avatar: GaussianAvatar, shape: torch.Tensor, static_offset: torch.Tensor | None, half: bool = False) -> None:
@@ -51,17 +55,9 @@ def save_avatar(folder: Path, avatar: GaussianAvatar, shape: torch.Tensor, stati
     """
     folder = Path(folder)
     avatar.gaussians.save_ply(folder / COMPONENT_FILES["splats"])
-    modules = {
-        "triplane": avatar.triplane,
-        "color_decoder": avatar.color_decoder,
-        "feature_lines": avatar.feature_lines,
-        "opacity_decoder": avatar.opacity_decoder,
-    }
-    for name, module in modules.items():
-        if module is not None:
-            torch.save(_half(module.state_dict(), half), folder / COMPONENT_FILES[name])
-    if avatar.feature_lines is not None:
-        torch.save(avatar.jaw_bases.detach().cpu(), folder / COMPONENT_FILES["jaw_bases"])
+    for component in avatar.components().values():
+        for name, entry in component.checkpoint_entries().items():
+            torch.save(_for_file(entry, half and name != "jaw_bases"), folder / COMPONENT_FILES[name])
     torch.save(
         {"shape": shape.detach().cpu(), "static_offset": None if static_offset is None else static_offset.detach().cpu()},
         folder / COMPONENT_FILES["identity"],
@@ -78,17 +74,10 @@ def load_avatar_components(avatar: GaussianAvatar, folder: Path) -> None:
     folder = Path(folder)
     device = avatar.faces.device
     avatar.gaussians = BoundGaussians.load_ply(folder / COMPONENT_FILES["splats"]).to(device)
-    for name in ("triplane", "color_decoder", "feature_lines", "opacity_decoder"):
-        module = getattr(avatar, name)
-        if module is not None:
-            # float(): a --half export stores 16-bit weights; computation stays in float32.
-            module.load_state_dict({k: v.float() for k, v in load_component(folder / COMPONENT_FILES[name]).items()})
-    if avatar.feature_lines is not None:
-        bases = load_component(folder / COMPONENT_FILES["jaw_bases"]).float()
-        if bases.shape != avatar.jaw_bases.shape:
-            raise InputFileError(f"{folder / COMPONENT_FILES['jaw_bases']}: {tuple(bases.shape)} jaw bases, "
-                                 f"the model expects {tuple(avatar.jaw_bases.shape)}")
-        avatar.jaw_bases.copy_(bases)
+    for component in avatar.components().values():
+        component.load_checkpoint_entries(
+            {name: load_component(folder / COMPONENT_FILES[name]) for name in component.CHECKPOINT_ENTRIES},
+            where=f"{folder}/")
 
 
 def storage_report(folder: Path) -> dict[str, int]:

@@ -104,7 +104,7 @@ class TriplaneSHFit:
     space and solves the small per-splat least-squares problems.
 
     Args:
-        avatar: a triplane avatar (``avatar.triplane`` set).
+        avatar: a triplane avatar (``avatar.color`` set).
         degree: SH degree 0..3 of the fit.
         n_dirs: number of Fibonacci directions (>= (degree + 1)^2).
         chunk: splats per batch (bounds memory: chunk x n_dirs x K values).
@@ -114,7 +114,7 @@ class TriplaneSHFit:
     view_floor = 0.05  # weight of the directions no camera comes near
 
     def __init__(self, avatar: GaussianAvatar, degree: int = 3, n_dirs: int = 256, chunk: int = 8192):
-        if avatar.triplane is None:
+        if avatar.color is None:
             raise ValueError("TriplaneSHFit needs a triplane avatar")
         if not 0 <= degree <= 3:
             raise InputFileError(f"--sh-degree must be 0, 1, 2 or 3, got {degree}")
@@ -124,12 +124,12 @@ class TriplaneSHFit:
         device = avatar.faces.device
         self.dirs = fibonacci_sphere(n_dirs, device=device)  # (D, 3) canonical frame
         with torch.no_grad():
-            features = avatar.triplane(avatar.canonical_splat_positions())  # (N, C)
+            features = avatar.color.triplane(avatar.canonical_splat_positions())  # (N, C)
             targets = []
             for start in range(0, features.shape[0], chunk):
                 f = features[start:start + chunk]
                 n, d = f.shape[0], self.dirs.shape[0]
-                f_dc = avatar.color_decoder(f[:, None].expand(n, d, f.shape[1]).reshape(n * d, -1),
+                f_dc = avatar.color.decoder(f[:, None].expand(n, d, f.shape[1]).reshape(n * d, -1),
                                             self.dirs[None].expand(n, d, 3).reshape(n * d, 3))
                 targets.append((SH_C0 * f_dc).reshape(n, d, 3))
         # (N, D, 3): the decoder's colour minus 0.5 before the clamp at 0 (what SH(d) must equal).

@@ -35,7 +35,7 @@ def _head(feature_line_box: str):
     jaw = farthest_point_jaw_bases(torch.tensor([[0.0, 0, 0], [0.2, 0, 0]]), 2)
     avatar = GaussianAvatar(cfg, faces, verts, face_mask, jaw)
     with torch.no_grad():
-        avatar.feature_lines.expr_lines.normal_()
+        avatar.opacity.lines.expr_lines.normal_()
     return avatar, verts, face_mask
 
 
@@ -45,10 +45,10 @@ def test_head_box_lets_scalp_splats_change_opacity_and_the_face_box_does_not():
         avatar, verts, face_mask = _head(box)
         scalp = verts[verts[:, 1] > 0.9]  # the top of the head: outside the face region's box
         assert len(scalp) > 0
-        delta = avatar.opacity_offsets(scalp, expr, jaw)
+        delta = avatar.opacity(scalp, expr, jaw)
         if box == "head":
             assert (delta != 0).all()  # every scalp splat can change opacity with expression
-            assert torch.equal(avatar.face_box, avatar.head_box)
+            assert torch.equal(avatar.opacity.box, avatar.head_box)
         else:
             assert torch.equal(delta, torch.zeros_like(delta))
 

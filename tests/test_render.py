@@ -58,12 +58,12 @@ def test_each_frame_gets_its_own_opacity_offsets(avatar):
     from scene.avatar_io import load_model
     loaded = load_model(avatar["model"])
     with torch.no_grad():  # give the lines content so that offsets depend on the expression
-        loaded.avatar.feature_lines.expr_lines.normal_(0, 1.0)
+        loaded.avatar.opacity.lines.expr_lines.normal_(0, 1.0)
     canon = loaded.avatar.canonical_splat_positions()
     seq = load_sequence(avatar["data"]["subjects"]["s000"]["sequences"]["TEST"])
     expr, jaw = seq.flame["expr"], seq.flame["jaw_pose"]
-    d0 = loaded.avatar.opacity_offsets(canon, expr[0], jaw[0])
-    d1 = loaded.avatar.opacity_offsets(canon, expr[-1], jaw[-1])
+    d0 = loaded.avatar.opacity(canon, expr[0], jaw[0])
+    d1 = loaded.avatar.opacity(canon, expr[-1], jaw[-1])
     assert not torch.allclose(d0, d1)
 
 

@@ -114,7 +114,7 @@ def test_training_raises_validation_psnr_on_synthetic_subject(synthetic_dataset,
     avatar = trainer.avatar
     with torch.no_grad():
         canonical = avatar.canonical_splat_positions()
-        deltas = torch.stack([avatar.opacity_offsets(canonical, trainer.subject.flame["expr"][row],
+        deltas = torch.stack([avatar.opacity(canonical, trainer.subject.flame["expr"][row],
                                                      trainer.subject.flame["jaw_pose"][row])
                               for row in trainer.train_rows])
     assert deltas.abs().max() > 0.5, deltas.abs().max()
