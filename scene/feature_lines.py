@@ -22,7 +22,7 @@ already sends a gradient to the lines.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -109,7 +109,8 @@ class OpacityDecoder(nn.Module):
 
 
 class FeatureLineBlendshapes(nn.Module):
-    """Per-basis feature lines plus their opacity decoder.
+    """Per-basis feature lines; the opacity decoder that reads them is the caller's
+    (:class:`scene.opacity.FeatureLineOpacity` owns both).
 
     Args:
         n_expr_bases: expression bases (first FLAME expression components used), 80.
@@ -117,9 +118,8 @@ class FeatureLineBlendshapes(nn.Module):
         resolution: R samples per line, 64.
         channels: C per line, 32.
         bbox_min, bbox_max: (3,) box in canonical space the lines span (buffers).
-        hidden: decoder width, 128; None to leave the decoder to the caller.
     Parameters: expr_lines (n_expr_bases, 3, C, R), jaw_lines (n_jaw_bases, 3, C, R), zero
-    at init; decoder (OpacityDecoder, in 6C).
+    at init.
     """
 
     def __init__(
@@ -130,7 +130,6 @@ class FeatureLineBlendshapes(nn.Module):
         channels: int = 32,
         bbox_min=(-1.0, -1.0, -1.0),
         bbox_max=(1.0, 1.0, 1.0),
-        hidden: Optional[int] = 128,
     ) -> None:
         super().__init__()
         if resolution < 2:
@@ -144,8 +143,6 @@ class FeatureLineBlendshapes(nn.Module):
         self.register_buffer("bbox_max", hi)
         self.expr_lines = nn.Parameter(torch.zeros(self.n_expr_bases, 3, self.channels, self.resolution))
         self.jaw_lines = nn.Parameter(torch.zeros(self.n_jaw_bases, 3, self.channels, self.resolution))
-        # hidden=None: no own decoder (the caller passes one to forward).
-        self.decoder = OpacityDecoder(6 * self.channels, hidden) if hidden is not None else None
 
     @staticmethod
     def _coeffs(c: torch.Tensor, n: int, name: str) -> torch.Tensor:
@@ -184,7 +181,7 @@ class FeatureLineBlendshapes(nn.Module):
         points: torch.Tensor,
         expr: torch.Tensor,
         jaw_weights: torch.Tensor,
-        decoder: Optional[nn.Module] = None,
+        decoder: nn.Module,
     ) -> torch.Tensor:
         """Opacity logit offsets for one frame.
 
@@ -192,18 +189,14 @@ class FeatureLineBlendshapes(nn.Module):
             points: (N, 3) canonical splat positions.
             expr: (n_expr,) or (1, n_expr) expression coefficients.
             jaw_weights: (n_jaw_bases,) or (1, n_jaw_bases).
-            decoder: optional (N, 6C) -> (N, 1) module used instead of ``self.decoder`` (for a
-                caller that owns the decoder; then build this module with ``hidden=None``).
+            decoder: the (N, 6C) -> (N, 1) opacity decoder (:class:`OpacityDecoder`).
         Returns:
             delta (N,), exactly 0 (and no gradient) for splats outside the box.
         """
-        dec = self.decoder if decoder is None else decoder
-        if dec is None:
-            raise ValueError("no opacity decoder: pass one or build with hidden set")
         expr_blend, jaw_blend = self.blend(expr, jaw_weights)
         f_expr, inside = self.lookup(expr_blend, points)
         f_jaw, _ = self.lookup(jaw_blend, points)
         # Every splat goes through the decoder and the outside ones are masked afterwards: selecting
         # the inside ones first (nonzero) would stop the GPU for a host round trip every frame.
-        delta = dec(torch.cat([f_expr, f_jaw], dim=-1))[:, 0]
+        delta = decoder(torch.cat([f_expr, f_jaw], dim=-1))[:, 0]
         return torch.where(inside, delta, torch.zeros_like(delta))

@@ -34,7 +34,7 @@ class FeatureLineOpacity(torch.nn.Module):
         self.register_buffer("box", torch.stack([box_lo, box_hi]))
         self.register_buffer("jaw_bases", jaw_bases.float().clone())
         self.lines = FeatureLineBlendshapes(cfg.n_expr_bases, cfg.n_jaw_bases, cfg.line_resolution,
-                                            cfg.line_channels, box_lo, box_hi, hidden=None)
+                                            cfg.line_channels, box_lo, box_hi)
         self.decoder = OpacityDecoder(6 * cfg.line_channels, cfg.opacity_hidden, cfg.opacity_hidden_layers)
 
     def forward(self, canonical_means: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,10 @@ def _model(**kw):
     return FeatureLineBlendshapes(**args)
 
 
+def _decoder():
+    return OpacityDecoder(6 * 4, 16)  # the lines' 6 C features of _model
+
+
 def _linear(line, s):
     """Hand-rolled linear interpolation of line (C, R) at continuous sample coordinate s."""
     R = line.shape[-1]
@@ -39,25 +43,25 @@ def test_lookup_matches_hand_linear_interpolation():
 
 def test_outside_points_get_zero_features_and_zero_offset():
     torch.manual_seed(1)
-    m = _model()
+    m, dec = _model(), _decoder()
     with torch.no_grad():
         m.expr_lines.normal_()
         m.jaw_lines.normal_()
-        m.decoder.net[2].weight.normal_()
-        m.decoder.net[2].bias.fill_(0.7)
+        dec.net[2].weight.normal_()
+        dec.net[2].bias.fill_(0.7)
     pts = torch.tensor([[0.0, 1.0, 3.0], [1.01, 1.0, 3.0], [0.0, -0.1, 3.0], [0.0, 1.0, 9.0]])
     lines, _ = m.blend(torch.randn(5), torch.full((3,), 1 / 3))
     feats, inside = m.lookup(lines, pts)
     assert inside.tolist() == [True, False, False, False]
     assert (feats[1:] == 0).all()
-    delta = m(pts, torch.randn(5), torch.full((3,), 1 / 3))
+    delta = m(pts, torch.randn(5), torch.full((3,), 1 / 3), dec)
     assert delta.shape == (4,)
     assert delta[0] != 0 and (delta[1:] == 0).all()
 
 
 def test_zero_init_gives_exactly_zero_delta():
     m = _model()
-    delta = m(torch.rand(50, 3) * (HI - LO) + LO, torch.randn(100), torch.rand(3))
+    delta = m(torch.rand(50, 3) * (HI - LO) + LO, torch.randn(100), torch.rand(3), _decoder())
     assert (delta == 0).all()
     assert (m.expr_lines == 0).all() and (m.jaw_lines == 0).all()
 
@@ -92,31 +96,31 @@ def test_blend_equals_manual_weighted_sum_and_uses_first_components():
 
 def test_delta_is_decoder_of_concatenated_lookups():
     torch.manual_seed(3)
-    m = _model()
+    m, dec = _model(), _decoder()
     with torch.no_grad():
         m.expr_lines.normal_()
         m.jaw_lines.normal_()
-        m.decoder.net[2].weight.normal_()
+        dec.net[2].weight.normal_()
     pts = torch.rand(6, 3) * (HI - LO) + LO
     expr, jw = torch.randn(5), torch.tensor([0.1, 0.3, 0.6])
     eb, jb = m.blend(expr, jw)
     fe, _ = m.lookup(eb, pts)
     fj, _ = m.lookup(jb, pts)
-    want = m.decoder(torch.cat([fe, fj], -1))[:, 0]
-    assert torch.allclose(m(pts, expr, jw), want, atol=1e-6)
+    want = dec(torch.cat([fe, fj], -1))[:, 0]
+    assert torch.allclose(m(pts, expr, jw, dec), want, atol=1e-6)
 
 
 def test_gradients_flow_to_lines_after_first_step():
     torch.manual_seed(4)
-    m = _model()
+    m, dec = _model(), _decoder()
     pts = torch.rand(64, 3) * (HI - LO) + LO
     expr, jw = torch.randn(5), torch.tensor([0.2, 0.3, 0.5])
     target = torch.randn(64)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    opt = torch.optim.Adam([*m.parameters(), *dec.parameters()], lr=1e-2)
     grads = []
     for _ in range(3):
         opt.zero_grad()
-        loss = ((m(pts, expr, jw) - target) ** 2).mean()
+        loss = ((m(pts, expr, jw, dec) - target) ** 2).mean()
         loss.backward()
         grads.append(m.expr_lines.grad.abs().sum().item() + m.jaw_lines.grad.abs().sum().item())
         opt.step()
@@ -131,23 +135,6 @@ def test_decoder_shapes():
     assert dec(torch.randn(7, 192)).shape == (7, 1)
     m = FeatureLineBlendshapes()
     assert m.expr_lines.shape == (80, 3, 32, 64) and m.jaw_lines.shape == (16, 3, 32, 64)
-
-
-def test_external_decoder():
-    torch.manual_seed(5)
-    m = _model(hidden=None)
-    assert m.decoder is None
-    dec = OpacityDecoder(24, 16)
-    with torch.no_grad():
-        m.expr_lines.normal_()
-        dec.net[2].weight.normal_()
-    pts = torch.rand(5, 3) * (HI - LO) + LO
-    expr, jw = torch.randn(5), torch.tensor([0.2, 0.3, 0.5])
-    eb, jb = m.blend(expr, jw)
-    want = dec(torch.cat([m.lookup(eb, pts)[0], m.lookup(jb, pts)[0]], -1))[:, 0]
-    assert torch.allclose(m(pts, expr, jw, dec), want, atol=1e-6)
-    with pytest.raises(ValueError):
-        m(pts, expr, jw)
 
 
 def test_decoder_is_the_papers_two_hidden_layers_and_starts_at_zero_with_gradient():
