@@ -40,6 +40,7 @@ import render
 from scene.cameras import camera_pose, pinhole_camera
 from scene.protocols import protocol_splits
 from scene.datasets import load_sequence
+from utils.cli_common import describe_device
 from utils.errors import UserFacingError
 from utils.image_io import to_uint8
 from utils.subject_ids import own_free_sequence
@@ -370,8 +371,10 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     port = viewer.server.get_port()
-    print(f"[viewer] {args.model_path} (iteration {viewer.renderer.model.iteration}): open http://localhost:{port} "
-          f"(on a remote machine: ssh -L {port}:localhost:{port} HOST); Ctrl+C stops")
+    print(f"[viewer] {args.model_path} (iteration {viewer.renderer.model.iteration}), device "
+          f"{describe_device(viewer.device)}; {viewer.renderer.backend.describe()}")
+    print(f"[viewer] open http://localhost:{port} (on a remote machine: ssh -L {port}:localhost:{port} HOST); "
+          "Ctrl+C stops")
     try:
         while True:
             time.sleep(1.0)
