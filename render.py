@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from flame_model import MOTION_KEYS
 from gaussian_renderer import select_backend
-from scene.avatar_io import LoadedModel, load_model, save_avatar, storage_report
+from scene.avatar_io import LoadedModel, load_avatar_components, load_model, save_avatar, storage_report
 from scene.protocols import protocol_splits, saved_protocol
 from scene.rendering import measure_render_speed, render_avatar
 from scene.datasets import load_sequence, load_subject
@@ -388,21 +388,18 @@ class Renderer:
         save_avatar(out, self.model.avatar, self.model.shape, self.model.static_offset, half=True)
         frames = even_subset(self.subject.frames["val"] or self.subject.frames["test"] or self.subject.frames["train"], 8)
         avatar = self.model.avatar
-        modules = list(avatar.components().values())
-        originals = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
         motion_fn = self.motion_from(self.subject, self.fine_tuned)
         renders = {}
-        for precision in ("full", "half"):
-            if precision == "half":
-                for m in modules:
-                    m.load_state_dict({k: v.half().float() for k, v in m.state_dict().items()})
+        # The half renders come from the export as written (what a user who loads it gets); the
+        # full-precision checkpoint is loaded back afterwards.
+        for precision, folder in (("full", self.model.folder), ("half", out)):
+            load_avatar_components(avatar, folder)
             renders[precision] = []
             for frame in frames:
                 motion = motion_fn(frame.timestep)
                 verts = reenactment_vertices(self.model, motion)[0]
                 renders[precision].append(self.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K, frame.width, frame.height))
-        for m, state in zip(modules, originals):
-            m.load_state_dict(state)
+        load_avatar_components(avatar, self.model.folder)
         psnrs = [float(psnr(a, b)) for a, b in zip(renders["full"], renders["half"])]
         full_size = sum(storage_report(self.model.folder).values())
         half_size = sum(storage_report(out).values())

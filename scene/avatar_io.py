@@ -40,8 +40,8 @@ COMPONENT_FILES = {
 
 
 def _for_file(entry, half: bool):
-    """A component's checkpoint entry (a state dict or a tensor) on the CPU, network weights in
-    float16 when ``half``."""
+    """A component's checkpoint entry on the CPU: a state dict (network weights, float16 when
+    ``half``) or a tensor, kept as it is (the jaw bases)."""
     if torch.is_tensor(entry):
         return entry.detach().cpu()
     return {k: (v.half() if half and torch.is_floating_point(v) else v) for k, v in entry.items()}
@@ -57,7 +57,7 @@ def save_avatar(folder: Path, avatar: GaussianAvatar, shape: torch.Tensor, stati
     avatar.gaussians.save_ply(folder / COMPONENT_FILES["splats"])
     for component in avatar.components().values():
         for name, entry in component.checkpoint_entries().items():
-            torch.save(_for_file(entry, half and name != "jaw_bases"), folder / COMPONENT_FILES[name])
+            torch.save(_for_file(entry, half), folder / COMPONENT_FILES[name])
     torch.save(
         {"shape": shape.detach().cpu(), "static_offset": None if static_offset is None else static_offset.detach().cpu()},
         folder / COMPONENT_FILES["identity"],
