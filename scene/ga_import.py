@@ -13,9 +13,11 @@ GA's output folder holds, per saved iteration N, ``point_cloud/iteration_N/``:
 GA's triangle frame and scale are ours (:mod:`scene.binding`), so the local attributes carry over
 as they are. Only the face list may differ: GA's is FLAME's faces followed by its 168 teeth faces,
 ours FLAME's faces followed by the teeth of :mod:`flame_model.teeth`, built on the same vertex
-rows but possibly in another face order. :func:`match_faces` maps GA's face indices to ours by the
-faces' vertex sets. A face whose vertices come in another order has another frame; its splats are
-re-expressed in our frame on the canonical mesh (exact for the teeth, which move rigidly).
+rows but possibly in another face order and with some quads split along the other diagonal.
+:func:`match_faces` maps GA's face indices to ours by the faces' vertex sets (a face of another
+diagonal to our face of the same quad). A face whose vertices come in another order, or another
+triangle of the quad, has another frame; its splats are re-expressed in our frame on the
+canonical mesh (exact for the teeth, which move rigidly).
 
 The result is a model folder with the GaussianAvatars config (``configs/gaussian_avatars.yaml``):
 ``config.yaml`` naming the subject and FLAME files, and one checkpoint folder
@@ -117,20 +119,27 @@ def read_ga_flame_params(path: Path) -> dict:
     return params
 
 
-def match_faces(ga_faces: torch.Tensor, our_faces: torch.Tensor, num_base_faces: int) -> torch.Tensor:
+def match_faces(ga_faces: torch.Tensor, our_faces: torch.Tensor, num_base_faces: int,
+                vertices: torch.Tensor | None = None) -> torch.Tensor:
     """Our face index of each of GA's faces.
 
-    The first ``num_base_faces`` (FLAME's own) must be the same triangles in the same order; the
+    The first ``num_base_faces`` (FLAME's own) must be the same triangles in the same order. The
     rest (the teeth) are matched by their vertex index sets (the sorted triple), whatever their
-    order in either list.
+    order in either list. GA's teeth quads are not all split along the same diagonal as ours, so a
+    teeth face of GA's without a face of ours on the same three vertices goes to our teeth face
+    that shares most of its vertices (two: the same quad), the nearest by centroid on
+    ``vertices``; its splats are then re-expressed in that face's frame (:func:`rebind_splats`),
+    exactly, since a teeth quad moves rigidly.
 
     Args:
         ga_faces: (F, 3) GA's face list; our_faces: (F, 3) ours; num_base_faces: FLAME's face count.
+        vertices: (V, 3) a mesh of the subject (the canonical one) for the centroid tie-break;
+            needed only when some teeth face of GA's has no same-vertex face of ours.
     Returns:
         (F,) int64: GA face i is our face ``mapping[i]``.
     Raises:
         GAImportError when the lists differ in length, in the base faces, or a teeth face of GA's
-        has no face of ours with the same vertices.
+        shares fewer than two vertices with every teeth face of ours.
     """
     ga_faces, our_faces = ga_faces.long().cpu(), our_faces.long().cpu()
     if ga_faces.shape != our_faces.shape:
@@ -151,10 +160,18 @@ def match_faces(ga_faces: torch.Tensor, our_faces: torch.Tensor, num_base_faces:
         else:
             mapping[i] = j
     if unmatched:
-        raise GAImportError(f"{len(unmatched)} teeth face(s) of GaussianAvatars have no face of ours with the same "
-                            f"vertices (first: face {unmatched[0]} {ga_faces[unmatched[0]].tolist()})")
-    if len(set(mapping.tolist())) != mapping.shape[0]:
-        raise GAImportError("two of GaussianAvatars' faces have the same vertices; cannot map its teeth faces")
+        teeth = our_faces[num_base_faces:]  # (T, 3)
+        shared = (ga_faces[unmatched][:, :, None, None] == teeth[None, None]).any(-1).sum(1)  # (U, T)
+        if int(shared.max(1).values.min()) < 2:
+            first = unmatched[int(shared.max(1).values.argmin())]
+            raise GAImportError(f"teeth face {first} {ga_faces[first].tolist()} of GaussianAvatars shares fewer than "
+                                "two vertices with every teeth face of ours: the teeth differ (check --flame)")
+        if vertices is None:
+            raise ValueError("match_faces needs the mesh vertices to place GA's teeth faces that are not ours")
+        v = vertices.detach().double().cpu()
+        distance = (v[ga_faces[unmatched]].mean(1)[:, None] - v[teeth].mean(1)[None]).norm(dim=-1)  # (U, T)
+        distance = torch.where(shared == shared.max(1, keepdim=True).values, distance, torch.inf)
+        mapping[unmatched] = num_base_faces + distance.argmin(1)
     return mapping
 
 
@@ -176,6 +193,7 @@ def rebind_splats(splats: dict, ga_faces: torch.Tensor, our_faces: torch.Tensor,
         raise GAImportError(f"binding_0 refers to face {int(binding.max())}, the mesh has {ga_faces.shape[0]} faces")
     out = dict(splats)
     out["binding"] = mapping[binding]
+    # GA faces whose frame is not our face's: vertices in another order, or another triangle of a quad.
     reordered = (ga_faces.long() != our_faces.long()[mapping]).any(1)  # (F,) per GA face
     moved = reordered[binding]
     if moved.any():
@@ -251,7 +269,7 @@ def import_gaussian_avatars(ga_folder: str | Path, subject: str | Path, output: 
         log("[import] no --ga-faces given: GaussianAvatars' teeth faces are taken to be ours, in our order")
     else:
         ga_faces = _load_faces(ga_faces_path)
-    mapping = match_faces(ga_faces, our_faces, flame.num_base_faces)
+    mapping = match_faces(ga_faces, our_faces, flame.num_base_faces, canonical)
     splats, moved = rebind_splats(splats, ga_faces, our_faces, mapping, canonical)
     if moved:
         log(f"[import] {moved} splat(s) on faces whose vertices GaussianAvatars orders differently were re-expressed "

@@ -23,7 +23,7 @@ import import_gaussian_avatars  # noqa: E402
 import render  # noqa: E402
 import train  # noqa: E402
 from scene.avatar_io import load_model  # noqa: E402
-from scene.ga_import import match_faces  # noqa: E402
+from scene.ga_import import GAImportError, match_faces  # noqa: E402
 from scene.gaussian_model import BoundGaussians  # noqa: E402
 
 
@@ -43,11 +43,14 @@ def ga_avatar(tiny, tmp_path_factory):
     return model
 
 
-def write_ga_folder(model: Path, dest: Path, rotate_vertices: int = 0, seed: int = 0) -> tuple[Path, Path, int]:
+def write_ga_folder(model: Path, dest: Path, rotate_vertices: int = 0, flip_quads: int = 0,
+                    seed: int = 0) -> tuple[Path, Path, int]:
     """Write ``model`` as GaussianAvatars would have saved it; returns (folder, faces.npy, iteration).
 
     GA's teeth faces are ours permuted; ``rotate_vertices`` of them also list their vertices from
-    the second one on (same triangle, another frame)."""
+    the second one on (same triangle, another frame); ``flip_quads`` of our teeth quads (two
+    consecutive teeth faces sharing an edge) are split along the other diagonal, as GA's hand-made
+    teeth faces are in places (other triangles: the splats on them are in those triangles' frames)."""
     loaded = load_model(model)
     flame, g = loaded.flame, loaded.avatar.gaussians
     faces = flame.faces.cpu().numpy()
@@ -58,16 +61,26 @@ def write_ga_folder(model: Path, dest: Path, rotate_vertices: int = 0, seed: int
     rotated = base + rng.choice(faces.shape[0] - base, rotate_vertices, replace=False)
     ga_faces[rotated] = ga_faces[rotated][:, [1, 2, 0]]
     ours_to_ga = np.argsort(perm)
+    changed = set(rotated.tolist())
+    for q in rng.choice((faces.shape[0] - base) // 2, flip_quads, replace=False):
+        t1, t2 = faces[base + 2 * q], faces[base + 2 * q + 1]
+        diagonal = sorted(set(t1) & set(t2))
+        assert len(diagonal) == 2  # a quad of the strip
+        u, w = int(next(iter(set(t1) - set(diagonal)))), int(next(iter(set(t2) - set(diagonal))))
+        for our_face, new in ((base + 2 * q, [u, w, diagonal[0]]), (base + 2 * q + 1, [u, diagonal[1], w])):
+            ga_faces[ours_to_ga[our_face]] = new
+            changed.add(int(ours_to_ga[our_face]))
+    changed = np.array(sorted(changed), dtype=np.int64)
     binding = ours_to_ga[g.binding.cpu().numpy()]
 
     p = {k: v.detach().cpu().numpy() for k, v in g.params.items()}
     xyz, rot, log_scale = p["xyz"], p["rotation"], p["log_scale"]
-    if rotate_vertices:  # GA's local attributes of splats on rotated faces are in GA's frame of that face
+    if changed.size:  # GA's local attributes of splats on changed faces are in GA's frame of that face
         from scene.binding import local_to_world, triangle_frames, world_to_local, world_to_local_rotation_scale
         canon = loaded.avatar.canonical_vertices
         frames_ours = triangle_frames(canon, torch.from_numpy(faces))
         frames_ga = triangle_frames(canon, torch.from_numpy(ga_faces))
-        on = torch.from_numpy(np.isin(binding, rotated))
+        on = torch.from_numpy(np.isin(binding, changed))
         b_ours, b_ga = g.binding[on], torch.from_numpy(binding)[on]
         with torch.no_grad():
             m, q, s = local_to_world(*frames_ours, b_ours, g.params["xyz"][on], g.params["rotation"][on],
@@ -120,23 +133,25 @@ def renders(model: Path) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("rotate_vertices", [0, 12])
-def test_round_trip_renders_the_same_images(ga_avatar, tiny, tmp_path, rotate_vertices):
-    folder, faces, iteration = write_ga_folder(ga_avatar, tmp_path / "ga_out", rotate_vertices)
+@pytest.mark.parametrize("rotate_vertices, flip_quads", [(0, 0), (12, 0), (6, 20)])
+def test_round_trip_renders_the_same_images(ga_avatar, tiny, tmp_path, rotate_vertices, flip_quads):
+    folder, faces, iteration = write_ga_folder(ga_avatar, tmp_path / "ga_out", rotate_vertices, flip_quads)
     out = tmp_path / "imported"
     assert import_gaussian_avatars.main([str(folder), "-s", str(tiny["subject"]), "-o", str(out), "--flame",
                                          str(tiny["flame"]), "--ga-faces", str(faces), "--quiet"]) == 0
     original, imported = load_model(ga_avatar), load_model(out)
     assert imported.iteration == iteration and imported.config.model.use_triplane is False
-    assert torch.equal(imported.avatar.gaussians.binding, original.avatar.gaussians.binding)
+    if not flip_quads:  # a splat on a GA triangle of another diagonal may land on the quad's other triangle
+        assert torch.equal(imported.avatar.gaussians.binding, original.avatar.gaussians.binding)
     a, b = original.avatar.gaussians.params, imported.avatar.gaussians.params
     assert all(torch.equal(a[k], b[k]) for k in ("opacity", "sh0", "shN"))
-    if not rotate_vertices:
+    if not rotate_vertices and not flip_quads:
         assert all(torch.equal(a[k], b[k]) for k in ("xyz", "rotation", "log_scale"))
     diff = max(float((x - y).abs().max()) for x, y in zip(renders(ga_avatar), renders(out)))
-    print(f"GA import round trip ({rotate_vertices} teeth faces with rotated vertices): max abs difference {diff:.2e}")
+    print(f"GA import round trip ({rotate_vertices} teeth faces with rotated vertices, {flip_quads} quads of the "
+          f"other diagonal): max abs difference {diff:.2e}")
     assert diff < 1e-5
-    if not rotate_vertices:  # the imported folder is a model folder like any other
+    if not rotate_vertices and not flip_quads:  # the imported folder is a model folder like any other
         assert render.main(["-m", str(out), "--split", "val", "--max-frames", "2", "--quiet"]) == 0
         assert len(list((out / "val" / f"ours_{iteration}" / "renders").glob("*.png"))) == 2
         assert export.main(["-m", str(out), "-o", str(tmp_path / "frame.ply"), "--quiet"]) == 0
@@ -146,6 +161,18 @@ def test_match_faces_maps_teeth_by_vertex_sets():
     ours = torch.tensor([[0, 1, 2], [1, 2, 3], [4, 5, 6], [5, 6, 7], [6, 7, 8]])
     ga = torch.tensor([[0, 1, 2], [1, 2, 3], [7, 6, 8], [4, 6, 5], [6, 7, 5]])
     assert match_faces(ga, ours, 2).tolist() == [0, 1, 4, 2, 3]
+
+
+def test_match_faces_puts_a_quad_of_the_other_diagonal_on_the_nearest_face_of_that_quad():
+    # Our quad 4-5-7-6 is split along 5-6; GA's along 4-7. Each GA triangle shares two vertices
+    # with both of ours: the nearer centroid wins.
+    v = torch.tensor([[0.0, 0, 0]] * 4 + [[0, 0, 0], [2, 0, 0], [0, 1, 0], [2, 1, 0], [5, 5, 5]])
+    ours = torch.tensor([[0, 1, 2], [1, 2, 3], [4, 5, 6], [5, 7, 6], [6, 7, 8]])
+    ga = torch.tensor([[0, 1, 2], [1, 2, 3], [4, 5, 7], [4, 7, 6], [6, 7, 8]])
+    # GA's 4-5-7 (centroid 1.33, 0.33) is nearer our 5-7-6 (1.33, 0.67); its 4-7-6 (0.67, 0.67) our 4-5-6.
+    assert match_faces(ga, ours, 2, v).tolist() == [0, 1, 3, 2, 4]
+    with pytest.raises(GAImportError, match="fewer than two"):
+        match_faces(torch.tensor([[0, 1, 2], [1, 2, 3], [0, 4, 8], [5, 7, 6], [6, 7, 8]]), ours, 2, v)
 
 
 def test_bad_inputs_are_one_error_line(ga_avatar, tiny, tmp_path):
