@@ -38,6 +38,7 @@ from scene.class_balance import ClassBalancedSampler, UniformSampler, cluster_ex
 from scene.densification import BindingAwareDensification
 from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
+from scene.losses import photometric_loss, splat_regularisers
 from scene.datasets import load_subject
 from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import penalty_face_triangles, truncated_opacity_penalty
@@ -402,16 +403,9 @@ class Trainer:
         result, row = self.render_frame(frame, step, timer)
         image = result.image
         with timer("loss"):
-            l1 = (image - gt).abs().mean()
-            # Zero-padded ("same") SSIM, as 3DGS and GaussianAvatars train with.
-            d_ssim = 1.0 - ssim(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], padding="same").mean()
-            loss = (1 - o.lambda_dssim) * l1 + o.lambda_dssim * d_ssim
-            # GA's regularisers, on the splats this camera sees (GA's visibility filter), in local units.
-            g = self.avatar.gaussians.params
-            visible = (result.meta["radii"][0] > 0).to(image.dtype)
-            n_visible = visible.sum().clamp_min(1.0)
-            loss_pos = (torch.relu(g["xyz"].norm(dim=1) - o.threshold_position) * visible).sum() / n_visible
-            loss_scale = (torch.relu(torch.exp(g["log_scale"]) - o.threshold_scale).norm(dim=1) * visible).sum() / n_visible
+            loss, l1, d_ssim = photometric_loss(image, gt, o.lambda_dssim)
+            loss_pos, loss_scale = splat_regularisers(self.avatar.gaussians.params, result.meta["radii"][0],
+                                                      o.threshold_position, o.threshold_scale)
             loss = loss + o.lambda_position * loss_pos + o.lambda_scale * loss_scale
             loss_pen = torch.zeros((), device=self.device)
             if cfg.penalty.enabled and self.lines_active(step):
