@@ -105,9 +105,9 @@ class AvatarViewer:
         if args.source_path:
             render.override_source_path(self.renderer, args.source_path)
         self.device = self.renderer.device
-        height = args.resolution or (720 if self.device.type == "cuda" else 256)
-        if not 16 <= height <= 4096:
-            raise UserFacingError(f"--resolution must be between 16 and 4096 pixels, got {height}")
+        self.initial_height = args.resolution or (720 if self.device.type == "cuda" else 256)
+        if not 16 <= self.initial_height <= 4096:
+            raise UserFacingError(f"--resolution must be between 16 and 4096 pixels, got {self.initial_height}")
 
         self.sequences: dict[str, DrivingSequence] = {}
         self._add_own_splits()
@@ -200,8 +200,7 @@ class AvatarViewer:
             cameras = tuple(str(i) for i in self.renderer.subject.camera_indices)
             self.controls["camera"] = gui.add_dropdown("rig camera", cameras, initial_value=cameras[len(cameras) // 2])
             self.controls["go"] = gui.add_button("Go to rig camera")
-            self.controls["height"] = gui.add_slider(
-                "render height", 64, 2048, 16, int(self.args.resolution or (720 if self.device.type == "cuda" else 256)))
+            self.controls["height"] = gui.add_slider("render height", 16, 4096, 16, int(self.initial_height))
             self.controls["stats"] = gui.add_markdown("")
         self._sync_controls()
 
