@@ -35,6 +35,7 @@ from gaussian_renderer import select_backend
 from scene.avatar import GaussianAvatar
 from scene.avatar_io import build_flame, face_vertex_mask, load_avatar_components, save_avatar
 from scene.class_balance import ClassBalancedSampler, UniformSampler, cluster_expressions, load_clusters, save_clusters
+from scene.config import TrainConfig, config_differences, load_saved_config, resolve_config, save_config
 from scene.densification import BindingAwareDensification
 from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
@@ -48,8 +49,7 @@ from scene.rendering import render_avatar
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
                               seed_everything, write_checkpoint)
 from utils.cli_common import describe_device, even_subset, pick_device
-from utils.config import (TrainConfig, config_differences, load_saved_config, parse_assignment, resolve_config,
-                          save_config)
+from utils.config import parse_assignment
 from utils.errors import InputFileError, MissingFileError, UserFacingError
 from utils.image_metrics import comparison_panel, psnr, ssim
 from utils.phase_timer import DISABLED, PhaseTimer

@@ -16,6 +16,9 @@ avatar lists them in :meth:`GaussianAvatar.components`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 import torch
 
 from scene.binding import local_to_world, triangle_frames
@@ -23,7 +26,46 @@ from scene.color import TriplaneColor
 from scene.gaussian_model import BoundGaussians
 from scene.opacity import FeatureLineOpacity
 from scene.triplane import canonical_view_dirs
-from utils.config import ModelConfig, OptimConfig
+
+if TYPE_CHECKING:
+    from scene.config import OptimConfig
+
+
+@dataclass
+class ModelConfig:
+    """What the avatar is made of. Every paper component can be switched off (ablations, GA)."""
+
+    n_shape: int = 300
+    n_expr: int = 100
+    add_teeth: bool = True
+    # Splats per triangle at the start: 1 is GA's (one at each centroid, then densification);
+    # about 10 starts FLAME at a real subject's ~100k splats (speed measurements).
+    init_splats_per_triangle: int = 1
+    # Colour: triplane + MLP decoder (paper) or per-splat spherical harmonics (GA).
+    use_triplane: bool = True
+    triplane_resolution: int = 128
+    triplane_channels: list = field(default_factory=lambda: [32, 16, 16])
+    view_pe_freqs: int = 4
+    color_hidden: int = 128
+    sh_degree: int = 3  # used only when use_triplane is false
+    # Expression-dependent opacity: 1D feature-line blendshapes + MLP (paper) or static (GA).
+    use_feature_lines: bool = True
+    n_expr_bases: int = 80
+    n_jaw_bases: int = 16
+    line_resolution: int = 64
+    line_channels: int = 32
+    opacity_hidden: int = 128
+    opacity_hidden_layers: int = 2  # the paper's 192 -> 128 -> 128 -> 1
+    # The canonical head box is the canonical mesh's bounding box grown by this fraction on every
+    # side: the triplane's, and the feature lines' (feature_line_box "head", the official code's:
+    # hair, ears and neck included). "face" bounds the lines by the face regions' box instead.
+    box_padding: float = 0.1
+    feature_line_box: str = "head"
+    face_box_regions: list = field(default_factory=lambda: ["face", "eye_region", "lips", "teeth"])
+    # Jaw-basis blend weights: "paper" (1 - d_k normalised; nearly uniform for real jaw angles) or
+    # "idw" (inverse-distance weighting d_k^-power normalised: sharper; scene/jaw_bases.py).
+    jaw_weighting: str = "paper"
+    jaw_idw_power: float = 2.0
 
 
 def padded_box(points: torch.Tensor, padding: float) -> tuple[torch.Tensor, torch.Tensor]:

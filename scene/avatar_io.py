@@ -23,9 +23,9 @@ import torch
 
 from flame_model import FLAME
 from scene.avatar import GaussianAvatar
+from scene.config import TrainConfig, load_saved_config
 from scene.gaussian_model import BoundGaussians
 from utils.checkpoint import latest_checkpoint, list_checkpoints, load_state
-from utils.config import TrainConfig, load_saved_config
 from utils.errors import MissingFileError
 
 COMPONENT_FILES = {

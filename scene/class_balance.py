@@ -24,6 +24,8 @@ import json
 import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -44,6 +46,12 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- distances
+
+
+@dataclass
+class SamplingConfig:
+    class_balanced: bool = True
+    n_classes: int = 16
 
 
 def expression_displacements(expression_verts: torch.Tensor, canonical_verts: torch.Tensor) -> torch.Tensor:

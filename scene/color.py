@@ -9,10 +9,15 @@ knowing which components an avatar has.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from scene.triplane import ColorDecoder, Triplane
-from utils.config import ModelConfig, OptimConfig
+
+if TYPE_CHECKING:  # the configs live with the avatar and the run (scene/avatar.py, scene/config.py)
+    from scene.avatar import ModelConfig
+    from scene.config import OptimConfig
 
 __all__ = ["TriplaneColor"]
 

@@ -14,12 +14,28 @@ from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 import torch
 
 from scene.gaussian_model import BoundGaussians, inverse_sigmoid
 from scene.optimizer_ops import replace_splat_rows
-from utils.config import DensifyConfig
 from utils.rotations import quat_to_matrix
+
+
+@dataclass
+class DensifyConfig:
+    enabled: bool = True
+    densify_from_iter: int = 10_000
+    densify_until_iter: int = 600_000
+    densification_interval: int = 2_000
+    grad_threshold: float = 2e-4
+    percent_dense: float = 0.01
+    min_opacity: float = 0.005
+    opacity_reset_interval: int = 60_000
+    # GA also resets opacity at densify_from_iter when the background is white (its train.py).
+    opacity_reset_at_densify_start: bool = True
+    max_splats: int = 0  # 0 = unlimited; a safety cap for small machines
 
 
 class BindingAwareDensification:

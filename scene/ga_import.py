@@ -36,10 +36,10 @@ from flame_model import MOTION_KEYS
 from scene.avatar import GaussianAvatar
 from scene.avatar_io import build_flame, face_vertex_mask, save_avatar
 from scene.binding import local_to_world, triangle_frames, world_to_local, world_to_local_rotation_scale
-from scene.gaussian_model import BoundGaussians
+from scene.config import resolve_config, save_config
 from scene.datasets import load_subject
+from scene.gaussian_model import BoundGaussians
 from utils.checkpoint import list_checkpoints, write_checkpoint
-from utils.config import resolve_config, save_config
 from utils.errors import InputFileError, MissingFileError
 from utils.ply_io import read_vertex_table
 

@@ -7,12 +7,17 @@ colour component's (:mod:`scene.color`): ``param_groups``, ``checkpoint_entries`
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from scene.feature_lines import FeatureLineBlendshapes, OpacityDecoder
 from scene.jaw_bases import jaw_weights
-from utils.config import ModelConfig, OptimConfig
 from utils.errors import InputFileError
+
+if TYPE_CHECKING:  # the configs live with the avatar and the run (scene/avatar.py, scene/config.py)
+    from scene.avatar import ModelConfig
+    from scene.config import OptimConfig
 
 __all__ = ["FeatureLineOpacity"]
 

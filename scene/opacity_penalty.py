@@ -30,12 +30,24 @@ per-pixel L1 image loss.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 __all__ = ["PENALTY_FACE_REGIONS", "penalty_face_triangles", "static_triangle_weights", "truncated_opacity_penalty"]
 
 #: FLAME mask regions whose triangles get the face threshold and weight (the rest: "other").
 PENALTY_FACE_REGIONS = ("face", "eye_region", "lips")
+
+
+@dataclass
+class PenaltyConfig:
+    enabled: bool = True
+    lambda_opacity: float = 1.0
+    tau_face: float = 1e-3
+    tau_other: float = 2e-3
+    weight_face: float = 1.0
+    weight_other: float = 10.0  # off the face: the official code's weight
 
 
 def penalty_face_triangles(flame) -> torch.Tensor:

@@ -3,10 +3,14 @@ one Adam per splat attribute, and rebuilding rows (split, clone, prune, reset) t
 Adam moments so that a surviving splat keeps its optimiser state."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from scene.gaussian_model import BoundGaussians
-from utils.config import OptimConfig
+
+if TYPE_CHECKING:
+    from scene.config import OptimConfig
 
 __all__ = ["splat_learning_rates", "make_splat_optimizers", "replace_splat_rows"]
 

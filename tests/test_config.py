@@ -1,8 +1,8 @@
 """Config composition: defaults <- YAML files in order <- command line; unknown keys are errors."""
 import pytest
 
-from utils.config import (TrainConfig, config_differences, load_saved_config, parse_assignment, resolve_config,
-                          save_config)
+from scene.config import TrainConfig, config_differences, load_saved_config, resolve_config, save_config
+from utils.config import parse_assignment
 from utils.errors import InputFileError, MissingFileError
 
 

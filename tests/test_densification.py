@@ -4,7 +4,7 @@ import torch
 from scene.densification import BindingAwareDensification
 from scene.gaussian_model import BoundGaussians, inverse_sigmoid
 from scene.optimizer_ops import make_splat_optimizers
-from utils.config import DensifyConfig
+from scene.densification import DensifyConfig
 
 
 def setup(n_faces=10, per_face=3, seed=0):

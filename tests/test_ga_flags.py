@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import render  # noqa: E402
 import train  # noqa: E402
-from utils.config import load_saved_config  # noqa: E402
+from scene.config import load_saved_config  # noqa: E402
 
 ITERATIONS = 3
 # test_train.py's small schedule, less its run.eval_interval (a --set would win over --interval).

@@ -44,7 +44,7 @@ def test_replace_splat_rows_keeps_optimiser_moments_with_their_splats():
 
 def test_splat_learning_rates_are_gaussian_avatars_rates():
     from scene.optimizer_ops import splat_learning_rates
-    from utils.config import OptimConfig
+    from scene.config import OptimConfig
 
     o = OptimConfig()
     lrs = splat_learning_rates(o, position_lr=0.123)

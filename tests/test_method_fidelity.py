@@ -18,7 +18,7 @@ from scene.jaw_bases import farthest_point_jaw_bases  # noqa: E402
 from scene.optimizer_ops import make_splat_optimizers  # noqa: E402
 from scene.protocols import protocol_splits  # noqa: E402
 from scene.datasets import load_subject  # noqa: E402
-from utils.config import DensifyConfig, resolve_config  # noqa: E402
+from scene.config import DensifyConfig, resolve_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

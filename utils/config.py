@@ -1,165 +1,26 @@
-"""Training configuration: dataclass defaults, overridden by YAML files, then by the command line.
-
-Resolution order (later wins): the defaults below -> each ``--config`` YAML in the order given ->
-``--set section.key=value`` and named flags such as ``--iterations``. Every key in a YAML file
-must exist here: an unknown key is an error naming the file and the key, never silently ignored.
-The resolved config is saved as ``MODEL/config.yaml`` and read back by render.py / evaluate.py.
+"""Typed configuration from YAML: nested mappings applied onto dataclasses, each value converted to
+its field's type or refused with one error naming the file and the key. The run's config (which
+dataclasses, which checks) is :mod:`scene.config`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from utils.atomic import write_text_atomic
 from utils.errors import InputFileError, MissingFileError
 
-
-@dataclass
-class ModelConfig:
-    """What the avatar is made of. Every paper component can be switched off (ablations, GA)."""
-
-    n_shape: int = 300
-    n_expr: int = 100
-    add_teeth: bool = True
-    # Splats per triangle at the start: 1 is GA's (one at each centroid, then densification);
-    # about 10 starts FLAME at a real subject's ~100k splats (speed measurements).
-    init_splats_per_triangle: int = 1
-    # Colour: triplane + MLP decoder (paper) or per-splat spherical harmonics (GA).
-    use_triplane: bool = True
-    triplane_resolution: int = 128
-    triplane_channels: list = field(default_factory=lambda: [32, 16, 16])
-    view_pe_freqs: int = 4
-    color_hidden: int = 128
-    sh_degree: int = 3  # used only when use_triplane is false
-    # Expression-dependent opacity: 1D feature-line blendshapes + MLP (paper) or static (GA).
-    use_feature_lines: bool = True
-    n_expr_bases: int = 80
-    n_jaw_bases: int = 16
-    line_resolution: int = 64
-    line_channels: int = 32
-    opacity_hidden: int = 128
-    opacity_hidden_layers: int = 2  # the paper's 192 -> 128 -> 128 -> 1
-    # The canonical head box is the canonical mesh's bounding box grown by this fraction on every
-    # side: the triplane's, and the feature lines' (feature_line_box "head", the official code's:
-    # hair, ears and neck included). "face" bounds the lines by the face regions' box instead.
-    box_padding: float = 0.1
-    feature_line_box: str = "head"
-    face_box_regions: list = field(default_factory=lambda: ["face", "eye_region", "lips", "teeth"])
-    # Jaw-basis blend weights: "paper" (1 - d_k normalised; nearly uniform for real jaw angles) or
-    # "idw" (inverse-distance weighting d_k^-power normalised: sharper; scene/jaw_bases.py).
-    jaw_weighting: str = "paper"
-    jaw_idw_power: float = 2.0
+__all__ = ["merge_into", "load_yaml", "parse_assignment"]
 
 
-@dataclass
-class OptimConfig:
-    iterations: int = 600_000
-    # Splat attributes (GA). The position lr is multiplied by the cameras' extent.
-    position_lr_init: float = 5e-3
-    position_lr_final: float = 5e-5
-    opacity_lr: float = 0.05
-    scaling_lr: float = 0.017
-    rotation_lr: float = 1e-3
-    sh_lr: float = 2.5e-3
-    # Tensorial appearance (paper): grids (triplane planes, feature lines) and MLP decoders.
-    grid_lr: float = 2e-3
-    mlp_lr: float = 1e-4
-    # The opacity decoder's rate, separate so a short schedule can raise it without touching the
-    # colour decoder (the paper uses mlp_lr for both over 600k iterations).
-    opacity_mlp_lr: float = 1e-4
-    # Feature lines are switched on after this fraction of the schedule (paper: 10%).
-    feature_lines_warmup: float = 0.1
-    # Losses (paper eq. 3 and the image loss).
-    lambda_dssim: float = 0.2
-    lambda_position: float = 0.01
-    threshold_position: float = 1.0
-    lambda_scale: float = 1.0
-    threshold_scale: float = 0.6
-    # Optional GA-style fine-tuning of per-timestep FLAME parameters.
-    train_flame: bool = False
-    flame_expr_lr: float = 1e-3
-    flame_pose_lr: float = 1e-5
-    flame_trans_lr: float = 1e-6
-
-
-@dataclass
-class DensifyConfig:
-    enabled: bool = True
-    densify_from_iter: int = 10_000
-    densify_until_iter: int = 600_000
-    densification_interval: int = 2_000
-    grad_threshold: float = 2e-4
-    percent_dense: float = 0.01
-    min_opacity: float = 0.005
-    opacity_reset_interval: int = 60_000
-    # GA also resets opacity at densify_from_iter when the background is white (its train.py).
-    opacity_reset_at_densify_start: bool = True
-    max_splats: int = 0  # 0 = unlimited; a safety cap for small machines
-
-
-@dataclass
-class SamplingConfig:
-    class_balanced: bool = True
-    n_classes: int = 16
-
-
-@dataclass
-class PenaltyConfig:
-    enabled: bool = True
-    lambda_opacity: float = 1.0
-    tau_face: float = 1e-3
-    tau_other: float = 2e-3
-    weight_face: float = 1.0
-    weight_other: float = 10.0  # off the face: the official code's weight
-
-
-@dataclass
-class RunConfig:
-    """How the run is executed; none of these change what is learned, except seed."""
-
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    backend: str = "auto"  # rasterizer backend: auto | torch | triton | gsplat
-    resolution_scale: float = 1.0
-    background: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    eval_interval: int = 10_000
-    eval_max_frames: int = 64  # per split, evenly spaced; 0 = all
-    save_interval: int = 50_000
-    keep_checkpoints: int = 3
-    log_interval: int = 10
-    image_cache_gb: float = 4.0  # host LRU cache of decoded images (uint8)
-    # The training loader decodes upcoming frames ahead on threads (pinned memory on CUDA), and
-    # can keep images on the GPU: 0 = off; real images are ~1.3 MB each at 550x802.
-    loader_workers: int = 2
-    prefetch_frames: int = 8
-    device_image_cache_gb: float = 0.0
-    # Stop before the update when a loss term or gradient is not finite, or the loss exceeds
-    # divergence_factor x its running mean (0: off): one host-device sync per step.
-    check_finite: bool = True
-    divergence_factor: float = 10.0
-
-
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    densify: DensifyConfig = field(default_factory=DensifyConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _merge(target: Any, updates: dict, source: str, prefix: str = "") -> None:
-    """Apply nested ``updates`` onto dataclass ``target`` in place; unknown keys are errors."""
+def merge_into(target: Any, updates: dict, source: str, fixed_length: Iterable[str] = (), prefix: str = "") -> None:
+    """Apply nested ``updates`` onto dataclass ``target`` in place: unknown keys are errors naming
+    ``source``; each value is converted to the type of the field's current value (:func:`_coerce`);
+    the dotted keys in ``fixed_length`` are lists whose length must not change."""
     if not isinstance(updates, dict):
         raise InputFileError(f"{source}: '{prefix or 'top level'}' must be a mapping, got {type(updates).__name__}")
     names = {f.name: f for f in dataclasses.fields(target)}
@@ -171,12 +32,12 @@ def _merge(target: Any, updates: dict, source: str, prefix: str = "") -> None:
             )
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, source, prefix=f"{path}.")
+            merge_into(current, value, source, fixed_length, prefix=f"{path}.")
         else:
-            setattr(target, key, _coerce(current, value, source, path))
+            setattr(target, key, _coerce(current, value, source, path, tuple(fixed_length)))
 
 
-def _coerce(current: Any, value: Any, source: str, path: str) -> Any:
+def _coerce(current: Any, value: Any, source: str, path: str, fixed_length: tuple = ()) -> Any:
     """Check/convert ``value`` to the type of the default ``current`` (ints accepted for floats)."""
     if isinstance(current, bool):
         if isinstance(value, bool):
@@ -213,19 +74,15 @@ def _coerce(current: Any, value: Any, source: str, path: str) -> Any:
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",")]
         if isinstance(value, list):
-            return _coerce_list(current, value, source, path)
+            return _coerce_list(current, value, source, path, fixed_length)
     else:
         return value
     return _fail(source, path, value, type(current).__name__)
 
 
-# Lists whose length is part of their meaning (a colour, one channel count per plane).
-FIXED_LENGTH_LISTS = ("run.background", "model.triplane_channels")
-
-
-def _coerce_list(current: list, value: list, source: str, path: str) -> list:
+def _coerce_list(current: list, value: list, source: str, path: str, fixed_length: tuple = ()) -> list:
     """Each element converted to the type of the default's elements; fixed-length lists checked."""
-    if path in FIXED_LENGTH_LISTS and len(value) != len(current):
+    if path in fixed_length and len(value) != len(current):
         return _fail(source, path, value, f"a list of {len(current)} values")
     if not current:
         return value
@@ -265,120 +122,3 @@ def parse_assignment(text: str) -> dict:
     return nested
 
 
-def resolve_config(
-    config_files: Iterable[str | os.PathLike] = (),
-    overrides: Iterable[dict] = (),
-    base: dict | None = None,
-) -> TrainConfig:
-    """Defaults <- ``base`` (e.g. a saved run's config) <- YAML files in order <- ``overrides``."""
-    config = TrainConfig()
-    if base is not None:
-        _merge(config, base, "saved config")
-    for path in config_files:
-        _merge(config, load_yaml(path), str(path))
-    for update in overrides:
-        _merge(config, update, "command line")
-    validate(config)
-    return config
-
-
-def validate(config: TrainConfig) -> None:
-    m = config.model
-    if len(m.triplane_channels) != 3:
-        raise InputFileError("model.triplane_channels must list 3 channel counts (XY, XZ, YZ)")
-    if m.n_expr_bases > m.n_expr:
-        raise InputFileError("model.n_expr_bases cannot exceed model.n_expr")
-    if config.run.device not in ("auto", "cpu", "cuda") and not config.run.device.startswith("cuda:"):
-        raise InputFileError(f"run.device must be auto, cpu or cuda[:N], got {config.run.device!r}")
-    if config.run.backend not in ("auto", "torch", "triton", "gsplat"):
-        raise InputFileError(f"run.backend must be auto, torch, triton or gsplat, got {config.run.backend!r}")
-    if not 0 < config.run.resolution_scale <= 1.0:
-        raise InputFileError("run.resolution_scale must be in (0, 1]")
-    if config.optim.iterations < 1:
-        raise InputFileError("optim.iterations must be at least 1")
-    for key, value, allowed in (("model.feature_line_box", m.feature_line_box, ("head", "face")),
-                                ("model.jaw_weighting", m.jaw_weighting, ("paper", "idw"))):
-        if value not in allowed:
-            raise InputFileError(f"config key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
-    _check_ranges(config)
-
-
-# (dotted key, lowest allowed, highest allowed or None): values a run cannot work with, refused
-# before anything is written instead of clamped quietly or failing at iteration 1.
-RANGES = (
-    ("sampling.n_classes", 1, None), ("model.n_jaw_bases", 1, None), ("model.n_expr_bases", 1, None),
-    ("model.triplane_resolution", 2, None), ("model.line_resolution", 2, None), ("model.line_channels", 1, None),
-    ("model.sh_degree", 0, 3), ("model.opacity_hidden_layers", 1, None), ("model.jaw_idw_power", 0.0, None),
-    ("model.opacity_hidden", 1, None), ("model.init_splats_per_triangle", 1, None), ("model.box_padding", 0.0, None),
-    ("optim.feature_lines_warmup", 0.0, 1.0), ("optim.lambda_dssim", 0.0, 1.0),
-    ("densify.densification_interval", 1, None), ("densify.grad_threshold", 0.0, None),
-    ("densify.min_opacity", 0.0, 1.0), ("densify.max_splats", 0, None), ("run.eval_interval", 1, None),
-    ("run.save_interval", 1, None), ("run.log_interval", 1, None), ("run.keep_checkpoints", 0, None),
-    ("run.image_cache_gb", 0.0, None), ("run.loader_workers", 0, None), ("run.prefetch_frames", 0, None),
-    ("run.device_image_cache_gb", 0.0, None), ("run.divergence_factor", 0.0, None), ("run.eval_max_frames", 0, None),
-    ("penalty.lambda_opacity", 0.0, None), ("penalty.tau_face", 0.0, None), ("penalty.tau_other", 0.0, None),
-)
-POSITIVE = ("optim.position_lr_init", "optim.position_lr_final", "optim.opacity_lr", "optim.scaling_lr",
-            "optim.rotation_lr", "optim.sh_lr", "optim.grid_lr", "optim.mlp_lr", "optim.opacity_mlp_lr")
-
-
-def _check_ranges(config: TrainConfig) -> None:
-    def get(key):
-        section, name = key.split(".")
-        return getattr(getattr(config, section), name)
-
-    for key, lo, hi in RANGES:
-        value = get(key)
-        if value < lo or (hi is not None and value > hi):
-            bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise InputFileError(f"config key '{key}' must be {bound}, got {value!r}")
-    for key in POSITIVE:
-        if not get(key) > 0:
-            raise InputFileError(f"config key '{key}' (a learning rate) must be > 0, got {get(key)!r}")
-    for c in config.model.triplane_channels:
-        if c < 1:
-            raise InputFileError(f"config key 'model.triplane_channels' must list positive channel counts, got "
-                                 f"{config.model.triplane_channels}")
-    if not all(0.0 <= v <= 1.0 for v in config.run.background):
-        raise InputFileError(f"config key 'run.background' must be 3 values in [0, 1], got {config.run.background}")
-
-
-def save_config(config: TrainConfig, path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Write the resolved config (plus run facts in ``extra``, e.g. data paths) atomically."""
-    data = {"config": config.to_dict()}
-    if extra:
-        data.update(extra)
-    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
-
-
-def load_saved_config(model_dir: str | os.PathLike) -> tuple[TrainConfig, dict]:
-    """Read ``MODEL/config.yaml`` back: (config, the extra run facts saved beside it)."""
-    path = Path(model_dir) / "config.yaml"
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path} not found: {model_dir} is not a trained model folder (train one with "
-            f"`python train.py -s SUBJECT -m {model_dir}`)"
-        )
-    data = load_yaml(path)
-    if "config" not in data:
-        raise InputFileError(f"{path}: missing the 'config' section; was it written by train.py?")
-    extra = {k: v for k, v in data.items() if k != "config"}
-    return resolve_config(base=data["config"]), extra
-
-
-def config_differences(a: TrainConfig, b: TrainConfig, ignore: Iterable[str] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs, except the ``ignore`` prefixes."""
-    out = []
-
-    def walk(x: dict, y: dict, prefix: str) -> None:
-        for key in x:
-            path = f"{prefix}{key}"
-            if any(path == p or path.startswith(p + ".") for p in ignore):
-                continue
-            if isinstance(x[key], dict):
-                walk(x[key], y[key], path + ".")
-            elif x[key] != y[key]:
-                out.append(f"{path}: {x[key]!r} -> {y[key]!r}")
-
-    walk(a.to_dict(), b.to_dict(), "")
-    return out
