@@ -62,12 +62,7 @@ class Exporter:
             raise InputFileError(f"--sh-degree must be 0, 1, 2 or 3, got {args.sh_degree}")
         if args.directions < 1:
             raise InputFileError(f"--directions must be positive, got {args.directions}")
-        argv = ["-m", args.model_path, "--device", args.device, "--backend", "torch", "--quiet"]
-        if args.iteration is not None:
-            argv += ["--iteration", str(args.iteration)]
-        if args.flame:
-            argv += ["--flame", args.flame]
-        self.renderer = render.Renderer(render.parse_args(argv))
+        self.renderer = render.quiet_renderer(args.model_path, args.device, "torch", args.iteration, args.flame)
         self.avatar = self.renderer.model.avatar
         self.sh_fit = None
         self._rig_centers = None
@@ -119,18 +114,27 @@ class Exporter:
             info.update(self.check(path, verts, expr, jaw, camera))
         return info
 
+    def read_back(self, path: Path) -> dict:
+        """An exported PLY as :func:`read_3dgs_ply` reads it, on the avatar's device."""
+        device = self.renderer.device
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in read_3dgs_ply(path).items()}
+
+    def file_vs_render(self, data: dict, verts, expr, jaw, viewmat, K, width: int, height: int) -> tuple[float, float]:
+        """A read-back file (:meth:`read_back`) rasterized by the plain ``rasterize()`` from a camera
+        (viewmat (4, 4), K (3, 3)) against the avatar's own render: (PSNR dB, max abs difference)."""
+        viewmat, K = viewmat.to(verts.device), K.to(verts.device)
+        rgb, _, _ = rasterize(data["means"], data["quats"], data["scales"], data["opacities"], data["sh"],
+                              viewmat[None], K[None], width, height, sh_degree=data["sh_degree"],
+                              backgrounds=self.renderer.background[None], backend="torch",
+                              tile_size=16 if verts.is_cuda else 8)
+        ours = self.renderer.render(verts, expr, jaw, viewmat, K, width, height)
+        return float(psnr(rgb[0], ours)), float((rgb[0] - ours).abs().max())
+
     def check(self, path: Path, verts, expr, jaw, camera) -> dict:
         """The PLY as read back, rasterized from ``camera``, against the avatar's own render."""
-        device = verts.device
-        data = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in read_3dgs_ply(path).items()}
-        viewmat, K = camera.viewmat.to(device), camera.K.to(device)
-        rgb, _, _ = rasterize(data["means"], data["quats"], data["scales"], data["opacities"], data["sh"],
-                              viewmat[None], K[None], camera.width, camera.height, sh_degree=data["sh_degree"],
-                              backgrounds=self.renderer.background[None], backend="torch",
-                              tile_size=16 if device.type == "cuda" else 8)
-        ours = self.renderer.render(verts, expr, jaw, viewmat, K, camera.width, camera.height)
-        return {"check_camera": camera.image_name, "check_psnr_db": float(psnr(rgb[0], ours)),
-                "check_max_abs_diff": float((rgb[0] - ours).abs().max())}
+        value, max_diff = self.file_vs_render(self.read_back(path), verts, expr, jaw, camera.viewmat, camera.K,
+                                              camera.width, camera.height)
+        return {"check_camera": camera.image_name, "check_psnr_db": value, "check_max_abs_diff": max_diff}
 
     def run(self) -> dict:
         args, out = self.args, Path(self.args.output)

@@ -134,6 +134,17 @@ def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
     return model.flame.motion_vertices(model.shape, motion, model.static_offset)
 
 
+def quiet_renderer(model_path: str, device: str = "auto", backend: str | None = None, iteration: int | None = None,
+                   flame: str | None = None) -> "Renderer":
+    """A :class:`Renderer` of a model folder for other tools (viewer.py, export.py): render.py's
+    options with these values and no log lines; ``backend`` None = the training run's."""
+    argv = ["-m", str(model_path), "--device", device, "--quiet"]
+    for flag, value in (("--backend", backend), ("--iteration", iteration), ("--flame", flame)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return Renderer(parse_args(argv))
+
+
 class Renderer:
     def __init__(self, args: argparse.Namespace):
         self.args = args

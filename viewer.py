@@ -97,11 +97,7 @@ class AvatarViewer:
         import viser  # the viewer's own dependency: imported here so the rest of the CLI stays importable
 
         self.args = args
-        argv = ["-m", args.model_path, "--device", args.device, "--quiet"]
-        for flag, value in (("--iteration", args.iteration), ("--flame", args.flame), ("--backend", args.backend)):
-            if value is not None:
-                argv += [flag, str(value)]
-        self.renderer = render.Renderer(render.parse_args(argv))
+        self.renderer = render.quiet_renderer(args.model_path, args.device, args.backend, args.iteration, args.flame)
         if args.source_path:
             render.override_source_path(self.renderer, args.source_path)
         self.device = self.renderer.device

@@ -21,19 +21,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import export  # noqa: E402
-from gaussian_renderer import rasterize  # noqa: E402
-from scene.export_3dgs import read_3dgs_ply  # noqa: E402
-from utils.image_metrics import psnr  # noqa: E402
-
-
-def file_vs_avatar(exporter: export.Exporter, ply: Path, verts, expr, jaw, viewmat, K, width, height) -> float:
-    renderer = exporter.renderer
-    data = read_3dgs_ply(ply)
-    rgb, _, _ = rasterize(data["means"], data["quats"], data["scales"], data["opacities"], data["sh"],
-                          viewmat[None], K[None], width, height, sh_degree=data["sh_degree"],
-                          backgrounds=renderer.background[None], backend="torch", tile_size=8)
-    ours = renderer.render(verts, expr, jaw, viewmat, K, width, height)
-    return float(psnr(rgb[0], ours))
 
 
 @torch.no_grad()
@@ -50,10 +37,11 @@ def measure(model: str, orbit: int) -> dict:
             motion = renderer.motion_from(subject, renderer.fine_tuned)(frame.timestep)
             verts = export.render.reenactment_vertices(renderer.model, motion)[0]
             expr, jaw = motion["expr"][0], motion["jaw_pose"][0]
+            data = exporter.read_back(ply)
             rig = {f.camera_index: f for f in subject.all_frames()}
-            rig_psnr = [file_vs_avatar(exporter, ply, verts, expr, jaw, f.viewmat, f.K, f.width, f.height)
+            rig_psnr = [exporter.file_vs_render(data, verts, expr, jaw, f.viewmat, f.K, f.width, f.height)[0]
                         for f in rig.values()]
-            orbit_psnr = [file_vs_avatar(exporter, ply, verts, expr, jaw, v, frame.K, frame.width, frame.height)
+            orbit_psnr = [exporter.file_vs_render(data, verts, expr, jaw, v, frame.K, frame.width, frame.height)[0]
                           for v in renderer.orbit_cameras(orbit, frame)]
             rows[weighting] = {"rig": float(np.mean(rig_psnr)), "rig_min": float(np.min(rig_psnr)),
                                "orbit": float(np.mean(orbit_psnr)), "orbit_min": float(np.min(orbit_psnr))}

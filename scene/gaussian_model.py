@@ -128,7 +128,7 @@ class BoundGaussians(torch.nn.Module):
         ply = read_vertex_table(path, required, "splat file", hint="was it written by train.py?")
         sh_degree = None
         if "f_dc_0" in ply.names:
-            sh_degree = int(round(math.sqrt(ply.n_rest // 3 + 1))) - 1
+            sh_degree = ply.sh_degree()
         model = cls(torch.from_numpy(np.asarray(ply.vertex["binding"], np.int64)), sh_degree)
         with torch.no_grad():
             model.params["xyz"].data = ply.columns("x", "y", "z")
