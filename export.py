@@ -25,9 +25,9 @@ import torch
 import render
 from gaussian_renderer import rasterize
 from scene.cameras import camera_center_from_w2c
+from scene.datasets import load_sequence
 from scene.export_3dgs import TriplaneSHFit, export_frame, read_3dgs_ply, write_3dgs_ply, write_splat
 from scene.protocols import protocol_splits
-from scene.datasets import load_sequence
 from utils.errors import InputFileError, UserFacingError
 from utils.image_metrics import psnr
 

@@ -42,9 +42,9 @@ from tqdm import tqdm
 from flame_model import MOTION_KEYS
 from gaussian_renderer import select_backend
 from scene.avatar_io import LoadedModel, load_avatar_components, load_model, save_avatar, storage_report
+from scene.datasets import load_sequence, load_subject
 from scene.protocols import protocol_splits, saved_protocol
 from scene.rendering import measure_render_speed, render_avatar
-from scene.datasets import load_sequence, load_subject
 from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png

@@ -36,11 +36,11 @@ from scene.avatar import GaussianAvatar
 from scene.avatar_io import build_flame, face_vertex_mask, load_avatar_components, save_avatar
 from scene.class_balance import ClassBalancedSampler, UniformSampler, cluster_expressions, load_clusters, save_clusters
 from scene.config import TrainConfig, config_differences, load_saved_config, resolve_config, save_config
+from scene.datasets import load_subject
 from scene.densification import BindingAwareDensification
 from scene.frame_loader import frame_loader_for
 from scene.jaw_bases import farthest_point_jaw_bases
 from scene.losses import photometric_loss, splat_regularisers
-from scene.datasets import load_subject
 from scene.mesh_cache import FlameSequence
 from scene.opacity_penalty import penalty_face_triangles, truncated_opacity_penalty
 from scene.optimizer_ops import make_splat_optimizers, splat_learning_rates

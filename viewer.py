@@ -38,8 +38,8 @@ import torch
 
 import render
 from scene.cameras import camera_pose, pinhole_camera
-from scene.protocols import protocol_splits
 from scene.datasets import load_sequence
+from scene.protocols import protocol_splits
 from utils.cli_common import describe_device
 from utils.errors import UserFacingError
 from utils.image_io import to_uint8
