@@ -17,7 +17,8 @@
   ``--target`` sequence. Output: ``OUTPUT/orbit[_<target>]/ours_<iteration>/``.
 - ``--video``: mp4 of the renders; for frames with ground truth, also render | GT | error.
 - ``--benchmark``: FPS of the full avatar at the data's resolution, split into decoders and
-  rasterization; printed and saved to ``OUTPUT/benchmark.json``.
+  rasterization (with the Triton backend on CUDA also replayed as one CUDA graph); printed and
+  saved to ``OUTPUT/benchmark.json``.
 - Always: a storage report (bytes of each saved component) in ``OUTPUT/storage.json``.
 - ``--half``: export the avatar with 16-bit network weights to ``OUTPUT/export_half/`` and
   report the PSNR between full- and half-precision renders of the val split.
@@ -380,6 +381,9 @@ class Renderer:
         print(f"[benchmark] {result['fps']:.1f} FPS at {frame.width}x{frame.height} on {result['device']} with "
               f"{result['backend']} ({result['splats']} splats): {result['ms_per_frame']:.2f} ms/frame; "
               f"decoders {result['ms_decoders']:.2f} ms, rasterization {result['ms_rasterization']:.2f} ms")
+        if "fps_cuda_graph" in result:
+            print(f"[benchmark] as one CUDA graph: {result['fps_cuda_graph']:.1f} FPS "
+                  f"({result['ms_per_frame_cuda_graph']:.2f} ms/frame)")
         return result
 
     def storage(self) -> dict:

@@ -14,8 +14,10 @@ Sections:
                on the probe scene (image max abs difference, relative gradient error per input);
                rendering of the full avatar (~100k splats: model.init_splats_per_triangle=12) at
                550x802: FPS and ms per phase (decoders, rasterization), synchronised, after
-               warm-up; training of the tensorial config: iterations per second, ms per phase of
-               the step, peak GPU memory, and the host-device synchronisations of one step.
+               warm-up, the host-device syncs of one frame, and for triton the FPS of the same
+               frame replayed as one CUDA graph (scene.rendering.GraphedAvatarRenderer);
+               training of the tensorial config: iterations per second, ms per phase of the
+               step, peak GPU memory, and the host-device synchronisations of one step.
 
 On a GPU machine with no network (python3 with torch, triton, numpy, scipy, scikit-learn, Pillow,
 imageio, PyYAML, tqdm; nvcc), gsplat and plyfile travel as wheels. Here, in the repository root:
@@ -120,17 +122,18 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _sync_points_of_one_step(trainer) -> dict:
-    """Host-device synchronisations during one training step (CUDA's sync debug mode)."""
+def _sync_points(fn, device) -> dict:
+    """Host-device synchronisations while ``fn()`` runs (CUDA's sync debug mode): their count and
+    where in the code they happen."""
     import torch
-    if trainer.device.type != "cuda":
+    if device.type != "cuda":
         return {"count": None, "where": "not measured on the CPU"}
+    torch.cuda.synchronize(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            trainer.training_step(trainer.step + 1)
-            trainer.step += 1
+            fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
     where = {}
@@ -140,12 +143,17 @@ def _sync_points_of_one_step(trainer) -> dict:
     return {"count": sum(where.values()), "where": where}
 
 
+def _one_training_step(trainer) -> None:
+    trainer.training_step(trainer.step + 1)
+    trainer.step += 1
+
+
 def check_backend(name: str, device_name: str, subject: str, flame: str, size: dict, scratch: Path) -> dict:
     """Availability, parity, rendering and training figures of one backend (see module doc)."""
     import torch
 
     from gaussian_renderer.backends import backend_import_error, compare_with_reference
-    from scene.rendering import measure_render_speed
+    from scene.rendering import measure_render_speed, render_avatar
     from step_profile import build_trainer, profile
 
     device = torch.device(device_name)
@@ -175,16 +183,18 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
         row = trainer.subject.timestep_row[frame.timestep]
         rows = trainer.row_index[row:row + 1]
         params = trainer.sequence.row_params(rows)
-        render = measure_render_speed(trainer.avatar, trainer.sequence.vertices(rows)[0], params["expr"][0],
-                                      params["jaw_pose"][0], frame.viewmat.to(device), frame.K.to(device), frame.width,
-                                      frame.height, trainer.background, name, frames=size["render_frames"])
+        inputs = (trainer.avatar, trainer.sequence.vertices(rows)[0], params["expr"][0], params["jaw_pose"][0],
+                  frame.viewmat.to(device), frame.K.to(device), frame.width, frame.height, trainer.background)
+        render = measure_render_speed(*inputs, name, frames=size["render_frames"])
+        with torch.no_grad():
+            syncs = _sync_points(lambda: render_avatar(*inputs, backend=name), device)
         out["render"] = {**render, "splats": len(trainer.avatar.gaussians), "width": frame.width,
-                         "height": frame.height}
+                         "height": frame.height, "sync_points_per_frame": syncs}
     except Exception as exc:
         out["render_error"] = _first_line(exc)
     try:
         out["train"] = profile(trainer, size["train_warmup"], size["train_steps"])
-        out["train"]["sync_points_per_step"] = _sync_points_of_one_step(trainer)
+        out["train"]["sync_points_per_step"] = _sync_points(lambda: _one_training_step(trainer), device)
     except Exception as exc:
         out["train_error"] = _first_line(exc)
     finally:
@@ -227,17 +237,20 @@ def summary_markdown(result: dict) -> str:
              f"sizes {result['size']}; {result['seconds']:.0f} s in all.", ""]
     if result.get("subject_error"):
         lines += [f"Subject: {result['subject_error']}", ""]
-    lines += ["| backend | available | image max abs diff | worst relative grad error | render FPS | decoders ms | "
-              "rasterization ms | train it/s | train peak MB | syncs / step |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| backend | available | image max abs diff | worst relative grad error | render FPS | CUDA-graph FPS | "
+              "decoders ms | rasterization ms | syncs / frame | train it/s | train peak MB | syncs / step |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, b in result["backends"].items():
         par, ren, tr = b.get("parity", {}), b.get("render", {}), b.get("train", {})
         worst = max(par.get("grad_rel", {}).items(), key=lambda kv: kv[1], default=("", float("nan")))
         syncs = tr.get("sync_points_per_step", {}).get("count")
+        frame_syncs = ren.get("sync_points_per_frame", {}).get("count")
         fmt = lambda v, f: "" if v is None or v == "" else format(v, f)  # noqa: E731
         lines.append(
             f"| {name} | {'yes' if b.get('available') else 'no'} | {fmt(par.get('image_max_abs'), '.2e')} | "
-            f"{fmt(worst[1], '.2e')} {worst[0]} | {fmt(ren.get('fps'), '.1f')} | {fmt(ren.get('ms_decoders'), '.2f')} | "
-            f"{fmt(ren.get('ms_rasterization'), '.2f')} | {fmt(tr.get('iterations_per_second'), '.1f')} | "
+            f"{fmt(worst[1], '.2e')} {worst[0]} | {fmt(ren.get('fps'), '.1f')} | {fmt(ren.get('fps_cuda_graph'), '.1f')} | "
+            f"{fmt(ren.get('ms_decoders'), '.2f')} | {fmt(ren.get('ms_rasterization'), '.2f')} | "
+            f"{'' if frame_syncs is None else frame_syncs} | {fmt(tr.get('iterations_per_second'), '.1f')} | "
             f"{fmt(tr.get('peak_memory_mb'), '.0f')} | {'' if syncs is None else syncs} |")
     failures = [(name, key, b[key]) for name, b in result["backends"].items() for key in b
                 if key.endswith("_error") or key == "why_not"]

@@ -65,6 +65,7 @@ def rasterize(
     tile_size: int = 16,
     packed: bool = False,
     rasterize_mode: str = "classic",
+    isect_capacity: int | None = None,
 ):
     """Differentiable rasterization of N 3D Gaussians into C cameras (gsplat 1.x conventions).
 
@@ -92,6 +93,11 @@ def rasterize(
         eps2d: low-pass filter added to the diagonal of every 2D covariance (pixels^2).
         tile_size: tile edge in pixels (results do not depend on it for the torch backend).
         packed, rasterize_mode: only gsplat's defaults here (False, "classic") are supported.
+        isect_capacity: None, or (backend "triton" only) a fixed length for the list of
+            (tile, splat) pairs. Then the call never waits for the device (no host-device sync),
+            so it can be captured in a CUDA graph; pairs beyond it (the farthest splats') are
+            dropped and ``meta["isect_overflow"]`` (0-dim bool tensor) says so. Size it from an
+            earlier frame's ``meta["n_isects"]`` with some headroom.
 
     Returns:
         render_colors (C, H, W, D[+1]), render_alphas (C, H, W, 1), meta dict with
@@ -101,7 +107,8 @@ def rasterize(
         camera z, ``visible`` (C, N) bool, ``conics`` (C, N, 3) inverse 2D covariance (a, b, c)
         including the low-pass, ``opacities`` (C, N) (no compensation: classic mode), ``colors``
         (C, N, D) evaluated colours (torch backend), ``backend``, ``width``, ``height``,
-        ``n_cameras``, ``tile_size``, ``tile_width``, ``tile_height``.
+        ``n_cameras``, ``tile_size``, ``tile_width``, ``tile_height``, ``n_isects`` (torch and triton:
+        the number of (tile, splat) pairs; an int, a 0-dim tensor with ``isect_capacity``).
     Raises:
         RasterizerArgumentError (a ValueError) naming the bad argument and its expected shape.
     """
@@ -146,6 +153,9 @@ def rasterize(
         _fail(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if packed:
         _fail("`packed=True` is not supported; meta tensors are always (C, N, ...) (packed=False)")
+    if isect_capacity is not None and (isinstance(isect_capacity, bool) or not isinstance(isect_capacity, numbers.Integral)
+                                       or int(isect_capacity) < 1):
+        _fail(f"`isect_capacity` must be None or a positive int, got {isect_capacity!r}")
     if rasterize_mode != "classic":
         _fail(f"`rasterize_mode` must be 'classic' (no antialiasing compensation), got {rasterize_mode!r}")
 
@@ -183,7 +193,11 @@ def rasterize(
                   backgrounds=backgrounds, render_mode=render_mode, eps2d=float(eps2d), tile_size=tile_size)
     if backend == "gsplat":
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)
+    if isect_capacity is not None and backend != "triton":
+        _fail(f"`isect_capacity` (a sync-free, CUDA-graph-capturable call) needs backend='triton', "
+              f"got backend {backend!r}; leave it None for the other backends")
     if backend == "triton":
         from .triton_backend import rasterize_triton  # imports triton: only when asked for
-        return rasterize_triton(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)
+        return rasterize_triton(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs,
+                                isect_capacity=None if isect_capacity is None else int(isect_capacity))
     return rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)

@@ -156,7 +156,7 @@ def _conic_table(means2d, conics, opacities, dtype, device):
         dim=-1,
     )
     dummy = torch.zeros(1, 10, dtype=dtype, device=device)
-    dummy[0, _LOGO] = -float("inf")
+    dummy[0, _LOGO].fill_(-float("inf"))  # a fill, not a copy of a host scalar (CUDA-graph safe)
     return torch.cat([table, dummy])
 
 

@@ -49,6 +49,27 @@ class TilePlan:
         return self.n_cameras * self.tiles_x * self.tiles_y
 
 
+@dataclass
+class Intersections:
+    """The depth-sorted (tile, splat) pairs of one rasterization (:func:`bin_gaussians`).
+
+    ``flat`` (L,) int64: flat splat ids ``camera * N + splat``, grouped by global tile id
+    (``camera * tiles_per_camera + ty * tiles_x + tx``) and front to back within a tile; entries
+    from ``counts.sum()`` on are padding (the dummy id ``C * N``). ``counts`` / ``offsets``
+    (C * tiles_per_camera,) int64: each tile's entries are ``flat[offsets[t]:offsets[t] + counts[t]]``.
+    ``tiles_per_gauss`` (C, N) int32. ``n_isects``: all pairs, those beyond a fixed capacity
+    included: an int, or a 0-dim int64 tensor when a capacity was given (reading it syncs).
+    ``overflow``: None, or with a capacity a 0-dim bool tensor, true when pairs were dropped.
+    """
+
+    flat: torch.Tensor
+    counts: torch.Tensor
+    offsets: torch.Tensor
+    tiles_per_gauss: torch.Tensor
+    n_isects: int | torch.Tensor
+    overflow: torch.Tensor | None = None
+
+
 def bin_gaussians(
     means2d: torch.Tensor,
     radii_xy: torch.Tensor,
@@ -57,13 +78,17 @@ def bin_gaussians(
     width: int,
     height: int,
     tile_size: int,
-):
+    capacity: int | None = None,
+) -> Intersections:
     """Build the depth-sorted (tile, splat) intersection list.
 
-    Args: (C, N, 2) means2d, (C, N, 2) int radii, (C, N) depths, (C, N) bool visible (no grad).
-    Returns ``(isect_flat (M,), tile_counts (C*T,), tile_offsets (C*T,), tiles_per_gauss (C, N))``
-    where the M intersections are grouped by global tile id and depth-sorted within a tile, and
-    ``isect_flat`` holds flat splat ids ``camera * N + splat``.
+    Args: (C, N, 2) means2d, (C, N, 2) int radii, (C, N) depths, (C, N) bool visible (no grad);
+        capacity: None (the list has exactly as many entries as there are pairs, which costs one
+        host-device sync to size it) or a fixed length L. With a fixed length nothing here waits
+        for the device (every size is known on the host), so the call can be captured in a CUDA
+        graph; pairs beyond L are dropped, the farthest splats' first (the list is built in global
+        depth order before it is grouped by tile), and ``overflow`` says so.
+    Returns :class:`Intersections`.
     """
     C, N = depths.shape
     device = depths.device
@@ -82,34 +107,54 @@ def bin_gaussians(
     y1 = torch.maximum(y1, y0)
     per_gauss = ((x1 - x0) * (y1 - y0)) * visible
     tiles_per_gauss = per_gauss.to(torch.int32)
+    per_gauss = per_gauss.reshape(-1)
+    if capacity is None:
+        capacity = int(per_gauss.sum()) if per_gauss.numel() else 0  # the one sync of the exact size
+        exact = True
+    else:
+        exact = False
+    dummy = C * N
 
-    flat_vis = torch.nonzero(per_gauss.reshape(-1) > 0).squeeze(1)  # (V,) flat ids
-    if flat_vis.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        counts = torch.zeros(C * tpc, dtype=torch.int64, device=device)
-        return empty, counts, counts.clone(), tiles_per_gauss
-    # Depth order first (stable: equal depths keep the splat order), then a stable sort by tile.
-    d = depths.reshape(-1).index_select(0, flat_vis)
-    flat_vis = flat_vis.index_select(0, torch.sort(d, stable=True).indices)
-    cnt = per_gauss.reshape(-1).index_select(0, flat_vis)
-    start = torch.cumsum(cnt, 0) - cnt
-    cam = torch.div(flat_vis, N, rounding_mode="floor")
-    # per visible splat: [first tile id of its box, box width, first intersection index]
-    first = cam * tpc + y0.reshape(-1).index_select(0, flat_vis) * tiles_x + x0.reshape(-1).index_select(0, flat_vis)
-    info = torch.stack([first, (x1 - x0).reshape(-1).index_select(0, flat_vis), start, flat_vis], dim=1)
+    # Global depth order (stable: equal depths keep the splat order); splats without a tile last.
+    key = torch.where(per_gauss > 0, depths.reshape(-1), torch.full_like(depths.reshape(-1), float("inf")))
+    order = torch.sort(key, stable=True).indices  # (C*N,) flat ids
+    cnt = per_gauss.index_select(0, order)
+    end = torch.cumsum(cnt, 0)
+    n_isects = end[-1] if end.numel() else torch.zeros((), dtype=torch.int64, device=device)
+    # Entries per splat cut at the capacity, and one padding row that fills the list up to it:
+    # the sizes then add up to `capacity` exactly, so repeat_interleave needs no sync to size it.
+    start = (end - cnt).clamp_max(capacity)
+    kept = end.clamp_max(capacity) - start
+    end_kept = start + kept
+    pad = capacity - (end_kept[-1] if end_kept.numel() else torch.zeros_like(n_isects))
+    rows = torch.repeat_interleave(torch.arange(C * N + 1, device=device), torch.cat([kept, pad.reshape(1)]),
+                                   output_size=capacity)  # (L,) row of `order` (C*N = padding)
 
-    V = flat_vis.numel()
-    rep = torch.repeat_interleave(torch.arange(V, device=device), cnt)
-    per = info.index_select(0, rep)  # (M, 4)
-    j = torch.arange(rep.numel(), device=device) - per[:, 2]
+    # per row: [first tile of its box, box width, first list index, flat splat id]; padding row last
+    flat_sorted = order
+    cam = torch.div(flat_sorted, N, rounding_mode="floor") if N else flat_sorted
+    first = (cam * tpc + y0.reshape(-1).index_select(0, flat_sorted) * tiles_x
+             + x0.reshape(-1).index_select(0, flat_sorted))
+    width_tiles = (x1 - x0).reshape(-1).index_select(0, flat_sorted)
+    info = torch.stack([first, width_tiles, start, flat_sorted], dim=1)
+    # the padding row: tile C * tiles (sorts after every real tile), width 1, the dummy splat;
+    # built with fills on the device (a host tensor copied over would be a transfer)
+    pad_row = torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in (C * tpc, 1, 0, dummy)])
+    info = torch.cat([info, pad_row[None]])
+    per = info.index_select(0, rows)  # (L, 4)
+    j = torch.arange(capacity, device=device) - per[:, 2]
     wr = per[:, 1]
     row = torch.div(j, wr, rounding_mode="floor")
-    tile = per[:, 0] + row * tiles_x + (j - row * wr)
+    tile = torch.where(rows < C * N, per[:, 0] + row * tiles_x + (j - row * wr), per[:, 0])
     tile_sorted, perm = torch.sort(tile, stable=True)
     isect_flat = per[:, 3].index_select(0, perm)
-    counts = torch.bincount(tile_sorted, minlength=C * tpc)
+    counts = torch.zeros(C * tpc + 1, dtype=torch.int64, device=device)
+    counts.scatter_add_(0, tile_sorted, torch.ones_like(tile_sorted))
+    counts = counts[:-1]
     offsets = torch.cumsum(counts, 0) - counts
-    return isect_flat, counts, offsets, tiles_per_gauss
+    if exact:
+        return Intersections(isect_flat, counts, offsets, tiles_per_gauss, capacity)
+    return Intersections(isect_flat, counts, offsets, tiles_per_gauss, n_isects, n_isects > capacity)
 
 
 def plan_chunks(

@@ -86,7 +86,7 @@ def finish_render(render: torch.Tensor, alphas: torch.Tensor, render_mode: str) 
     return render
 
 
-def build_meta(backend: str, inputs: SplatInputs, tiles_per_gauss: torch.Tensor, n_isects: int,
+def build_meta(backend: str, inputs: SplatInputs, tiles_per_gauss: torch.Tensor, n_isects: int | torch.Tensor,
                width: int, height: int, tile_size: int) -> dict:
     """The meta dict documented in :func:`gaussian_renderer.api.rasterize` (tiles_per_gauss (C, N))."""
     proj = inputs.proj
@@ -115,13 +115,12 @@ def build_plan(means2d, radii_xy, depths, visible, width, height, tile_size,
                budget: int = WORK_BUDGET, block: int = K_BLOCK) -> TilePlan:
     C, N = depths.shape
     with torch.no_grad():
-        isect_flat, counts, offsets, tiles_per_gauss = bin_gaussians(
-            means2d.detach(), radii_xy, depths.detach(), visible, width, height, tile_size)
-        chunks = plan_chunks(isect_flat, counts, offsets, C * N, tile_size * tile_size, budget, block)
+        isects = bin_gaussians(means2d.detach(), radii_xy, depths.detach(), visible, width, height, tile_size)
+        chunks = plan_chunks(isects.flat, isects.counts, isects.offsets, C * N, tile_size * tile_size, budget, block)
     return TilePlan(
         n_cameras=C, n_splats=N, width=width, height=height, tile_size=tile_size,
         tiles_x=(width + tile_size - 1) // tile_size, tiles_y=(height + tile_size - 1) // tile_size,
-        n_isects=int(isect_flat.numel()), tiles_per_gauss=tiles_per_gauss, tile_counts=counts, chunks=chunks,
+        n_isects=isects.n_isects, tiles_per_gauss=isects.tiles_per_gauss, tile_counts=isects.counts, chunks=chunks,
     )
 
 

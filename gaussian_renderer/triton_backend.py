@@ -4,7 +4,9 @@ Projection, SH evaluation, per-splat features and the depth-sorted tile binning 
 backend's own functions (``torch_backend.prepare_splats``, ``tiles.bin_gaussians``); only the
 per-tile alpha compositing and its backward run as Triton kernels (``triton_kernels.py``): one
 program per (camera, tile) over the flat intersection list, so a frame is two kernel launches
-(forward, backward) whatever the number of tiles, and no host sync beyond the binning's own.
+(forward, backward) whatever the number of tiles. The only host-device sync is the binning's
+sizing of its list, and with ``isect_capacity`` there is none: the whole call, projection to
+image, can then be captured in a CUDA graph (``scene.rendering.GraphedAvatarRenderer``).
 
 Results equal the torch backend's to float32 rounding: same 0.99 clamp, 1/255 skip and 1e-4
 transmittance stop (``compositing.py``), same parameter table. float32 only.
@@ -24,7 +26,7 @@ import torch
 from .backends import backend_import_error
 from .compositing import _conic_table
 from .gsplat_backend import BackendUnavailableError
-from .tiles import bin_gaussians
+from .tiles import Intersections, bin_gaussians
 from .torch_backend import build_meta, finish_render, prepare_splats
 
 _KERNELS_MODULE = "gaussian_renderer.triton_kernels"
@@ -81,14 +83,16 @@ def _launch_config(tile_size: int, n_channels: int) -> dict:
 
 
 class _Binning:
-    """Depth-sorted intersections of ``tiles.bin_gaussians`` and the image / tile layout.
+    """The intersections of ``tiles.bin_gaussians`` and the image / tile layout the kernels need.
 
-    isect (n_isects,) int64 flat splat ids, offsets / counts (C * tiles,) int64."""
+    isect (L,) int64 flat splat ids (L >= 1: the kernels take a pointer), offsets / counts
+    (C * tiles,) int64."""
 
-    def __init__(self, isect, offsets, counts, n_cameras, width, height, tile_size):
-        self.isect = isect if isect.numel() else torch.zeros(1, dtype=torch.int64, device=isect.device)
-        self.offsets = offsets.contiguous()
-        self.counts = counts.contiguous()
+    def __init__(self, isects: Intersections, n_cameras, width, height, tile_size):
+        flat = isects.flat
+        self.isect = flat if flat.numel() else torch.zeros(1, dtype=torch.int64, device=flat.device)
+        self.offsets = isects.offsets.contiguous()
+        self.counts = isects.counts.contiguous()
         self.n_cameras, self.width, self.height, self.tile_size = n_cameras, width, height, tile_size
         self.tiles_x = (width + tile_size - 1) // tile_size
         self.tiles_per_cam = self.tiles_x * ((height + tile_size - 1) // tile_size)
@@ -154,7 +158,7 @@ class _TritonComposite(torch.autograd.Function):
 
 def rasterize_triton(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
-    near_plane, far_plane, sh_degree, backgrounds, render_mode, eps2d, tile_size,
+    near_plane, far_plane, sh_degree, backgrounds, render_mode, eps2d, tile_size, isect_capacity=None,
 ):
     """Rasterize N splats into C cameras with Triton compositing kernels.
 
@@ -163,6 +167,12 @@ def rasterize_triton(
     (N, 3), opacities (N,) or (C, N), colors (N, D) / (C, N, D) or SH (N, K, 3) / (C, N, K, 3),
     viewmats (C, 4, 4), Ks (C, 3, 3), backgrounds (C, D) or None. Returns render (C, H, W, D[+1]),
     alphas (C, H, W, 1) and the meta dict of ``rasterize_torch`` with ``meta["backend"] = "triton"``.
+
+    ``isect_capacity`` None: the intersection list is sized exactly (one host-device sync). An
+    int L: the list has L entries whatever the frame, so the call never waits for the device and
+    can be captured in a CUDA graph; ``meta["n_isects"]`` is then a 0-dim tensor and
+    ``meta["isect_overflow"]`` a 0-dim bool tensor, true when pairs beyond L (the farthest splats')
+    were dropped.
 
     Raises:
         BackendUnavailableError: triton missing, tensors not on CUDA (CPU needs TRITON_INTERPRET=1),
@@ -175,13 +185,14 @@ def rasterize_triton(
         far_plane=far_plane, sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode, eps2d=eps2d)
     proj = inputs.proj
     with torch.no_grad():
-        isect, counts, offsets, tiles_per_gauss = bin_gaussians(
-            proj["means2d"].detach(), proj["radii_xy"], proj["depths"].detach(), proj["visible"],
-            width, height, tile_size)
-    binning = _Binning(isect, offsets, counts, C, width, height, tile_size)
+        isects = bin_gaussians(proj["means2d"].detach(), proj["radii_xy"], proj["depths"].detach(), proj["visible"],
+                               width, height, tile_size, isect_capacity)
+    binning = _Binning(isects, C, width, height, tile_size)
     bg = inputs.backgrounds.contiguous() if inputs.backgrounds is not None else None
     render, alphas = _TritonComposite.apply(proj["means2d"], proj["conics"], inputs.opacities,
                                             inputs.feats, bg, binning)
     render = finish_render(render, alphas, render_mode)
-    meta = build_meta("triton", inputs, tiles_per_gauss, int(isect.numel()), width, height, tile_size)
+    meta = build_meta("triton", inputs, isects.tiles_per_gauss, isects.n_isects, width, height, tile_size)
+    if isects.overflow is not None:
+        meta["isect_overflow"] = isects.overflow
     return render, alphas, meta

@@ -52,12 +52,15 @@ def _normalize(v: torch.Tensor, eps: float = _EPS) -> Tuple[torch.Tensor, torch.
     return v / n.clamp_min(eps), n
 
 
+def _axis(like: torch.Tensor, i: int) -> torch.Tensor:
+    """Unit axis ``i`` broadcast to ``like``'s (..., 3), made on its device (no host data to copy
+    there: the render path stays free of transfers for CUDA graphs)."""
+    return torch.eye(3, dtype=like.dtype, device=like.device)[i].expand_as(like)
+
+
 def _any_perpendicular(a: torch.Tensor) -> torch.Tensor:
     """A unit vector perpendicular to unit ``a (..., 3)`` (used only for degenerate triangles)."""
-    ex = torch.zeros_like(a)
-    ex[..., 0] = 1.0
-    ey = torch.zeros_like(a)
-    ey[..., 1] = 1.0
+    ex, ey = _axis(a, 0), _axis(a, 1)
     # Cross with whichever axis is least parallel to a, so the result is never ~0.
     use_y = a[..., :1].abs() > 0.9
     helper = torch.where(use_y, ey, ex)
@@ -86,9 +89,7 @@ def triangle_frames(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-10
     e2 = v2 - v0
 
     a0, len_e1 = _normalize(e1)
-    ex = torch.zeros_like(a0)
-    ex[..., 0] = 1.0
-    a0 = torch.where(len_e1 > eps, a0, ex)
+    a0 = torch.where(len_e1 > eps, a0, _axis(a0, 0))
 
     a1, len_n = _normalize(torch.cross(a0, e2, dim=-1))
     a1 = torch.where(len_n > eps, a1, _any_perpendicular(a0))

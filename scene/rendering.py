@@ -33,6 +33,7 @@ def render_avatar(
     use_feature_lines: bool = True,
     sh_degree: int | None = None,
     timer: PhaseTimer = DISABLED,
+    isect_capacity: int | None = None,
 ) -> RenderResult:
     """Render the avatar posed by ``vertices`` (V, 3) from one camera.
 
@@ -43,6 +44,9 @@ def render_avatar(
         sh_degree: active SH degree for per-splat colour (GA's progressive schedule); None = all.
         timer: charges the splat decoders and the rasterization to phases "decoders" and
             "rasterization" (bench/step_profile.py).
+        isect_capacity: None, or (backend "triton") the fixed length of the rasterizer's
+            intersection list: the whole call then makes no host-device sync and can be captured
+            in a CUDA graph (:class:`GraphedAvatarRenderer`); see ``gaussian_renderer.rasterize``.
     """
     # Camera centre -R^T t of the rigid world-to-camera map (no linalg.inv: it syncs on CUDA).
     camera_center = -viewmat[:3, :3].T @ viewmat[:3, 3]
@@ -61,8 +65,82 @@ def render_avatar(
             splats["means"], splats["quats"], splats["scales"], splats["opacities"], colors,
             viewmat[None], K[None], width, height,
             sh_degree=degree, backgrounds=background[None], backend=backend, tile_size=tile_size,
+            isect_capacity=isect_capacity,
         )
     return RenderResult(rgb[0], alpha[0], meta, splats)
+
+
+class GraphedAvatarRenderer:
+    """:func:`render_avatar` captured once in a CUDA graph and replayed for every frame.
+
+    A frame of the full avatar launches a few hundred small kernels (decoders, projection,
+    binning); replaying them as one graph removes the host's launch cost, which bounds the frame
+    rate on a fast GPU. The Triton backend with a fixed intersection capacity makes the path free
+    of host-device syncs, which capture requires. The capacity is the first frame's number of
+    (tile, splat) pairs times ``headroom``; a later frame that needs more is rendered again with a
+    graph captured for twice its count (``check_overflow``), so images never lose splats.
+
+    Usage (CUDA tensors, one image size and camera count per renderer)::
+
+        renderer = GraphedAvatarRenderer(avatar, width, height, background)
+        image, alpha = renderer(vertices, expr, jaw_pose, viewmat, K)  # (H, W, 3), (H, W, 1)
+
+    The returned tensors are the graph's own outputs, overwritten by the next call: clone them to
+    keep them. The avatar's parameters are read in place, so edits to them show in later frames;
+    adding or removing splats needs a new renderer.
+    """
+
+    def __init__(self, avatar: GaussianAvatar, width: int, height: int, background: torch.Tensor,
+                 use_feature_lines: bool = True, headroom: float = 1.5, check_overflow: bool = True):
+        """background (3,) on the CUDA device the frames will use."""
+        if not background.is_cuda:
+            raise ValueError(f"GraphedAvatarRenderer needs CUDA tensors (CUDA graphs), got a background on "
+                             f"'{background.device}'; use render_avatar on this device")
+        self.avatar, self.width, self.height, self.background = avatar, width, height, background
+        self.use_feature_lines, self.headroom, self.check_overflow = use_feature_lines, headroom, check_overflow
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capacity = 0
+        self.captures = 0
+
+    def _render(self, inputs: dict, capacity: int | None) -> RenderResult:
+        return render_avatar(self.avatar, inputs["vertices"], inputs["expr"], inputs["jaw_pose"], inputs["viewmat"],
+                             inputs["K"], self.width, self.height, self.background, backend="triton",
+                             use_feature_lines=self.use_feature_lines, isect_capacity=capacity)
+
+    def _capture(self, frame: dict, capacity: int) -> None:
+        self.inputs = {k: v.detach().clone() for k, v in frame.items()}
+        self.capacity = capacity
+        # Warm-up on a side stream (Triton compiles its kernels, the allocator settles), as
+        # torch.cuda.graphs asks, then capture on the same side stream.
+        stream = torch.cuda.Stream(device=self.background.device)
+        stream.wait_stream(torch.cuda.current_stream(self.background.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._render(self.inputs, capacity)
+        torch.cuda.current_stream(self.background.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            result = self._render(self.inputs, capacity)
+        self.image, self.alpha = result.image, result.alpha
+        self.n_isects, self.overflow = result.meta["n_isects"], result.meta["isect_overflow"]
+        self.captures += 1
+
+    @torch.no_grad()
+    def __call__(self, vertices: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor, viewmat: torch.Tensor,
+                 K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """vertices (V, 3), expr (n_expr,), jaw_pose (3,), viewmat (4, 4), K (3, 3) ->
+        image (H, W, 3), alpha (H, W, 1)."""
+        frame = {"vertices": vertices, "expr": expr, "jaw_pose": jaw_pose, "viewmat": viewmat, "K": K}
+        if self.graph is None:
+            pairs = self._render(frame, None).meta["n_isects"]  # an int: the one sync of the setup
+            self._capture(frame, max(1024, int(pairs * self.headroom)))
+        for key, value in frame.items():
+            self.inputs[key].copy_(value)
+        self.graph.replay()
+        if self.check_overflow and bool(self.overflow):  # a sync; a viewer reads the image anyway
+            self._capture(frame, 2 * int(self.n_isects))
+            self.graph.replay()
+        return self.image, self.alpha
 
 
 @torch.no_grad()
@@ -73,7 +151,9 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: t
 
     The frame rate is timed with no synchronisation inside the loop (as a viewer would run);
     the split into phases comes from a second, phase-synchronised pass.
-    Returns {"fps", "ms_per_frame", "ms_decoders", "ms_rasterization", "frames_timed"}.
+    Returns {"fps", "ms_per_frame", "ms_decoders", "ms_rasterization", "frames_timed"}; on CUDA
+    with the Triton backend also the same frame replayed as a CUDA graph
+    (:class:`GraphedAvatarRenderer`): "fps_cuda_graph", "ms_per_frame_cuda_graph", "isect_capacity".
     """
     def render(timer=DISABLED):
         return render_avatar(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, background,
@@ -92,5 +172,19 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: t
     for _ in range(frames):
         render(timer)
     phases = timer.mean_ms(frames)
-    return {"fps": 1.0 / seconds, "ms_per_frame": 1000.0 * seconds, "ms_decoders": phases.get("decoders", 0.0),
-            "ms_rasterization": phases.get("rasterization", 0.0), "frames_timed": frames}
+    result = {"fps": 1.0 / seconds, "ms_per_frame": 1000.0 * seconds, "ms_decoders": phases.get("decoders", 0.0),
+              "ms_rasterization": phases.get("rasterization", 0.0), "frames_timed": frames}
+    if vertices.is_cuda and backend == "triton":
+        graphed = GraphedAvatarRenderer(avatar, width, height, background, check_overflow=False)
+        graphed(vertices, expr, jaw_pose, viewmat, K)  # capture
+        sync()
+        start = time.perf_counter()
+        for _ in range(frames):
+            graphed(vertices, expr, jaw_pose, viewmat, K)
+        sync()
+        seconds = (time.perf_counter() - start) / frames
+        if bool(graphed.overflow):  # the same frame as the capture's: cannot happen, but never report a cut image
+            raise RuntimeError("the CUDA-graph render dropped intersections")
+        result.update(fps_cuda_graph=1.0 / seconds, ms_per_frame_cuda_graph=1000.0 * seconds,
+                      isect_capacity=graphed.capacity)
+    return result

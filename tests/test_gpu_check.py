@@ -26,6 +26,8 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     render, train = torch_part["render"], torch_part["train"]
     assert render["fps"] > 0 and render["ms_decoders"] > 0 and render["ms_rasterization"] > 0
     assert (render["width"], render["height"]) == (55, 80) and render["splats"] > 1000
+    assert render["sync_points_per_frame"]["count"] is None  # CUDA's sync debug mode: GPU only
+    assert "fps_cuda_graph" not in render  # CUDA graphs: triton on CUDA only
     assert train["iterations_per_second"] > 0
     assert set(train["phases_ms"]) == {"data", "flame", "decoders", "rasterization", "loss", "backward",
                                        "optimisers", "densification"}

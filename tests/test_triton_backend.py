@@ -260,7 +260,7 @@ def test_transmittance_stop_forward_and_gradients():
     # the product far below it; the tiles' lists are longer than two kernel chunks
     assert T.min() >= 1e-4 * (1 - 1e-3) and T.max() < 1e-2
     with torch.no_grad():
-        counts = bin_gaussians(meta["means2d"], meta["radii_xy"], meta["depths"], meta["visible"], W, H, 8)[1]
+        counts = bin_gaussians(meta["means2d"], meta["radii_xy"], meta["depths"], meta["visible"], W, H, 8).counts
     assert (counts > 64).sum() >= 10
     torch.testing.assert_close(alpha, talpha, rtol=0, atol=1e-6)
     torch.testing.assert_close(alpha, ralpha, rtol=0, atol=1e-6)
@@ -308,6 +308,52 @@ def test_compositing_rules_on_one_pixel():
     torch.testing.assert_close(img[:, py, px], torch.tensor([[0.99, 0.01, 0.0]] * 2), rtol=1e-6, atol=1e-7)
     _, _, _, tgrads = render(rasterize_torch, scene, grad=True)
     assert_grads_close(grads, tgrads)
+
+
+# ---------------------------------------------------------------------------------------------
+# a fixed intersection capacity: no host-device sync (CUDA graphs)
+
+
+@kernel_test
+def test_fixed_capacity_renders_the_same_and_flags_overflow():
+    scene = small_scene(n=80, seed=1)
+    img, alpha, meta, grads = render(rasterize_triton, scene, grad=True, render_mode="RGB+D")
+    n = meta["n_isects"]
+    cimg, calpha, cmeta, cgrads = render(rasterize_triton, scene, grad=True, render_mode="RGB+D",
+                                         isect_capacity=n + 13)
+    assert torch.equal(cimg, img) and torch.equal(calpha, alpha)
+    for key in grads:
+        assert torch.equal(cgrads[key], grads[key]), key
+    assert int(cmeta["n_isects"]) == n and not bool(cmeta["isect_overflow"])
+    # too small: the farthest splats' pairs are dropped, and the meta says so
+    simg, salpha, smeta, _ = render(rasterize_triton, scene, render_mode="RGB+D", isect_capacity=n // 2)
+    assert bool(smeta["isect_overflow"]) and int(smeta["n_isects"]) == n
+    assert (salpha - alpha).abs().max() > 1e-3
+
+
+@kernel_test
+def test_avatar_render_path_with_a_capacity_makes_no_sync():
+    """Decoders + projection + binning + the Triton kernels, as a CUDA graph would capture them;
+    the exact-size call's one sync is there to show that the audit sees the path."""
+    from sync_audit import SyncAudit
+    from test_sync_free_render import small_avatar, avatar_frame
+
+    from scene.rendering import render_avatar
+
+    avatar, verts = small_avatar()
+    f = avatar_frame()
+    bg = torch.tensor([1.0, 0.5, 0.0])
+    with torch.no_grad():
+        exact = render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, bg,
+                              backend="triton")
+        with SyncAudit() as audit:
+            fixed = render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, bg,
+                                  backend="triton", isect_capacity=exact.meta["n_isects"] + 100)
+        assert audit.syncs == []
+        with SyncAudit() as audit:
+            render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, bg, backend="triton")
+        assert audit.syncs == ["_local_scalar_dense.default"]
+    assert torch.equal(fixed.image, exact.image) and exact.alpha.max() > 0.5
 
 
 # ---------------------------------------------------------------------------------------------

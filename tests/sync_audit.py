@@ -1,0 +1,46 @@
+"""Host-device synchronisations, found on the CPU: a dispatch mode that records every ATen call
+which, on a CUDA tensor, makes the host wait for the device (or copies host data to it, which a
+CUDA graph cannot capture).
+
+On a GPU, ``torch.cuda.set_sync_debug_mode("error")`` is the authority (bench/gpu_check.py counts
+syncs that way); this audit lets ``./test.sh`` hold a code path sync-free on machines without one.
+What it sees is what goes through the dispatcher: Python reading a CPU tensor's memory directly
+(``tolist()``, ``numpy()``) does not, and on CUDA those are device-to-host copies that the GPU
+check catches.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# Calls that wait for the device whatever their arguments: a scalar read (item(), int(), float(),
+# bool(), `if tensor`), output sizes that depend on the data, error checks read on the host.
+ALWAYS = {"_local_scalar_dense", "nonzero", "masked_select", "bincount", "_unique", "_unique2", "unique_dim",
+          "unique_consecutive", "_linalg_check_errors", "equal", "is_nonzero", "argwhere"}
+# A tensor made from Python data (torch.tensor(...), t[i] = 3.0): a host-to-device copy on CUDA.
+HOST_DATA = {"lift_fresh", "lift_fresh_copy"}
+# Indexing with a boolean mask compacts it first (nonzero).
+INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+
+def _has_bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (indices or ()))
+
+
+class SyncAudit(TorchDispatchMode):
+    """``with SyncAudit() as audit: ...`` then ``audit.syncs``: the offending calls, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if (name in ALWAYS or name in HOST_DATA
+                or (name in INDEXING and _has_bool_index(args))
+                # the (repeats) form that every repeat_interleave reaches: sized by a sync unless told
+                or (func is torch.ops.aten.repeat_interleave.Tensor and kwargs.get("output_size") is None)):
+            self.syncs.append(f"{name}.{func._overloadname}")
+        return func(*args, **kwargs)
