@@ -125,18 +125,15 @@ def bin_gaussians(
     # the sizes then add up to `capacity` exactly, so repeat_interleave needs no sync to size it.
     start = (end - cnt).clamp_max(capacity)
     kept = end.clamp_max(capacity) - start
-    end_kept = start + kept
-    pad = capacity - (end_kept[-1] if end_kept.numel() else torch.zeros_like(n_isects))
+    pad = (capacity - n_isects).clamp_min(0)
     rows = torch.repeat_interleave(torch.arange(C * N + 1, device=device), torch.cat([kept, pad.reshape(1)]),
                                    output_size=capacity)  # (L,) row of `order` (C*N = padding)
 
     # per row: [first tile of its box, box width, first list index, flat splat id]; padding row last
-    flat_sorted = order
-    cam = torch.div(flat_sorted, N, rounding_mode="floor") if N else flat_sorted
-    first = (cam * tpc + y0.reshape(-1).index_select(0, flat_sorted) * tiles_x
-             + x0.reshape(-1).index_select(0, flat_sorted))
-    width_tiles = (x1 - x0).reshape(-1).index_select(0, flat_sorted)
-    info = torch.stack([first, width_tiles, start, flat_sorted], dim=1)
+    cam = torch.div(order, N, rounding_mode="floor") if N else order
+    first = cam * tpc + y0.reshape(-1).index_select(0, order) * tiles_x + x0.reshape(-1).index_select(0, order)
+    width_tiles = (x1 - x0).reshape(-1).index_select(0, order)
+    info = torch.stack([first, width_tiles, start, order], dim=1)
     # the padding row: tile C * tiles (sorts after every real tile), width 1, the dummy splat;
     # built with fills on the device (a host tensor copied over would be a transfer)
     pad_row = torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in (C * tpc, 1, 0, dummy)])

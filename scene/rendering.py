@@ -99,8 +99,11 @@ class GraphedAvatarRenderer:
         self.avatar, self.width, self.height, self.background = avatar, width, height, background
         self.use_feature_lines, self.headroom, self.check_overflow = use_feature_lines, headroom, check_overflow
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.capacity = 0
+        self.capacity = 0  # the captured graph's intersection capacity
         self.captures = 0
+        # The graph's own tensors: its inputs (copied into before each replay) and outputs.
+        self.inputs: dict = {}
+        self.image = self.alpha = self.n_isects = self.overflow = None
 
     def _render(self, inputs: dict, capacity: int | None) -> RenderResult:
         return render_avatar(self.avatar, inputs["vertices"], inputs["expr"], inputs["jaw_pose"], inputs["viewmat"],
