@@ -15,7 +15,8 @@ Sections:
                rendering of the full avatar (~100k splats: model.init_splats_per_triangle=12) at
                550x802: FPS and ms per phase (decoders, rasterization), synchronised, after
                warm-up, the host-device syncs of one frame, and for triton the FPS of the same
-               frame replayed as one CUDA graph (scene.rendering.GraphedAvatarRenderer);
+               frame replayed as one CUDA graph (scene.rendering.GraphedAvatarRenderer) and the
+               syncs of a frame with a fixed intersection capacity (must be 0);
                training of the tensorial config: iterations per second, ms per phase of the
                step, peak GPU memory, and the host-device synchronisations of one step.
 
@@ -190,6 +191,10 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
             syncs = _sync_points(lambda: render_avatar(*inputs, backend=name), device)
         out["render"] = {**render, "splats": len(trainer.avatar.gaussians), "width": frame.width,
                          "height": frame.height, "sync_points_per_frame": syncs}
+        if "isect_capacity" in render:  # triton on CUDA: the CUDA-graph path, which must show none
+            with torch.no_grad():
+                out["render"]["sync_points_per_frame_fixed_capacity"] = _sync_points(
+                    lambda: render_avatar(*inputs, backend=name, isect_capacity=render["isect_capacity"]), device)
     except Exception as exc:
         out["render_error"] = _first_line(exc)
     try:
@@ -245,6 +250,9 @@ def summary_markdown(result: dict) -> str:
         worst = max(par.get("grad_rel", {}).items(), key=lambda kv: kv[1], default=("", float("nan")))
         syncs = tr.get("sync_points_per_step", {}).get("count")
         frame_syncs = ren.get("sync_points_per_frame", {}).get("count")
+        fixed_syncs = ren.get("sync_points_per_frame_fixed_capacity", {}).get("count")
+        if fixed_syncs is not None:
+            frame_syncs = f"{frame_syncs} ({fixed_syncs} with a fixed capacity)"
         fmt = lambda v, f: "" if v is None or v == "" else format(v, f)  # noqa: E731
         lines.append(
             f"| {name} | {'yes' if b.get('available') else 'no'} | {fmt(par.get('image_max_abs'), '.2e')} | "

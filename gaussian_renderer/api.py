@@ -191,11 +191,11 @@ def rasterize(
         backend = select_backend("auto", dev).name if dt == torch.float32 else "torch"
     kwargs = dict(near_plane=float(near_plane), far_plane=float(far_plane), sh_degree=sh_degree,
                   backgrounds=backgrounds, render_mode=render_mode, eps2d=float(eps2d), tile_size=tile_size)
-    if backend == "gsplat":
-        return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)
     if isect_capacity is not None and backend != "triton":
         _fail(f"`isect_capacity` (a sync-free, CUDA-graph-capturable call) needs backend='triton', "
               f"got backend {backend!r}; leave it None for the other backends")
+    if backend == "gsplat":
+        return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs)
     if backend == "triton":
         from .triton_backend import rasterize_triton  # imports triton: only when asked for
         return rasterize_triton(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs,

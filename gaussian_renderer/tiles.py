@@ -87,7 +87,8 @@ def bin_gaussians(
         host-device sync to size it) or a fixed length L. With a fixed length nothing here waits
         for the device (every size is known on the host), so the call can be captured in a CUDA
         graph; pairs beyond L are dropped, the farthest splats' first (the list is built in global
-        depth order before it is grouped by tile), and ``overflow`` says so.
+        depth order before it is grouped by tile; with several cameras that order spans them
+        all), and ``overflow`` says so.
     Returns :class:`Intersections`.
     """
     C, N = depths.shape

@@ -70,6 +70,11 @@ def render_avatar(
     return RenderResult(rgb[0], alpha[0], meta, splats)
 
 
+def tensor_signature(tensors) -> tuple:
+    """(address, shape, dtype, device) of each tensor: what a captured CUDA graph has baked in."""
+    return tuple((t.data_ptr(), tuple(t.shape), t.dtype, t.device) for t in tensors)
+
+
 class GraphedAvatarRenderer:
     """:func:`render_avatar` captured once in a CUDA graph and replayed for every frame.
 
@@ -77,33 +82,43 @@ class GraphedAvatarRenderer:
     binning); replaying them as one graph removes the host's launch cost, which bounds the frame
     rate on a fast GPU. The Triton backend with a fixed intersection capacity makes the path free
     of host-device syncs, which capture requires. The capacity is the first frame's number of
-    (tile, splat) pairs times ``headroom``; a later frame that needs more is rendered again with a
-    graph captured for twice its count (``check_overflow``), so images never lose splats.
+    (tile, splat) pairs times ``headroom``; with ``check_overflow`` a later frame that needs more
+    is rendered again by a graph captured for twice its count, so images never lose splats (that
+    check reads one flag back: a sync per frame; without it, read ``renderer.overflow`` yourself).
 
-    Usage (CUDA tensors, one image size and camera count per renderer)::
+    Usage (one image size per renderer)::
 
         renderer = GraphedAvatarRenderer(avatar, width, height, background)
         image, alpha = renderer(vertices, expr, jaw_pose, viewmat, K)  # (H, W, 3), (H, W, 1)
 
-    The returned tensors are the graph's own outputs, overwritten by the next call: clone them to
-    keep them. The avatar's parameters are read in place, so edits to them show in later frames;
-    adding or removing splats needs a new renderer.
+    ``image`` and ``alpha`` are the renderer's own buffers, the same tensors on every call and
+    overwritten by the next one: clone them to keep a frame. The graph reads the avatar's
+    parameters in place, so optimiser steps show in later frames; when any of its tensors is
+    replaced (densification, ``.to()``, loading), the next call captures a new graph.
     """
+
+    FRAME_KEYS = ("vertices", "expr", "jaw_pose", "viewmat", "K")
 
     def __init__(self, avatar: GaussianAvatar, width: int, height: int, background: torch.Tensor,
                  use_feature_lines: bool = True, headroom: float = 1.5, check_overflow: bool = True):
-        """background (3,) on the CUDA device the frames will use."""
+        """background (3,) on the CUDA device the frames will be rendered on."""
         if not background.is_cuda:
             raise ValueError(f"GraphedAvatarRenderer needs CUDA tensors (CUDA graphs), got a background on "
                              f"'{background.device}'; use render_avatar on this device")
         self.avatar, self.width, self.height, self.background = avatar, width, height, background
         self.use_feature_lines, self.headroom, self.check_overflow = use_feature_lines, headroom, check_overflow
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.device = background.device
+        self.image = torch.zeros(height, width, 3, device=self.device)
+        self.alpha = torch.zeros(height, width, 1, device=self.device)
         self.capacity = 0  # the captured graph's intersection capacity
         self.captures = 0
-        # The graph's own tensors: its inputs (copied into before each replay) and outputs.
-        self.inputs: dict = {}
-        self.image = self.alpha = self.n_isects = self.overflow = None
+        self.n_isects = self.overflow = None  # the graph's (tile, splat) pair count and overflow flag
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._inputs: dict = {}  # the graph's input buffers, copied into before each replay
+        self._baked: tuple = ()  # tensor_signature of what the graph reads besides its inputs
+
+    def _read_tensors(self) -> tuple:
+        return tensor_signature([*self.avatar.parameters(), *self.avatar.buffers(), self.background])
 
     def _render(self, inputs: dict, capacity: int | None) -> RenderResult:
         return render_avatar(self.avatar, inputs["vertices"], inputs["expr"], inputs["jaw_pose"], inputs["viewmat"],
@@ -111,38 +126,54 @@ class GraphedAvatarRenderer:
                              use_feature_lines=self.use_feature_lines, isect_capacity=capacity)
 
     def _capture(self, frame: dict, capacity: int) -> None:
-        self.inputs = {k: v.detach().clone() for k, v in frame.items()}
-        self.capacity = capacity
-        # Warm-up on a side stream (Triton compiles its kernels, the allocator settles), as
-        # torch.cuda.graphs asks, then capture on the same side stream.
-        stream = torch.cuda.Stream(device=self.background.device)
-        stream.wait_stream(torch.cuda.current_stream(self.background.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._render(self.inputs, capacity)
-        torch.cuda.current_stream(self.background.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            result = self._render(self.inputs, capacity)
-        self.image, self.alpha = result.image, result.alpha
+        inputs = {k: v.detach().to(self.device, torch.float32).clone() for k, v in frame.items()}
+        with torch.cuda.device(self.device):
+            # Warm-up on a side stream (Triton compiles its kernels, the allocator settles), as
+            # torch.cuda.graphs asks; then capture on it. Other threads' CUDA work (a viewer's)
+            # may go on meanwhile: thread-local capture errors.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._render(inputs, capacity)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                result = self._render(inputs, capacity)
+                self.image.copy_(result.image)
+                self.alpha.copy_(result.alpha)
+        # Only now, so that a capture that raised leaves the previous graph working.
+        self._graph, self._inputs, self.capacity = graph, inputs, capacity
         self.n_isects, self.overflow = result.meta["n_isects"], result.meta["isect_overflow"]
+        self._baked = self._read_tensors()
         self.captures += 1
+
+    def _frame(self, values: tuple) -> dict:
+        frame = dict(zip(self.FRAME_KEYS, values))
+        for key, value in frame.items():
+            if not (torch.is_tensor(value) and value.is_floating_point()):
+                raise ValueError(f"GraphedAvatarRenderer: `{key}` must be a floating-point tensor, got "
+                                 f"{type(value).__name__ if not torch.is_tensor(value) else value.dtype}")
+            if self._inputs and value.shape != self._inputs[key].shape:
+                raise ValueError(f"GraphedAvatarRenderer: `{key}` has shape {tuple(value.shape)}, but the captured "
+                                 f"graph takes {tuple(self._inputs[key].shape)}; make a new renderer for it")
+        return frame
 
     @torch.no_grad()
     def __call__(self, vertices: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor, viewmat: torch.Tensor,
                  K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """vertices (V, 3), expr (n_expr,), jaw_pose (3,), viewmat (4, 4), K (3, 3) ->
         image (H, W, 3), alpha (H, W, 1)."""
-        frame = {"vertices": vertices, "expr": expr, "jaw_pose": jaw_pose, "viewmat": viewmat, "K": K}
-        if self.graph is None:
-            pairs = self._render(frame, None).meta["n_isects"]  # an int: the one sync of the setup
+        frame = self._frame((vertices, expr, jaw_pose, viewmat, K))
+        if self._graph is None or self._baked != self._read_tensors():
+            pairs = self._render(frame, None).meta["n_isects"]  # an int: the one sync of a capture
             self._capture(frame, max(1024, int(pairs * self.headroom)))
         for key, value in frame.items():
-            self.inputs[key].copy_(value)
-        self.graph.replay()
-        if self.check_overflow and bool(self.overflow):  # a sync; a viewer reads the image anyway
+            self._inputs[key].copy_(value)
+        self._graph.replay()
+        if self.check_overflow and bool(self.overflow):
             self._capture(frame, 2 * int(self.n_isects))
-            self.graph.replay()
+            self._graph.replay()
         return self.image, self.alpha
 
 
@@ -186,7 +217,7 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: t
             graphed(vertices, expr, jaw_pose, viewmat, K)
         sync()
         seconds = (time.perf_counter() - start) / frames
-        if bool(graphed.overflow):  # the same frame as the capture's: cannot happen, but never report a cut image
+        if bool(graphed.overflow):  # the capture's own frame: cannot happen, but never time a cut image
             raise RuntimeError("the CUDA-graph render dropped intersections")
         result.update(fps_cuda_graph=1.0 / seconds, ms_per_frame_cuda_graph=1000.0 * seconds,
                       isect_capacity=graphed.capacity)

@@ -98,6 +98,9 @@ def test_the_audit_finds_syncs():
         "lift_fresh": lambda: x.new_tensor([1.0]) + torch.tensor(2.0),
         "_linalg_check_errors": lambda: torch.linalg.inv(torch.eye(3)),
         "bincount": lambda: torch.bincount(x.long()),
+        "allclose": lambda: torch.allclose(x, x),
+        "histc": lambda: torch.histc(x),
+        "masked_fill": lambda: x.masked_fill(x > 3, x.sum()),
     }
     for name, fn in cases.items():
         with SyncAudit() as audit:
@@ -158,8 +161,9 @@ def test_avatar_decoders_make_no_sync():
 
 def test_capacity_is_for_the_triton_backend_only():
     scene = make_scene(n=20, seed=0)
-    with pytest.raises(RasterizerArgumentError, match="`isect_capacity` .* needs backend='triton'"):
-        rasterize(**scene, width=W, height=H, backend="torch", isect_capacity=1000)
+    for backend in ("torch", "gsplat"):
+        with pytest.raises(RasterizerArgumentError, match="`isect_capacity` .* needs backend='triton'"):
+            rasterize(**scene, width=W, height=H, backend=backend, isect_capacity=1000)
     with pytest.raises(RasterizerArgumentError, match="`isect_capacity` must be None or a positive int"):
         rasterize(**scene, width=W, height=H, backend="triton", isect_capacity=0)
 
@@ -226,5 +230,26 @@ def test_graphed_renderer_recaptures_when_a_frame_needs_more_pairs():
     renderer = GraphedAvatarRenderer(avatar, W, H, bg, headroom=0.5)
     image, alpha = renderer(verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"])
     assert renderer.captures == 2 and renderer.capacity == 2 * int(renderer.n_isects) > 2048
+    assert image is renderer.image and alpha is renderer.alpha  # the same buffers across captures
     torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
     torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-5)
+
+
+@cuda_only
+def test_graphed_renderer_recaptures_when_the_avatar_tensors_are_replaced():
+    """Densification replaces parameters: the old graph would read freed memory."""
+    avatar, verts = small_avatar()
+    avatar, verts = avatar.cuda(), verts.cuda()
+    bg = torch.ones(3, device="cuda")
+    f = avatar_frame("cuda")
+    renderer = GraphedAvatarRenderer(avatar, W, H, bg)
+    renderer(verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"])
+    params = avatar.gaussians.params
+    params["opacity"] = torch.nn.Parameter(params["opacity"].detach() - 2.0)
+    image, alpha = renderer(verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"])
+    assert renderer.captures == 2
+    ref_image, ref_alpha = _eager(avatar, verts, f, bg)
+    torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="`expr` has shape \\(2,\\), but the captured graph takes \\(4,\\)"):
+        renderer(verts, f["expr"][:2], f["jaw_pose"], f["viewmat"], f["K"])
