@@ -53,8 +53,8 @@ def _normalize(v: torch.Tensor, eps: float = _EPS) -> Tuple[torch.Tensor, torch.
 
 
 def _axis(like: torch.Tensor, i: int) -> torch.Tensor:
-    """Unit axis ``i`` broadcast to ``like``'s (..., 3), made on its device (no host data to copy
-    there: the render path stays free of transfers for CUDA graphs)."""
+    """Unit axis ``i`` broadcast to ``like``'s (..., 3), made on its device from no host data (the
+    render path's sync audit, tests/sync_audit.py, flags tensors built from Python values)."""
     return torch.eye(3, dtype=like.dtype, device=like.device)[i].expand_as(like)
 
 
