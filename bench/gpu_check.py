@@ -8,6 +8,9 @@ fail or hang), inside one overall budget, so the whole check fits one call of at
 
 Sections:
   environment  GPU, driver, torch and CUDA versions, nvcc, gsplat and triton versions;
+  tests        the test files whose CUDA-only tests the CPU suite skips (CUDA graphs, compiled
+               Triton kernels, gsplat and the torch backend on CUDA), through pytest: the summary
+               line and every failure;
   subject      a full-resolution synthetic subject (scripts/make_synthetic_subject.py --preset
                nersemble, fewer timesteps), generated on all cores;
   per backend  available or the first line of why not; parity with the torch backend on the CPU
@@ -66,8 +69,12 @@ SIZES = {
                           "--free-timesteps", "1", "--train-sequences", "1"],
               "splats_per_triangle": 1, "render_frames": 1, "train_warmup": 1, "train_steps": 1},
 }
+# The test files whose CUDA-only tests the CPU suite skips (CUDA graphs, compiled Triton kernels,
+# gsplat against torch, the torch backend on CUDA); on the CPU only the first (the section's own test).
+CUDA_TESTS = ["tests/test_sync_free_render.py", "tests/test_triton_backend.py", "tests/test_rasterizer.py",
+              "tests/test_backends.py"]
 # Seconds each part may take at most (the overall budget may cut them shorter).
-LIMITS = {"subject": 180, "torch": 150, "triton": 150, "gsplat": 240}
+LIMITS = {"tests": 150, "subject": 180, "torch": 150, "triton": 150, "gsplat": 240}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,12 +241,32 @@ def make_subject(data: Path, size_name: str, limit: float) -> tuple[dict | None,
             "settings": manifest["settings"]}, None
 
 
+def run_cuda_tests(files: list[str], limit: float) -> dict:
+    """pytest over ``files`` in a subprocess: its summary line and the FAILED / ERROR lines."""
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *files]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(limit, 1), cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"files": files, "error": f"timed out after {limit:.0f} s", "seconds": time.perf_counter() - start}
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    summary = next((ln.strip("= ") for ln in reversed(lines) if " in " in ln and ("passed" in ln or "failed" in ln
+                                                                                   or "error" in ln)), "")
+    return {"files": files, "exit_code": res.returncode, "summary": summary or "\n".join(lines[-3:]),
+            "failures": [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))][:40],
+            "seconds": time.perf_counter() - start}
+
+
 def summary_markdown(result: dict) -> str:
     env = result["environment"]
     lines = ["# GPU check", "",
              f"{env.get('gpu', 'no GPU')} ({env.get('nvidia_smi', '')}); torch {env['torch']} (CUDA {env['torch_cuda']}); "
              f"nvcc: {env['nvcc']}; gsplat {env['gsplat']}; triton {env['triton']}; device {result['device']}, "
              f"sizes {result['size']}; {result['seconds']:.0f} s in all.", ""]
+    tests = result.get("tests")
+    if tests:
+        lines += [f"Tests ({', '.join(tests['files'])}): {tests.get('summary') or tests.get('error')}", ""]
+        lines += [f"- {ln}" for ln in tests.get("failures", [])] + ([""] if tests.get("failures") else [])
     if result.get("subject_error"):
         lines += [f"Subject: {result['subject_error']}", ""]
     lines += ["| backend | available | image max abs diff | worst relative grad error | render FPS | CUDA-graph FPS | "
@@ -278,6 +305,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes (the CPU test)")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     p.add_argument("--data", help="where the synthetic subject goes (default: a temporary folder)")
+    p.add_argument("--no-tests", dest="tests", action="store_false",
+                   help="skip the CUDA-only tests (run first: " + ", ".join(CUDA_TESTS) + ")")
     p.add_argument("--budget", type=float, default=560.0, help="overall seconds (one 10-minute call)")
     # internal: one backend's section in a subprocess
     p.add_argument("--section", help=argparse.SUPPRESS)
@@ -304,6 +333,10 @@ def main(argv=None) -> int:
     print(f"[gpu_check] environment: {json.dumps(result['environment'])}", flush=True)
     if args.device.startswith("cuda") and not result["environment"]["cuda_available"]:
         result["error"] = "CUDA is not available to this torch"
+    if args.tests and not result.get("error"):
+        files = CUDA_TESTS if size_name == "full" else CUDA_TESTS[:1]
+        result["tests"] = run_cuda_tests(files, min(LIMITS["tests"], deadline - time.perf_counter()))
+        print(f"[gpu_check] tests: {json.dumps(result['tests'])[:600]}", flush=True)
     data_dir = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="gpu_check_data_"))
     subject, err = (None, result.get("error")) if result.get("error") else make_subject(
         data_dir, size_name, min(LIMITS["subject"], deadline - time.perf_counter()))

@@ -18,6 +18,9 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     for key in ("torch", "torch_cuda", "nvcc", "nvidia_smi", "gsplat", "triton"):
         assert key in env
     assert result["subject"]["settings"]["downscale"] == 10
+    tests = result["tests"]  # on the CPU the section runs its first file, whose CUDA tests skip
+    assert tests["files"] == ["tests/test_sync_free_render.py"] and tests["exit_code"] == 0
+    assert " passed" in tests["summary"] and " skipped" in tests["summary"] and tests["failures"] == []
 
     torch_part = result["backends"]["torch"]
     assert torch_part["available"] is True
@@ -38,3 +41,14 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
         assert gsplat_part["why_not"]  # the first line of why not, recorded
     summary = (out / "gpu_check.md").read_text()
     assert "| torch | yes |" in summary and "| gsplat |" in summary
+    assert "Tests (tests/test_sync_free_render.py): " in summary
+
+
+def test_the_tests_section_reports_failures(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+
+    (tmp_path / "test_two.py").write_text("def test_ok():\n    pass\n\n\ndef test_broken():\n    assert 1 == 2\n")
+    part = gpu_check.run_cuda_tests([str(tmp_path / "test_two.py")], 120)
+    assert part["exit_code"] == 1 and "1 failed" in part["summary"] and "1 passed" in part["summary"]
+    assert len(part["failures"]) == 1 and part["failures"][0].startswith("FAILED") and "test_broken" in part["failures"][0]
