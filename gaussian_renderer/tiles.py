@@ -109,11 +109,9 @@ def bin_gaussians(
     per_gauss = ((x1 - x0) * (y1 - y0)) * visible
     tiles_per_gauss = per_gauss.to(torch.int32)
     per_gauss = per_gauss.reshape(-1)
-    if capacity is None:
+    exact = capacity is None
+    if exact:
         capacity = int(per_gauss.sum()) if per_gauss.numel() else 0  # the one sync of the exact size
-        exact = True
-    else:
-        exact = False
     dummy = C * N
 
     # Global depth order (stable: equal depths keep the splat order); splats without a tile last.

@@ -4,8 +4,8 @@ A colour component maps each splat's canonical position and canonical view direc
 colour. Avatars without one (the GaussianAvatars config) keep per-splat SH in their splats
 instead (:class:`scene.gaussian_model.BoundGaussians`). Components share one interface with the
 opacity component (:mod:`scene.opacity`): ``param_groups(optim)``, ``checkpoint_entries()`` and
-``load_checkpoint_entries(entries)`` (names in ``CHECKPOINT_ENTRIES``), which the trainer and the checkpoint code use without
-knowing which components an avatar has.
+``load_checkpoint_entries(entries)`` (names in ``CHECKPOINT_ENTRIES``), which the trainer and the
+checkpoint code use without knowing which components an avatar has.
 """
 from __future__ import annotations
 
