@@ -7,7 +7,7 @@
 
 - Splits of the training subject under the run's protocol (val = novel views, test = self-
   reenactment: the held-out sequence under ``ga``, the subject's FREE sequence under ``paper``;
-  scene/protocols.py): PNGs in ``OUTPUT/<split>/ours_<iteration>/{renders,gt,masks}/`` (the layout
+  scene/data/protocols.py): PNGs in ``OUTPUT/<split>/ours_<iteration>/{renders,gt,masks}/`` (the layout
   evaluate.py scores). ``--camera N``: that camera's frames only.
 - ``--target PATH``: reenactment. The avatar keeps its own shape and static offset; expression,
   jaw, eyes, neck, global pose and translation come from the target's FLAME parameters. Frames are
@@ -31,43 +31,13 @@ folders stay), so that evaluate.py scores exactly this run's frames (e.g. after 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
+from gaussian_renderer import backend_choices_text
+from scene.renderer import Renderer, RenderOptions
+from utils.errors import UserFacingError
 
-from flame_model import MOTION_KEYS
-from gaussian_renderer import select_backend
-from scene.avatar_io import LoadedModel, load_avatar_components, load_model, save_avatar, storage_report
-from scene.datasets import load_sequence, load_subject
-from scene.protocols import protocol_splits, saved_protocol
-from scene.rendering import measure_render_speed, render_avatar
-from utils.cli_common import describe_device, even_subset, pick_device
-from utils.errors import InputFileError, UserFacingError
-from utils.image_io import read_rgb, to_uint8, write_png
-from utils.image_metrics import comparison_panel, psnr
-from utils.subject_ids import own_free_sequence
-
-FRAME_SUBFOLDERS = ("renders", "gt", "masks")
 SPLITS = ("train", "val", "test")
-
-
-def fresh_frame_folders(out: Path, subfolders=FRAME_SUBFOLDERS) -> int:
-    """Create ``out/<sub>/`` for each subfolder and delete the ``*.png`` files in them (what an
-    earlier run of render.py wrote there; nothing else is touched). Returns how many went."""
-    removed = 0
-    for sub in subfolders:
-        folder = out / sub
-        folder.mkdir(parents=True, exist_ok=True)
-        for png in folder.glob("*.png"):
-            if png.is_file() and not png.is_symlink():
-                png.unlink()
-                removed += 1
-    return removed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-frames", type=int, default=0, help="render at most N frames per split/target (evenly spaced)")
     p.add_argument("--flame", help="FLAME model pickle (default: the one training used)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", help="rasterizer: auto | torch | triton | gsplat (default: the training run's)")
+    p.add_argument("--backend", help=f"rasterizer: {backend_choices_text()} (default: the training run's)")
     p.add_argument("--quiet", action="store_true")
     for split in SPLITS:
         p.add_argument(f"--skip_{split}", action="store_true",
@@ -115,315 +85,12 @@ def chosen_splits(args: argparse.Namespace) -> list[str]:
     return [split for split in base if split not in skipped]
 
 
-def override_source_path(renderer: "Renderer", source: str) -> None:
-    """Read the training subject (and its FREE sequence beside it) from ``source``."""
-    folder = Path(source)
-    if not folder.is_dir():
-        raise InputFileError(f"-s {source}: not a folder (expected the subject folder with transforms_*.json)")
-    saved = renderer.model.extra.get("source_path")
-    renderer.model.extra["source_path"] = str(folder.resolve())
-    renderer.log(f"[render] subject read from {folder.resolve()} (-s), not {saved} (config.yaml)")
-
-
-def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
-    """FLAME vertices (B, V, 3) with the avatar's identity and the target's motion.
-
-    Args:
-        motion: dict of (B, ...) tensors with keys expr, rotation, neck_pose, jaw_pose,
-            eyes_pose, translation (the driving frames' FLAME parameters).
-    """
-    return model.flame.motion_vertices(model.shape, motion, model.static_offset)
-
-
-def quiet_renderer(model_path: str, device: str = "auto", backend: str | None = None, iteration: int | None = None,
-                   flame: str | None = None) -> "Renderer":
-    """A :class:`Renderer` of a model folder for other tools (viewer.py, export.py): render.py's
-    options with these values and no log lines; ``backend`` None = the training run's."""
-    argv = ["-m", str(model_path), "--device", device, "--quiet"]
-    for flag, value in (("--backend", backend), ("--iteration", iteration), ("--flame", flame)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return Renderer(parse_args(argv))
-
-
-class Renderer:
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.device = pick_device(args.device)
-        self.model = load_model(args.model_path, args.iteration, flame_path=args.flame, device=self.device)
-        self.model_dir = Path(args.model_path)
-        cfg = self.model.config
-        self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
-        self.backend = select_backend(args.backend or cfg.run.backend, self.device)
-        self.log(f"[render] device {describe_device(self.device)}; {self.backend.describe()}")
-        self._subject = None
-        self.fine_tuned = None
-        ft = self.model.folder / "flame_params.pt"
-        if ft.is_file():
-            self.fine_tuned = {k: v.to(self.device) for k, v in torch.load(ft, weights_only=True).items()}
-
-    def log(self, text: str) -> None:
-        if not self.args.quiet:
-            tqdm.write(text)
-
-    @property
-    def subject(self):
-        """The avatar's training subject (lazily loaded; needed for splits and its camera rig)."""
-        if self._subject is None:
-            source = self.model.extra.get("source_path")
-            if not source:
-                raise InputFileError(f"{self.model_dir}/config.yaml does not name the training subject (source_path)")
-            self._subject = load_subject(source, resolution_scale=self.model.config.run.resolution_scale)
-        return self._subject
-
-    def out_dir(self, name: str) -> Path:
-        return self.model_dir / name / f"ours_{self.model.iteration}"
-
-    @torch.no_grad()
-    def render(self, vertices, expr, jaw, viewmat, K, width, height):
-        return render_avatar(self.model.avatar, vertices, expr, jaw, viewmat.to(self.device), K.to(self.device),
-                             width, height, self.background, backend=self.backend.name).image
-
-    # -- frames with ground truth ---------------------------------------------------------------
-
-    def render_frames(self, name: str, subject, frames: list, motion_fn, camera_frame=None) -> Path:
-        """Render ``frames`` (CameraFrame list) into OUTPUT/<name>/ours_<it>/, with GT where it applies."""
-        out = self.out_dir(name)
-        stale = fresh_frame_folders(out)
-        if stale:
-            self.log(f"[render] removed {stale} frame(s) of an earlier run from {out}")
-        names = []
-        for frame in tqdm(frames, desc=f"render {name}", disable=self.args.quiet, dynamic_ncols=True):
-            motion = motion_fn(frame.timestep)
-            verts = reenactment_vertices(self.model, motion)[0]
-            cam = camera_frame or frame
-            image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], cam.viewmat, cam.K, cam.width, cam.height)
-            write_png(out / "renders" / f"{frame.image_name}.png", image)
-            if camera_frame is None:  # the target's own camera: its photo is the ground truth
-                write_png(out / "gt" / f"{frame.image_name}.png", subject.load_image(frame))
-                mask = subject.load_mask(frame)
-                if mask is not None:
-                    write_png(out / "masks" / f"{frame.image_name}.png", mask)
-            names.append(frame.image_name)
-        self.log(f"[render] {len(names)} frames -> {out}")
-        if self.args.video and names:
-            self.write_videos(out, names)
-        return out
-
-    def motion_from(self, subject, fine_tuned=None):
-        """timestep -> FLAME motion dict (1, ...) of ``subject`` (fine-tuned values when given)."""
-        def motion(timestep: int) -> dict:
-            row = subject.timestep_row[timestep]
-            source = fine_tuned if fine_tuned is not None else subject.flame
-            return {k: source[k][row:row + 1].to(self.device).float() for k in MOTION_KEYS}
-        return motion
-
-    @property
-    def protocol(self) -> str:
-        return saved_protocol(self.model.extra)
-
-    def render_splits(self, splits: list[str]) -> None:
-        """Render the held-out splits of the run's protocol (scene/protocols.py) beside their GT."""
-        subject = self.subject
-        by_protocol = subject.frames if self.protocol == "none" else protocol_splits(subject, self.protocol)
-        camera = self.args.camera
-        if camera is not None and camera not in subject.camera_indices:
-            raise InputFileError(f"--camera {camera}: {subject.root} has no camera with camera_index {camera} "
-                                 f"(available: {sorted(subject.camera_indices)})")
-        for split in splits:
-            if self.protocol == "paper" and split == "test":
-                self.render_free_test()
-                continue
-            frames = [f for f in by_protocol[split] if camera is None or f.camera_index == camera]
-            frames = even_subset(frames, self.args.max_frames)
-            if not frames:
-                seen_by = "" if camera is None else f" seen by camera {camera}"
-                self.log(f"[render] split {split} has no frames{seen_by}; skipped")
-                continue
-            self.render_frames(split, subject, frames, self.motion_from(subject, self.fine_tuned))
-
-    def render_free_test(self) -> None:
-        """The paper protocol's test split: the subject's own FREE sequence, all cameras, driven by
-        its tracked FLAME motion (self-reenactment), scored against its photos."""
-        free, why = own_free_sequence(self.model.extra["source_path"])
-        if free is None:
-            self.log(f"[render] protocol paper: {why}; the test split is skipped")
-            return
-        sequence = load_sequence(free, resolution_scale=self.model.config.run.resolution_scale)
-        camera = self.args.camera
-        frames = even_subset([f for f in sequence.frames["all"] if camera is None or f.camera_index == camera],
-                             self.args.max_frames)
-        self.log(f"[render] protocol paper: test = {free.name} ({len(frames)} frames)")
-        self.render_frames("test", sequence, frames, self.motion_from(sequence))
-
-    def rig_camera(self, index: int):
-        """A frame of the avatar's own rig seen by camera ``index`` (for its K and viewmat)."""
-        for split in ("train", "val", "test"):
-            for frame in self.subject.frames[split]:
-                if frame.camera_index == index:
-                    return frame
-        raise InputFileError(f"--camera {index}: the avatar's subject has no camera with camera_index {index} "
-                             f"(available: {sorted(self.subject.camera_indices)})")
-
-    def render_target(self, target: str) -> None:
-        scale = self.model.config.run.resolution_scale
-        sequence = load_sequence(target, resolution_scale=scale)
-        frames = sequence.frames["all"]
-        if self.args.camera is not None:
-            # One frame per timestep, seen by the avatar's own camera N.
-            seen, unique = set(), []
-            for f in frames:
-                if f.timestep not in seen:
-                    seen.add(f.timestep)
-                    unique.append(f)
-            frames = unique
-        frames = even_subset(frames, self.args.max_frames)
-        if not frames:
-            raise InputFileError(f"{target}: the target has no frames to drive the avatar")
-        name = f"reenact_{Path(target).resolve().name}"
-        camera = self.rig_camera(self.args.camera) if self.args.camera is not None else None
-        if camera is not None:
-            name += f"_cam{self.args.camera:02d}"
-        self.render_frames(name, sequence, frames, self.motion_from(sequence), camera_frame=camera)
-
-    # -- orbit ----------------------------------------------------------------------------------
-
-    def orbit_cameras(self, n: int, reference) -> list[torch.Tensor]:
-        """World-to-camera matrices (4, 4) circling the head at the rig's distance and height."""
-        head = self.model.avatar.canonical_vertices.mean(0).cpu()
-        c2w = torch.linalg.inv(reference.viewmat.cpu())
-        radius = float((c2w[:3, 3] - head).norm())
-        height = float(c2w[1, 3] - head[1])
-        flat = math.sqrt(max(radius ** 2 - height ** 2, 1e-6))
-        mats = []
-        for i in range(n):
-            a = 2 * math.pi * i / n
-            eye = head + torch.tensor([flat * math.sin(a), height, flat * math.cos(a)])
-            forward = torch.nn.functional.normalize(head - eye, dim=0)  # OpenCV camera looks along +z
-            right = torch.nn.functional.normalize(torch.linalg.cross(forward, torch.tensor([0.0, -1.0, 0.0])), dim=0)
-            down = torch.linalg.cross(forward, right)
-            R = torch.stack([right, down, forward])  # world -> camera rows
-            view = torch.eye(4)
-            view[:3, :3] = R
-            view[:3, 3] = -R @ eye
-            mats.append(view)
-        return mats
-
-    def render_orbit(self) -> None:
-        reference = self.rig_camera(8) if any(f.camera_index == 8 for f in self.subject.frames["val"] + self.subject.frames["train"]) else self.subject.frames["train"][0]
-        n = self.args.orbit_frames
-        if self.args.target:
-            sequence = load_sequence(self.args.target, resolution_scale=self.model.config.run.resolution_scale)
-            timesteps = sorted({f.timestep for f in sequence.frames["all"]})
-            motion_fn, name = self.motion_from(sequence), f"orbit_{Path(self.args.target).resolve().name}"
-            timesteps = [timesteps[i % len(timesteps)] for i in range(max(n, len(timesteps)))]
-        else:
-            t = self.args.timestep if self.args.timestep is not None else self.subject.frames["train"][0].timestep
-            if t not in self.subject.timestep_row:
-                raise InputFileError(f"--timestep {t} is not a timestep of {self.subject.root}")
-            motion_fn, name, timesteps = self.motion_from(self.subject, self.fine_tuned), "orbit", [t] * n
-        cams = self.orbit_cameras(len(timesteps), reference)
-        stale = fresh_frame_folders(self.out_dir(name), ("renders",))
-        if stale:
-            self.log(f"[render] removed {stale} frame(s) of an earlier run from {self.out_dir(name)}")
-        out = self.out_dir(name) / "renders"
-        names = []
-        for i, (t, view) in enumerate(tqdm(list(zip(timesteps, cams)), desc="orbit", disable=self.args.quiet)):
-            motion = motion_fn(t)
-            verts = reenactment_vertices(self.model, motion)[0]
-            image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], view, reference.K, reference.width, reference.height)
-            write_png(out / f"{i:05d}.png", image)
-            names.append(f"{i:05d}")
-        self.log(f"[render] orbit of {len(names)} frames -> {out}")
-        if self.args.video:
-            self.write_videos(out.parent, names)
-
-    # -- videos ---------------------------------------------------------------------------------
-
-    def write_videos(self, out: Path, names: list[str]) -> None:
-        """render.mp4 of all frames in order, and compare.mp4 (render | GT | error) where GT exists."""
-        import imageio.v2 as imageio
-
-        def even(a: np.ndarray) -> np.ndarray:  # H.264 in yuv420p needs even sizes
-            return a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2]
-
-        has_gt = all((out / "gt" / f"{n}.png").is_file() for n in names)
-        videos = {"render.mp4": []}
-        if has_gt:
-            videos["compare.mp4"] = []
-        for n in names:
-            render = read_rgb(out / "renders" / f"{n}.png")
-            videos["render.mp4"].append(even(to_uint8(render)))
-            if has_gt:
-                gt = read_rgb(out / "gt" / f"{n}.png")
-                videos["compare.mp4"].append(even(to_uint8(comparison_panel(render, gt))))
-        for file, frames in videos.items():
-            with imageio.get_writer(out / file, fps=self.args.fps, codec="libx264", quality=8, macro_block_size=1) as w:
-                for f in frames:
-                    w.append_data(f)
-            self.log(f"[render] video {out / file}")
-
-    # -- speed and storage ----------------------------------------------------------------------
-
-    def benchmark(self) -> dict:
-        """Frames per second at the data's resolution, split into decoders and rasterization."""
-        avatar = self.model.avatar
-        frame = (self.subject.frames["test"] or self.subject.frames["val"] or self.subject.frames["train"])[0]
-        motion = self.motion_from(self.subject, self.fine_tuned)(frame.timestep)
-        verts = reenactment_vertices(self.model, motion)[0]
-        speed = measure_render_speed(avatar, verts, motion["expr"][0], motion["jaw_pose"][0],
-                                     frame.viewmat.to(self.device), frame.K.to(self.device), frame.width, frame.height,
-                                     self.background, self.backend.name, frames=self.args.benchmark_frames)
-        result = {"device": describe_device(self.device), "backend": self.backend.name,
-                  "backend_reason": self.backend.reason, "width": frame.width, "height": frame.height,
-                  "splats": len(avatar.gaussians), **speed}
-        (self.model_dir / "benchmark.json").write_text(json.dumps(result, indent=2))
-        print(f"[benchmark] {result['fps']:.1f} FPS at {frame.width}x{frame.height} on {result['device']} with "
-              f"{result['backend']} ({result['splats']} splats): {result['ms_per_frame']:.2f} ms/frame; "
-              f"decoders {result['ms_decoders']:.2f} ms, rasterization {result['ms_rasterization']:.2f} ms")
-        if "fps_cuda_graph" in result:
-            print(f"[benchmark] as one CUDA graph: {result['fps_cuda_graph']:.1f} FPS "
-                  f"({result['ms_per_frame_cuda_graph']:.2f} ms/frame)")
-        return result
-
-    def storage(self) -> dict:
-        sizes = storage_report(self.model.folder)
-        total = sum(sizes.values())
-        report = {"checkpoint": str(self.model.folder), "bytes": sizes, "total_bytes": total, "splats": len(self.model.avatar.gaussians)}
-        (self.model_dir / "storage.json").write_text(json.dumps(report, indent=2))
-        parts = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
-        print(f"[storage] {total / 1e6:.2f} MB total ({parts})")
-        return report
-
-    @torch.no_grad()
-    def export_half(self) -> dict:
-        """Save the avatar with float16 networks; report the PSNR between fp32 and fp16 renders."""
-        out = self.model_dir / "export_half"
-        out.mkdir(exist_ok=True)
-        save_avatar(out, self.model.avatar, self.model.shape, self.model.static_offset, half=True)
-        frames = even_subset(self.subject.frames["val"] or self.subject.frames["test"] or self.subject.frames["train"], 8)
-        avatar = self.model.avatar
-        motion_fn = self.motion_from(self.subject, self.fine_tuned)
-        renders = {}
-        # The half renders come from the export as written (what a user who loads it gets); the
-        # full-precision checkpoint is loaded back afterwards.
-        for precision, folder in (("full", self.model.folder), ("half", out)):
-            load_avatar_components(avatar, folder)
-            renders[precision] = []
-            for frame in frames:
-                motion = motion_fn(frame.timestep)
-                verts = reenactment_vertices(self.model, motion)[0]
-                renders[precision].append(self.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K, frame.width, frame.height))
-        load_avatar_components(avatar, self.model.folder)
-        psnrs = [float(psnr(a, b)) for a, b in zip(renders["full"], renders["half"])]
-        full_size = sum(storage_report(self.model.folder).values())
-        half_size = sum(storage_report(out).values())
-        report = {"folder": str(out), "bytes_full": full_size, "bytes_half": half_size,
-                  "psnr_full_vs_half_db": float(np.mean(psnrs)), "frames": len(frames)}
-        (self.model_dir / "export_half.json").write_text(json.dumps(report, indent=2))
-        print(f"[half] {full_size / 1e6:.2f} MB -> {half_size / 1e6:.2f} MB; full vs half renders: "
-              f"{report['psnr_full_vs_half_db']:.1f} dB PSNR over {len(frames)} frames")
-        return report
+def options_from_args(args: argparse.Namespace) -> RenderOptions:
+    """The :class:`RenderOptions` the command line asks for."""
+    return RenderOptions(model_path=args.model_path, iteration=args.iteration, device=args.device,
+                         backend=args.backend, flame=args.flame, source_path=args.source_path, camera=args.camera,
+                         max_frames=args.max_frames, video=args.video, fps=args.fps, orbit_frames=args.orbit_frames,
+                         timestep=args.timestep, benchmark_frames=args.benchmark_frames, quiet=args.quiet)
 
 
 def main(argv=None) -> int:
@@ -433,15 +100,13 @@ def main(argv=None) -> int:
         print("[render] nothing to render: every split is skipped (--skip_* / --split)", file=sys.stderr)
         return 0
     try:
-        renderer = Renderer(args)
-        if args.source_path:
-            override_source_path(renderer, args.source_path)
+        renderer = Renderer(options_from_args(args))
         if splits:
             renderer.render_splits(splits)
         if args.target and not args.orbit:
             renderer.render_target(args.target)
         if args.orbit:
-            renderer.render_orbit()
+            renderer.render_orbit(args.target)
         if args.benchmark:
             renderer.benchmark()
         if args.half:

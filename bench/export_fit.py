@@ -20,22 +20,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import export  # noqa: E402
+from scene.interop.exporter import Exporter, ExportOptions  # noqa: E402
+from scene.renderer import reenactment_vertices  # noqa: E402
 
 
 @torch.no_grad()
 def measure(model: str, orbit: int) -> dict:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for weighting, flags in (("rig views", []), ("sphere", ["--sphere-fit"])):
+        for weighting, sphere_fit in (("rig views", False), ("sphere", True)):
             ply = Path(tmp) / f"{len(rows)}.ply"
-            exporter = export.Exporter(export.parse_args(["-m", model, "-o", str(ply), "--camera-split", "val",
-                                                          "--quiet", "--device", "cpu", *flags]))
+            exporter = Exporter(ExportOptions(model_path=model, output=str(ply), camera_split="val", quiet=True,
+                                              device="cpu", sphere_fit=sphere_fit))
             exporter.run()
             renderer, subject = exporter.renderer, exporter.renderer.subject
             frame = exporter.frame_camera()
             motion = renderer.motion_from(subject, renderer.fine_tuned)(frame.timestep)
-            verts = export.render.reenactment_vertices(renderer.model, motion)[0]
+            verts = reenactment_vertices(renderer.model, motion)[0]
             expr, jaw = motion["expr"][0], motion["jaw_pose"][0]
             data = exporter.read_back(ply)
             rig = {f.camera_index: f for f in subject.all_frames()}

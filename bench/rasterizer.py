@@ -18,6 +18,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 CONFIGS = [
     # (splats, width, height, with backward)
@@ -113,9 +117,12 @@ def run_single(n, width, height, backward, device, runs, backend, tile_size=16):
 
 
 def main():
+    from gaussian_renderer import backend_choices, backend_choices_text
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "gsplat", "auto"])
+    ap.add_argument("--backend", default="torch", choices=backend_choices(),
+                    help=f"rasterizer: {backend_choices_text()} (default torch)")
     ap.add_argument("--runs", type=int, default=7, help="timed runs per measurement (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--tile-size", type=int, default=16, help="tile edge in pixels (default 16)")

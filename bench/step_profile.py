@@ -1,10 +1,10 @@
 """Where the time of one training step goes: data, FLAME, decoders, rasterization, loss, backward,
-optimisers, densification; on any device, through train.py's own Trainer.
+optimisers, densification; on any device, through the product's Trainer (scene/training/trainer.py).
 
 The step is timed with :class:`utils.phase_timer.PhaseTimer`, which synchronises CUDA at every
 phase edge, so each phase is charged its own kernels; the unsynchronised rate (what training
 runs at) is measured separately over the same number of steps. Feature lines are on from the first
-step (``optim.feature_lines_warmup=0``) so the whole method is timed.
+step (``model.opacity.feature_lines.warmup=0``) so the whole method is timed.
 
     python bench/step_profile.py -s SUBJECT --flame FLAME_PKL [--config configs/tensorial.yaml ...]
         [--device auto] [--backend auto] [--warmup 10] [--steps 50] [--set section.key=value ...]
@@ -17,7 +17,7 @@ Examples (docs/BENCHMARKS.md):
     # a full-resolution subject at a real splat count (~100k)
     python scripts/make_synthetic_subject.py --out data/synthetic_full --preset nersemble
     python bench/step_profile.py -s data/synthetic_full/s000/UNION_s000_v16_DS1_whiteBg_staticOffset \\
-        --flame data/synthetic_full/flame/flame2023.pkl --set model.init_splats_per_triangle=12
+        --flame data/synthetic_full/flame/flame2023.pkl --set model.geometry.init_splats_per_triangle=12
 """
 from __future__ import annotations
 
@@ -33,27 +33,26 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
+from scene.training.trainer import Trainer, TrainRequest  # noqa: E402
+from utils.config import parse_assignment  # noqa: E402
 from utils.phase_timer import DISABLED, PhaseTimer  # noqa: E402
 
 PHASES = ("data", "flame", "decoders", "rasterization", "loss", "backward", "optimisers", "densification")
 DEFAULT_CONFIGS = ["configs/tensorial.yaml", "configs/demo.yaml"]
 # Whole method from step 1; no densification event inside the measured steps (they would time
 # the surgery, not the step); no evaluation or checkpoint writes.
-PROFILE_SETTINGS = ["optim.feature_lines_warmup=0", "densify.densify_from_iter=1000000000",
+PROFILE_SETTINGS = ["model.opacity.feature_lines.warmup=0", "densify.densify_from_iter=1000000000",
                     "run.eval_interval=1000000000", "run.save_interval=1000000000", "run.log_interval=1000000000"]
 
 
 def build_trainer(subject: str, flame: str, model_dir: Path, configs: list[str], sets: list[str], device: str,
-                  backend: str, iterations: int) -> train.Trainer:
+                  backend: str, iterations: int) -> Trainer:
     """A Trainer on ``subject`` writing into ``model_dir`` (a scratch folder), in its step-0 state."""
-    argv = ["-s", subject, "-m", str(model_dir), "--flame", flame, "--device", device, "--backend", backend,
-            "--iterations", str(iterations), "--quiet", "--eval"]
-    for c in configs:
-        argv += ["--config", str(REPO / c) if not Path(c).is_absolute() else c]
-    for s in PROFILE_SETTINGS + list(sets):
-        argv += ["--set", s]
-    return train.Trainer(train.parse_args(argv))
+    overrides = [{"run": {"device": device, "backend": backend}}, {"optim": {"iterations": iterations}}]
+    overrides += [parse_assignment(text) for text in PROFILE_SETTINGS + list(sets)]
+    return Trainer(TrainRequest(model_path=str(model_dir), source_path=subject, flame=flame, protocol="ga", quiet=True,
+                                config_files=[str(REPO / c) if not Path(c).is_absolute() else c for c in configs],
+                                overrides=overrides))
 
 
 def _sync(device: torch.device) -> None:
@@ -61,7 +60,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_steps(trainer: train.Trainer, n: int, timer: PhaseTimer = DISABLED) -> float:
+def run_steps(trainer: Trainer, n: int, timer: PhaseTimer = DISABLED) -> float:
     """Run ``n`` training steps (the loop body of Trainer.train without logging); seconds taken."""
     trainer.timer = timer
     _sync(trainer.device)
@@ -74,7 +73,7 @@ def run_steps(trainer: train.Trainer, n: int, timer: PhaseTimer = DISABLED) -> f
     return time.perf_counter() - start
 
 
-def profile(trainer: train.Trainer, warmup: int, steps: int) -> dict:
+def profile(trainer: Trainer, warmup: int, steps: int) -> dict:
     """{"phases_ms": {phase: ms per step}, "step_ms": synchronised total, "unsynced_step_ms",
     "iterations_per_second", "peak_memory_mb" (CUDA only), "splats", "width", "height"}."""
     device = trainer.device

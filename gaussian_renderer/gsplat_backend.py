@@ -1,15 +1,16 @@
-"""Thin adapter over ``gsplat.rasterization`` (CUDA) with the torch backend's names and meta keys."""
+"""Thin adapter over ``gsplat.rasterization`` (CUDA) with the torch backend's names and meta keys.
+
+Registered as the ``gsplat`` backend: CUDA, float32, second in ``auto``'s order. gsplat is imported
+on first use (it compiles its CUDA code then), so this module imports where gsplat is absent.
+"""
 from __future__ import annotations
 
 import torch
 
-from utils.errors import UserFacingError
+from .errors import BackendUnavailableError
+from .registry import Backend, register_backend
 
 _FIX = "install it with `pip install -r requirements-gpu.txt` on a machine with CUDA"
-
-
-class BackendUnavailableError(UserFacingError, RuntimeError):
-    """The requested rasterizer backend cannot run here (missing package or no CUDA tensors)."""
 
 
 _cache: dict = {}
@@ -42,7 +43,7 @@ def gsplat_import_error() -> str | None:
 
 def gsplat_available() -> bool:
     """True when the gsplat package imports (it may still need CUDA to run: see
-    ``gaussian_renderer.backends.probe_backend`` for whether it actually works)."""
+    ``gaussian_renderer.probe_backend`` for whether it actually works)."""
     return gsplat_import_error() is None
 
 
@@ -168,3 +169,11 @@ def _rasterize_cameras(gsplat, means, quats, scales, opacities, colors, viewmats
         "tile_size": tile_size,
     })
     return render, alphas, meta
+
+
+BACKEND = register_backend(Backend(
+    name="gsplat", rasterize=rasterize_gsplat, import_error=gsplat_import_error,
+    fix="gsplat compiles its CUDA code on first use with the local CUDA toolkit (nvcc matching torch's CUDA "
+        "version); install it with `pip install -r requirements-gpu.txt`, or use --backend torch",
+    devices=SUPPORTED_DEVICE_TYPES, dtypes=(torch.float32,), auto_rank=20,
+))

@@ -12,6 +12,7 @@ import math
 import torch
 
 _C0 = 0.5 / math.sqrt(math.pi)
+SH_C0 = _C0  # Y_0^0: a degree-0 coefficient f gives the colour max(SH_C0 f + 0.5, 0)
 _C1 = math.sqrt(3.0 / (4.0 * math.pi))
 _C2 = (
     0.5 * math.sqrt(15.0 / math.pi),   # xy

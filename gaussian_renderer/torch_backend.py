@@ -4,6 +4,9 @@ The part before compositing (projection, SH colours, per-splat features, backgro
 dict are shared with the Triton backend (``triton_backend.py``) through :func:`prepare_splats`,
 :func:`finish_render` and :func:`build_meta`, so both backends feed their compositors identical
 tensors.
+
+Registered as the ``torch`` backend: the reference (any device, float32 and float64), last in
+``auto``'s order.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 
 from .compositing import composite
 from .projection import camera_centers, project_gaussians, quat_scale_to_covar
+from .registry import REFERENCE_BACKEND, Backend, register_backend
 from .sh import eval_sh
 from .tiles import TilePlan, bin_gaussians, plan_chunks
 
@@ -141,3 +145,11 @@ def rasterize_torch(
     render = finish_render(render, alphas, render_mode)
     meta = build_meta("torch", inputs, plan.tiles_per_gauss, plan.n_isects, width, height, tile_size)
     return render, alphas, meta
+
+
+# Needs nothing beyond torch: always available, and auto's last resort on every device.
+BACKEND = register_backend(Backend(
+    name=REFERENCE_BACKEND, rasterize=rasterize_torch, import_error=lambda: None,
+    fix="the torch backend needs nothing beyond torch",
+    devices=None, dtypes=(torch.float32, torch.float64), auto_rank=100,
+))

@@ -16,6 +16,9 @@ package imports where triton is absent. On CPU tensors the kernels need Triton's
 ``TRITON_INTERPRET=1`` in the environment *before triton is first imported* in the process (slow,
 meant for tests), because ``triton.jit`` fixes compiled-vs-interpreted when it decorates a function,
 triton's own ``tl`` library included.
+
+Registered as the ``triton`` backend: CUDA, float32, first in ``auto``'s order (by the figures of
+``bench/gpu_check.py``), the only one that takes ``isect_capacity``.
 """
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ import importlib
 
 import torch
 
-from .backends import backend_import_error
 from .compositing import _conic_table
-from .gsplat_backend import BackendUnavailableError
+from .errors import BackendUnavailableError
+from .registry import Backend, register_backend
 from .tiles import Intersections, bin_gaussians
 from .torch_backend import build_meta, finish_render, prepare_splats
 
@@ -33,9 +36,20 @@ _KERNELS_MODULE = "gaussian_renderer.triton_kernels"
 _G_COLS = 6  # columns of the backward kernel's per-splat gradient table (mean x, y, conic a, b, c, opacity)
 
 
+def triton_import_error() -> str | None:
+    """None when the triton package imports (it may still need a GPU or TRITON_INTERPRET=1 to
+    run), else why not: the exception's type and first line."""
+    try:
+        import triton  # noqa: F401  (ships with CUDA builds of torch on Linux)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0]}" if lines and lines[0] else type(exc).__name__
+    return None
+
+
 def triton_available() -> bool:
     """True when the triton package imports (it may still need a GPU or TRITON_INTERPRET=1 to run)."""
-    return backend_import_error("triton") is None
+    return triton_import_error() is None
 
 
 def _kernels():
@@ -196,3 +210,11 @@ def rasterize_triton(
     if isects.overflow is not None:
         meta["isect_overflow"] = isects.overflow
     return render, alphas, meta
+
+
+BACKEND = register_backend(Backend(
+    name="triton", rasterize=rasterize_triton, import_error=triton_import_error,
+    fix="the triton package ships with CUDA builds of torch on Linux; install the torch build for your driver, "
+        "or use --backend torch",
+    devices=("cuda",), dtypes=(torch.float32,), auto_rank=10, takes_isect_capacity=True,
+))

@@ -1,39 +1,50 @@
 """The run's configuration: the components' config dataclasses composed, overridden by YAML files,
 then by the command line.
 
-Each component's settings live beside it: ``ModelConfig`` (scene/avatar.py), ``DensifyConfig``
-(scene/densification.py), ``SamplingConfig`` (scene/class_balance.py), ``PenaltyConfig``
-(scene/opacity_penalty.py); the trainer's own (``OptimConfig``, ``RunConfig``) are here.
-Resolution order (later wins): the defaults -> each ``--config`` YAML in the order given ->
-``--set section.key=value`` and named flags such as ``--iterations``. Every key in a YAML file
-must exist: an unknown key is an error naming the file and the key, never silently ignored, and
-every value is converted to its field's type or refused (:mod:`utils.config`). The resolved config
-is saved as ``MODEL/config.yaml`` and read back by render.py / evaluate.py.
+Each component's settings live beside it: ``ModelConfig`` (scene/model/avatar.py) with one slot per
+component (``model.geometry``, ``model.color``, ``model.opacity``: ``{type: <registered name>,
+...}``, the type's own config dataclass beside its class), ``DensifyConfig``
+(scene/training/densification.py), ``SamplingConfig`` (scene/training/class_balance.py); the
+trainer's own (``OptimConfig``, ``RunConfig``) are here. Resolution order (later wins): the defaults
+-> each ``--config`` YAML in the order given -> ``--set section.key=value`` and named flags such as
+``--iterations``. Every key in a YAML file must exist: an unknown key is an error naming the file
+and the key, never silently ignored, and every value is converted to its field's type or refused
+(:mod:`utils.config`). ``plugins:`` names modules (or ``.py`` files) to import before anything is
+read, so that components registered there can be chosen by type. The resolved config is saved as
+``MODEL/config.yaml`` and read back by render.py / evaluate.py; configs written before the
+component slots (``model.use_triplane`` ...) are read through :func:`upgrade_legacy_keys`.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
-from scene.avatar import ModelConfig
-from scene.class_balance import SamplingConfig
-from scene.densification import DensifyConfig
-from scene.opacity_penalty import PenaltyConfig
+from gaussian_renderer import check_backend_name
+from scene.model.avatar import SLOTS, ModelConfig
+from scene.training.class_balance import SamplingConfig
+from scene.training.densification import DensifyConfig
 from utils.atomic import write_text_atomic
-from utils.config import load_yaml, merge_into
+from utils.config import check_positive, check_range, convert, load_yaml, merge_into
 from utils.errors import InputFileError, MissingFileError
 
-__all__ = ["ModelConfig", "OptimConfig", "DensifyConfig", "SamplingConfig", "PenaltyConfig", "RunConfig",
-           "TrainConfig", "resolve_config", "validate", "save_config", "load_saved_config", "config_differences"]
+__all__ = ["ModelConfig", "OptimConfig", "DensifyConfig", "SamplingConfig", "RunConfig", "TrainConfig",
+           "resolve_config", "validate", "save_config", "load_saved_config", "config_differences",
+           "upgrade_legacy_keys", "import_plugins"]
 
 
 @dataclass
 class OptimConfig:
+    """The trainer's optimisation: schedule length, the splats' core learning rates (GA), the image
+    loss, FLAME fine-tuning. Each component's own rates and losses are in its config."""
+
     iterations: int = 600_000
     # Splat attributes (GA). The position lr is multiplied by the cameras' extent.
     position_lr_init: float = 5e-3
@@ -41,21 +52,8 @@ class OptimConfig:
     opacity_lr: float = 0.05
     scaling_lr: float = 0.017
     rotation_lr: float = 1e-3
-    sh_lr: float = 2.5e-3
-    # Tensorial appearance (paper): grids (triplane planes, feature lines) and MLP decoders.
-    grid_lr: float = 2e-3
-    mlp_lr: float = 1e-4
-    # The opacity decoder's rate, separate so a short schedule can raise it without touching the
-    # colour decoder (the paper uses mlp_lr for both over 600k iterations).
-    opacity_mlp_lr: float = 1e-4
-    # Feature lines are switched on after this fraction of the schedule (paper: 10%).
-    feature_lines_warmup: float = 0.1
-    # Losses (paper eq. 3 and the image loss).
+    # The image loss: (1 - lambda_dssim) L1 + lambda_dssim D-SSIM.
     lambda_dssim: float = 0.2
-    lambda_position: float = 0.01
-    threshold_position: float = 1.0
-    lambda_scale: float = 1.0
-    threshold_scale: float = 0.6
     # Optional GA-style fine-tuning of per-timestep FLAME parameters.
     train_flame: bool = False
     flame_expr_lr: float = 1e-3
@@ -69,7 +67,7 @@ class RunConfig:
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    backend: str = "auto"  # rasterizer backend: auto | torch | triton | gsplat
+    backend: str = "auto"  # rasterizer backend: "auto" or a name of gaussian_renderer's registry
     resolution_scale: float = 1.0
     background: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
     eval_interval: int = 10_000
@@ -91,11 +89,13 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
+    # Modules (names on the Python path, or .py files) imported before the config is read: where a
+    # researcher's own components register themselves (docs/ADDING_A_METHOD.md).
+    plugins: list = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
@@ -103,7 +103,49 @@ class TrainConfig:
 
 
 # Lists whose length is part of their meaning (a colour, one channel count per plane).
-FIXED_LENGTH_LISTS = ("run.background", "model.triplane_channels")
+FIXED_LENGTH_LISTS = ("run.background", "model.color.channels")
+
+
+def import_plugins(names: Iterable, source: str) -> list[str]:
+    """Import each plugin: a module name on the Python path, or a ``.py`` file (relative paths
+    from the folder of ``source`` when it is a file, else the working directory). Returns the
+    entries as they are saved (files as absolute paths). A plugin that cannot be imported is one
+    error naming it and ``source``."""
+    if not isinstance(names, (list, tuple)):
+        raise InputFileError(f"{source}: 'plugins' must be a list of module names or .py files, got {names!r}")
+    base = Path(source).parent if Path(source).is_file() else Path.cwd()
+    saved = []
+    for name in names:
+        name = str(name)
+        try:
+            if name.endswith(".py"):
+                path = (base / name).resolve()
+                saved.append(str(path))
+                module_name = f"avatar_plugin_{path.stem}"
+                if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(path):
+                    continue
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file {path}")
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+            else:
+                saved.append(name)
+                importlib.import_module(name)
+        except InputFileError:
+            raise
+        except Exception as exc:
+            raise InputFileError(f"{source}: plugin {name!r} cannot be imported ({type(exc).__name__}: {exc}); "
+                                 "'plugins' lists module names on the Python path or .py files") from None
+    return saved
+
+
+def _plugins_of(update: dict, source: str) -> dict:
+    """``update`` with its ``plugins`` imported (and files made absolute)."""
+    if isinstance(update, dict) and "plugins" in update:
+        update = dict(update, plugins=import_plugins(update["plugins"], source))
+    return update
 
 
 def resolve_config(
@@ -113,54 +155,122 @@ def resolve_config(
 ) -> TrainConfig:
     """Defaults <- ``base`` (e.g. a saved run's config) <- YAML files in order <- ``overrides``."""
     config = TrainConfig()
-    if base is not None:
-        merge_into(config, base, "saved config", FIXED_LENGTH_LISTS)
-    for path in config_files:
-        merge_into(config, load_yaml(path), str(path), FIXED_LENGTH_LISTS)
-    for update in overrides:
-        merge_into(config, update, "command line", FIXED_LENGTH_LISTS)
+    sources = [] if base is None else [(base, "saved config")]
+    sources += [(load_yaml(path), str(path)) for path in config_files]
+    sources += [(update, "command line") for update in overrides]
+    for update, source in sources:
+        update = upgrade_legacy_keys(_plugins_of(update, source), config, source)
+        merge_into(config, update, source, FIXED_LENGTH_LISTS)
     validate(config)
     return config
 
 
+# Keys of configs written before the component slots: model.<old> -> (slot, key in that slot's config).
+LEGACY_MODEL_KEYS = {
+    "init_splats_per_triangle": ("geometry", "init_splats_per_triangle"),
+    "triplane_resolution": ("color", "resolution"), "triplane_channels": ("color", "channels"),
+    "view_pe_freqs": ("color", "view_pe_freqs"), "color_hidden": ("color", "hidden"), "sh_degree": ("color", "degree"),
+    "n_expr_bases": ("opacity", "n_expr_bases"), "n_jaw_bases": ("opacity", "n_jaw_bases"),
+    "line_resolution": ("opacity", "line_resolution"), "line_channels": ("opacity", "line_channels"),
+    "opacity_hidden": ("opacity", "hidden"), "opacity_hidden_layers": ("opacity", "hidden_layers"),
+    "feature_line_box": ("opacity", "box"), "face_box_regions": ("opacity", "face_box_regions"),
+    "jaw_weighting": ("opacity", "jaw_weighting"), "jaw_idw_power": ("opacity", "jaw_idw_power"),
+}
+# optim.<old> -> the slots' keys it set.
+LEGACY_OPTIM_KEYS = {
+    "grid_lr": (("color", "grid_lr"), ("opacity", "grid_lr")), "mlp_lr": (("color", "mlp_lr"),),
+    "opacity_mlp_lr": (("opacity", "mlp_lr"),), "sh_lr": (("color", "lr"),),
+    "feature_lines_warmup": (("opacity", "warmup"),),
+    "lambda_position": (("geometry", "lambda_position"),), "threshold_position": (("geometry", "threshold_position"),),
+    "lambda_scale": (("geometry", "lambda_scale"),), "threshold_scale": (("geometry", "threshold_scale"),),
+}
+# model.<old boolean> -> (slot, type when true, type when false).
+LEGACY_SWITCHES = {"use_triplane": ("color", "triplane", "sh"), "use_feature_lines": ("opacity", "feature_lines", "static")}
+_warned_legacy: set = set()
+
+
+def upgrade_legacy_keys(update: dict, config: TrainConfig, source: str) -> dict:
+    """``update`` with the keys of configs written before the component slots mapped onto them,
+    once, with one deprecation line per source: ``model.use_triplane`` / ``use_feature_lines``
+    choose ``model.color`` / ``model.opacity``'s type, the components' old flat keys (and their
+    ``optim`` rates, the ``penalty`` section) go into their slot. A key of a component the config
+    does not use is dropped: the code that wrote it ignored it too."""
+    if not isinstance(update, dict):
+        return update
+    model, optim = update.get("model"), update.get("optim")
+    if not isinstance(model, (dict, type(None))) or not isinstance(optim, (dict, type(None))):
+        return update  # merge_into names the malformed section
+    model, optim = dict(model or {}), dict(optim or {})
+    old = [f"model.{k}" for k in model if k in LEGACY_MODEL_KEYS or k in LEGACY_SWITCHES]
+    old += [f"optim.{k}" for k in optim if k in LEGACY_OPTIM_KEYS]
+    old += ["penalty"] if "penalty" in update else []
+    if not old:
+        return update
+    types = {slot: getattr(config.model, slot).type for slot, _, _ in SLOTS}
+    registries = {slot: registry for slot, registry, _ in SLOTS}
+    slots: dict[str, dict] = {slot: {} for slot in types}
+    for key, (slot, on, off) in LEGACY_SWITCHES.items():
+        if key in model:
+            types[slot] = on if convert(True, model.pop(key), source, f"model.{key}") else off
+            slots[slot]["type"] = types[slot]
+
+    def put(slot: str, key: str, value) -> None:
+        if key in {f.name for f in dataclasses.fields(registries[slot].default_config(types[slot], source))}:
+            slots[slot][key] = value
+
+    for key in [k for k in model if k in LEGACY_MODEL_KEYS]:
+        put(*LEGACY_MODEL_KEYS[key], model.pop(key))
+    for key in [k for k in optim if k in LEGACY_OPTIM_KEYS]:
+        value = optim.pop(key)
+        for slot, new in LEGACY_OPTIM_KEYS[key]:
+            put(slot, new, value)
+    if "penalty" in update:
+        put("opacity", "penalty", update["penalty"])
+    update = {k: v for k, v in update.items() if k != "penalty"}
+    for slot, values in slots.items():
+        if values:
+            model[slot] = {**values, **(model.get(slot) or {})}
+    update["model"] = model
+    if optim or "optim" in update:
+        update["optim"] = optim
+    if source not in _warned_legacy:
+        _warned_legacy.add(source)
+        print(f"[config] {source}: old-style keys ({', '.join(old[:4])}{' ...' if len(old) > 4 else ''}) read as "
+              "model.geometry / model.color / model.opacity settings; write them there (docs/DESIGN.md section 0)",
+              file=sys.stderr)
+    return update
+
+
 def validate(config: TrainConfig) -> None:
     m = config.model
-    if len(m.triplane_channels) != 3:
-        raise InputFileError("model.triplane_channels must list 3 channel counts (XY, XZ, YZ)")
-    if m.n_expr_bases > m.n_expr:
-        raise InputFileError("model.n_expr_bases cannot exceed model.n_expr")
     if config.run.device not in ("auto", "cpu", "cuda") and not config.run.device.startswith("cuda:"):
         raise InputFileError(f"run.device must be auto, cpu or cuda[:N], got {config.run.device!r}")
-    if config.run.backend not in ("auto", "torch", "triton", "gsplat"):
-        raise InputFileError(f"run.backend must be auto, torch, triton or gsplat, got {config.run.backend!r}")
+    check_backend_name(config.run.backend, "run.backend")
     if not 0 < config.run.resolution_scale <= 1.0:
         raise InputFileError("run.resolution_scale must be in (0, 1]")
     if config.optim.iterations < 1:
         raise InputFileError("optim.iterations must be at least 1")
-    for key, value, allowed in (("model.feature_line_box", m.feature_line_box, ("head", "face")),
-                                ("model.jaw_weighting", m.jaw_weighting, ("paper", "idw"))):
-        if value not in allowed:
-            raise InputFileError(f"config key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
+    for slot, _, _ in SLOTS:
+        component = getattr(m, slot)
+        check = getattr(component, "validate", None)
+        if check is not None:
+            check(m, f"model.{slot}")
     _check_ranges(config)
 
 
 # (dotted key, lowest allowed, highest allowed or None): values a run cannot work with, refused
-# before anything is written instead of clamped quietly or failing at iteration 1.
+# before anything is written instead of clamped quietly or failing at iteration 1. Each
+# component's own keys are checked by its config's ``validate``.
 RANGES = (
-    ("sampling.n_classes", 1, None), ("model.n_jaw_bases", 1, None), ("model.n_expr_bases", 1, None),
-    ("model.triplane_resolution", 2, None), ("model.line_resolution", 2, None), ("model.line_channels", 1, None),
-    ("model.sh_degree", 0, 3), ("model.opacity_hidden_layers", 1, None), ("model.jaw_idw_power", 0.0, None),
-    ("model.opacity_hidden", 1, None), ("model.init_splats_per_triangle", 1, None), ("model.box_padding", 0.0, None),
-    ("optim.feature_lines_warmup", 0.0, 1.0), ("optim.lambda_dssim", 0.0, 1.0),
+    ("sampling.n_classes", 1, None), ("model.box_padding", 0.0, None), ("optim.lambda_dssim", 0.0, 1.0),
     ("densify.densification_interval", 1, None), ("densify.grad_threshold", 0.0, None),
     ("densify.min_opacity", 0.0, 1.0), ("densify.max_splats", 0, None), ("run.eval_interval", 1, None),
     ("run.save_interval", 1, None), ("run.log_interval", 1, None), ("run.keep_checkpoints", 0, None),
     ("run.image_cache_gb", 0.0, None), ("run.loader_workers", 0, None), ("run.prefetch_frames", 0, None),
     ("run.device_image_cache_gb", 0.0, None), ("run.divergence_factor", 0.0, None), ("run.eval_max_frames", 0, None),
-    ("penalty.lambda_opacity", 0.0, None), ("penalty.tau_face", 0.0, None), ("penalty.tau_other", 0.0, None),
 )
 POSITIVE = ("optim.position_lr_init", "optim.position_lr_final", "optim.opacity_lr", "optim.scaling_lr",
-            "optim.rotation_lr", "optim.sh_lr", "optim.grid_lr", "optim.mlp_lr", "optim.opacity_mlp_lr")
+            "optim.rotation_lr")
 
 
 def _check_ranges(config: TrainConfig) -> None:
@@ -169,17 +279,9 @@ def _check_ranges(config: TrainConfig) -> None:
         return getattr(getattr(config, section), name)
 
     for key, lo, hi in RANGES:
-        value = get(key)
-        if value < lo or (hi is not None and value > hi):
-            bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise InputFileError(f"config key '{key}' must be {bound}, got {value!r}")
+        check_range(key, get(key), lo, hi)
     for key in POSITIVE:
-        if not get(key) > 0:
-            raise InputFileError(f"config key '{key}' (a learning rate) must be > 0, got {get(key)!r}")
-    for c in config.model.triplane_channels:
-        if c < 1:
-            raise InputFileError(f"config key 'model.triplane_channels' must list positive channel counts, got "
-                                 f"{config.model.triplane_channels}")
+        check_positive(key, get(key))
     if not all(0.0 <= v <= 1.0 for v in config.run.background):
         raise InputFileError(f"config key 'run.background' must be 3 values in [0, 1], got {config.run.background}")
 
@@ -212,14 +314,16 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore: Iterable[str] = (
     out = []
 
     def walk(x: dict, y: dict, prefix: str) -> None:
-        for key in x:
+        # Component slots of different types have different keys: one absent on a side is a difference.
+        for key in list(x) + [k for k in y if k not in x]:
             path = f"{prefix}{key}"
             if any(path == p or path.startswith(p + ".") for p in ignore):
                 continue
-            if isinstance(x[key], dict):
-                walk(x[key], y[key], path + ".")
-            elif x[key] != y[key]:
-                out.append(f"{path}: {x[key]!r} -> {y[key]!r}")
+            a, b = x.get(key, "(absent)"), y.get(key, "(absent)")
+            if isinstance(a, dict) and isinstance(b, dict):
+                walk(a, b, path + ".")
+            elif a != b:
+                out.append(f"{path}: {a!r} -> {b!r}")
 
     walk(a.to_dict(), b.to_dict(), "")
     return out

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from gaussian_renderer import rasterize
-from scene.avatar import GaussianAvatar
+from scene.model.avatar import GaussianAvatar
 from utils.phase_timer import DISABLED, PhaseTimer
 
 
@@ -30,8 +30,6 @@ def render_avatar(
     height: int,
     background: torch.Tensor,
     backend: str = "auto",
-    use_feature_lines: bool = True,
-    sh_degree: int | None = None,
     timer: PhaseTimer = DISABLED,
     isect_capacity: int | None = None,
 ) -> RenderResult:
@@ -41,7 +39,8 @@ def render_avatar(
         expr: (n_expr,) and jaw_pose: (3,) of the frame (drive the opacity offsets).
         viewmat: (4, 4) world-to-camera (OpenCV); K: (3, 3) pixel intrinsics.
         background: (3,) colour.
-        sh_degree: active SH degree for per-splat colour (GA's progressive schedule); None = all.
+        The avatar renders in the state its schedule hooks set (:meth:`GaussianAvatar.set_step`:
+        feature lines on or off, the active SH degree); a loaded avatar renders fully trained.
         timer: charges the splat decoders and the rasterization to phases "decoders" and
             "rasterization" (bench/step_profile.py).
         isect_capacity: None, or (backend "triton") the fixed length of the rasterizer's
@@ -51,12 +50,11 @@ def render_avatar(
     # Camera centre -R^T t of the rigid world-to-camera map (no linalg.inv: it syncs on CUDA).
     camera_center = -viewmat[:3, :3].T @ viewmat[:3, 3]
     with timer("decoders"):
-        splats = avatar.splats(vertices, camera_center, expr, jaw_pose, use_feature_lines)
+        splats = avatar.splats(vertices, camera_center, expr, jaw_pose)
     if "colors" in splats:
         colors, degree = splats["colors"], None
     else:
-        colors = splats["sh"]
-        degree = avatar.gaussians.sh_degree if sh_degree is None else min(sh_degree, avatar.gaussians.sh_degree)
+        colors, degree = splats["sh"], splats["sh_degree"]
     # Tiles of 8 px waste fewer pixel-splat pairs on the CPU for millimetre-sized splats (the
     # images are identical for any tile size); CUDA kernels (gsplat) are tuned for 16.
     tile_size = 16 if vertices.is_cuda else 8
@@ -100,13 +98,13 @@ class GraphedAvatarRenderer:
     FRAME_KEYS = ("vertices", "expr", "jaw_pose", "viewmat", "K")
 
     def __init__(self, avatar: GaussianAvatar, width: int, height: int, background: torch.Tensor,
-                 use_feature_lines: bool = True, headroom: float = 1.5, check_overflow: bool = True):
+                 headroom: float = 1.5, check_overflow: bool = True):
         """background (3,) on the CUDA device the frames will be rendered on."""
         if not background.is_cuda:
             raise ValueError(f"GraphedAvatarRenderer needs CUDA tensors (CUDA graphs), got a background on "
                              f"'{background.device}'; use render_avatar on this device")
         self.avatar, self.width, self.height, self.background = avatar, width, height, background
-        self.use_feature_lines, self.headroom, self.check_overflow = use_feature_lines, headroom, check_overflow
+        self.headroom, self.check_overflow = headroom, check_overflow
         self.device = background.device
         self.image = torch.zeros(height, width, 3, device=self.device)
         self.alpha = torch.zeros(height, width, 1, device=self.device)
@@ -123,7 +121,7 @@ class GraphedAvatarRenderer:
     def _render(self, inputs: dict, capacity: int | None) -> RenderResult:
         return render_avatar(self.avatar, inputs["vertices"], inputs["expr"], inputs["jaw_pose"], inputs["viewmat"],
                              inputs["K"], self.width, self.height, self.background, backend="triton",
-                             use_feature_lines=self.use_feature_lines, isect_capacity=capacity)
+                             isect_capacity=capacity)
 
     def _capture(self, frame: dict, capacity: int) -> None:
         inputs = {k: v.detach().to(self.device, torch.float32).clone() for k, v in frame.items()}

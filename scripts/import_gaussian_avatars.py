@@ -8,7 +8,7 @@ OUTPUT/config.yaml and OUTPUT/checkpoints/iteration_N/, which render.py, evaluat
 read like a model trained here. ``--ga-faces``: GA's face list as an (F, 3) integer .npy (e.g.
 ``np.save("faces.npy", gaussians.flame_model.faces.cpu().numpy())`` in GA's code), used to map its
 teeth faces to ours by their vertices; without it GA's teeth faces are taken to be ours, in our
-order. Conventions: :mod:`scene.ga_import`.
+order. Conventions: :mod:`scene.interop.ga_import`.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scene.ga_import import import_gaussian_avatars  # noqa: E402
-from scene.protocols import PROTOCOLS  # noqa: E402
+from scene.interop.ga_import import import_gaussian_avatars  # noqa: E402
+from scene.data.protocols import PROTOCOLS  # noqa: E402
 from utils.errors import UserFacingError  # noqa: E402
 
 

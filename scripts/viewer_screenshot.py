@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-import viewer  # noqa: E402
+from scene.viewer import AvatarViewer, ViewerOptions  # noqa: E402
 from utils.errors import UserFacingError  # noqa: E402
 from utils.headless_chromium import HeadlessChromium  # noqa: E402
 
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--settle", type=float, default=3.0, help="seconds to let the page draw the frame")
     args = p.parse_args(argv)
     try:
-        avatar_viewer = viewer.AvatarViewer(viewer.parse_args(
-            ["-m", args.model_path, "--port", str(free_port()), "--resolution", str(args.resolution), "--quiet"]))
+        avatar_viewer = AvatarViewer(ViewerOptions(model_path=args.model_path, port=free_port(), resolution=args.resolution,
+                                                     quiet=True))
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

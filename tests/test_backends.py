@@ -1,10 +1,14 @@
 """Backend choice: the parity probe, fallback with one warning line, one-line errors, the gsplat
-adapter's per-camera opacities, and the GPU-visible-but-unusable check.
+adapter's per-camera opacities, and the GPU-visible-but-unusable check; the backend registry (one
+list of backends that dispatch, ``auto``, errors and help texts read) and the package's import
+graph (no cycles).
 
 gsplat cannot run here (no CUDA), so a stand-in module named ``gsplat`` plays it: one that fails
 the way a first-use CUDA compile fails, one that renders wrongly, and one that renders correctly
 (it delegates to our torch backend with gsplat 1.5's call signature and meta layout).
 """
+import ast
+import inspect
 import os
 import stat
 import sys
@@ -17,11 +21,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gaussian_renderer import BackendUnavailableError, rasterize, select_backend  # noqa: E402
-from gaussian_renderer import backends, gsplat_backend  # noqa: E402
+import gaussian_renderer  # noqa: E402
+from gaussian_renderer import (  # noqa: E402
+    Backend,
+    BackendUnavailableError,
+    RasterizerArgumentError,
+    UnknownBackendError,
+    backend_choices,
+    backend_choices_text,
+    backend_names,
+    backend_registered,
+    check_backend_name,
+    rasterize,
+    register_backend,
+    select_backend,
+    unregister_backend,
+)
+from gaussian_renderer import backends, gsplat_backend, parity, registry  # noqa: E402
 from gaussian_renderer.torch_backend import rasterize_torch  # noqa: E402
 from utils.cli_common import pick_device  # noqa: E402
-from utils.errors import InputFileError  # noqa: E402
+from utils.errors import InputFileError, UserFacingError  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -131,7 +150,7 @@ def test_train_with_unavailable_backend_prints_one_line(tmp_path, capsys, monkey
 
 
 def _scene(C=2, N=40, seed=3):
-    scene = backends.probe_scene(CPU, n=N, seed=seed)
+    scene = parity.probe_scene(CPU, n=N, seed=seed)
     g = torch.Generator().manual_seed(seed)
     view2 = torch.eye(4)
     view2[0, 3] = 0.05
@@ -194,3 +213,243 @@ def test_setup_warns_about_a_gpu_that_torch_cannot_use(tmp_path):
     warning = [line for line in res.stderr.splitlines() if "nvidia-smi sees a GPU" in line]
     assert res.returncode == 0 and len(warning) == 1
     assert "install the torch build for your driver first" in warning[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend registry
+
+
+BUILT_IN = ("torch", "triton", "gsplat")
+
+
+def test_the_registry_lists_the_built_in_backends_once():
+    assert backend_names() == BUILT_IN
+    assert backend_choices() == ("auto", *BUILT_IN) == gaussian_renderer.BACKENDS
+    assert backend_choices_text() == "auto | torch | triton | gsplat"
+    assert registry.auto_order(CPU) == ("torch",)
+    assert registry.auto_order("cuda") == ("triton", "gsplat", "torch")
+    assert registry.auto_order("cuda", torch.float64) == ("torch",)  # the accelerated backends are float32-only
+    assert registry.isect_capacity_backends() == ("triton",)
+    for name in BUILT_IN:
+        b = registry.get_backend(name)
+        assert b.name == name and b.fix and callable(b.rasterize)
+    assert registry.get_backend("torch").import_error() is None
+
+
+def test_check_backend_name_accepts_registered_names_and_auto():
+    for name in ("auto", *BUILT_IN):
+        check_backend_name(name, "run.backend")
+    with pytest.raises(UnknownBackendError) as exc:
+        check_backend_name("cuda", "run.backend")
+    msg = str(exc.value)
+    assert msg == "run.backend must be one of auto, torch, triton, gsplat, got 'cuda'"
+    # a ValueError for config validation, a UserFacingError for the CLIs' one-line errors, and the
+    # BackendUnavailableError that select_backend raised for unknown names before the registry
+    assert isinstance(exc.value, ValueError) and isinstance(exc.value, UserFacingError)
+    assert isinstance(exc.value, BackendUnavailableError)
+    with pytest.raises(UnknownBackendError, match="must be one of torch, triton, gsplat, got 'auto'"):
+        check_backend_name("auto", "--backends", allow_auto=False)
+    assert registry.unknown_backend_message("torch", "x") is None
+    assert registry.unknown_backend_message(None, "x") == "x must be one of auto, torch, triton, gsplat, got None"
+
+
+def test_unknown_backend_names_are_one_line_errors_listing_the_registered_ones():
+    with pytest.raises(UnknownBackendError) as exc:
+        select_backend("cuda", CPU)
+    assert str(exc.value) == "rasterizer backend must be one of auto, torch, triton, gsplat, got 'cuda'"
+    with pytest.raises(UnknownBackendError, match="must be one of torch, triton, gsplat, got 'nope'"):
+        backends.probe_backend("nope", CPU)
+    s = parity.probe_scene(CPU, n=8)
+    with pytest.raises(RasterizerArgumentError) as exc:
+        rasterize(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], s["viewmats"], s["Ks"],
+                  s["width"], s["height"], backend="nope")
+    assert str(exc.value) == "rasterize(): `backend` must be one of auto, torch, triton, gsplat, got 'nope'"
+
+
+def test_register_backend_refuses_bad_and_duplicate_names():
+    record = registry.get_backend("torch")
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend(record)
+    for bad in ("auto", "", "two words", "a|b"):
+        with pytest.raises(ValueError, match="non-empty word"):
+            register_backend(Backend(name=bad, rasterize=rasterize_torch, import_error=lambda: None, fix="-"))
+    assert backend_names() == BUILT_IN
+
+
+def _toy_backend(calls: list, **fields) -> Backend:
+    """A backend named "toy" that wraps the torch backend (so its probe passes) and counts calls."""
+
+    def rasterize_toy(*args, **kwargs):
+        calls.append(dict(kwargs))
+        kwargs.pop("isect_capacity", None)  # given when registered with takes_isect_capacity; torch sizes exactly
+        render, alphas, meta = rasterize_torch(*args, **kwargs)
+        meta["backend"] = "toy"
+        return render, alphas, meta
+
+    return Backend(name="toy", rasterize=rasterize_toy, import_error=lambda: None, fix="nothing to install",
+                   **fields)
+
+
+def _probe_scene_args(s: dict) -> tuple:
+    return (s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], s["viewmats"], s["Ks"],
+            s["width"], s["height"])
+
+
+def test_a_registered_backend_is_dispatched_listed_probed_and_removed_again():
+    calls = []
+    s = parity.probe_scene(CPU, n=24)
+    ref, ref_alpha, _ = rasterize(*_probe_scene_args(s), backgrounds=s["backgrounds"], backend="torch")
+    with backend_registered(_toy_backend(calls, devices=("cpu",), auto_rank=0)) as toy:
+        assert registry.get_backend("toy") is toy
+        assert backend_names() == (*BUILT_IN, "toy") and "toy" in gaussian_renderer.BACKENDS
+        assert backend_choices_text() == "auto | torch | triton | gsplat | toy"
+        check_backend_name("toy", "run.backend")
+
+        img, alpha, meta = rasterize(*_probe_scene_args(s), backgrounds=s["backgrounds"], backend="toy")
+        assert meta["backend"] == "toy" and len(calls) == 1 and "isect_capacity" not in calls[0]
+        assert torch.equal(img, ref) and torch.equal(alpha, ref_alpha)
+
+        choice = select_backend("toy", CPU)  # the parity probe renders it against the torch reference
+        assert (choice.name, choice.reason) == ("toy", "requested, probe passed")
+        assert registry.auto_order(CPU) == ("toy", "torch")
+        lines = []
+        assert select_backend("auto", CPU, warn=lines.append).name == "toy" and lines == []
+        _, _, meta = rasterize(*_probe_scene_args(s), backend="auto")  # auto on the CPU: the toy goes first
+        assert meta["backend"] == "toy"
+
+    assert "toy" not in backend_names() and backend_names() == BUILT_IN
+    assert registry.auto_order(CPU) == ("torch",)
+    assert select_backend("auto", CPU).name == "torch"
+    with pytest.raises(RasterizerArgumentError, match=r"`backend` must be one of auto, torch, triton, gsplat, got 'toy'"):
+        rasterize(*_probe_scene_args(s), backend="toy")
+    with pytest.raises(UnknownBackendError):
+        select_backend("toy", CPU)
+
+
+def test_a_backend_registered_again_under_the_same_name_is_probed_afresh():
+    """The probe cache is keyed by the registered record: a stand-in that renders wrongly under a
+    name that earlier passed is caught."""
+    with backend_registered(_toy_backend([])):
+        assert backends.probe_backend("toy", CPU) is None
+
+    def wrong(*args, **kwargs):
+        render, alphas, meta = rasterize_torch(*args, **kwargs)
+        return render * 0.5, alphas, meta
+
+    with backend_registered(Backend(name="toy", rasterize=wrong, import_error=lambda: None, fix="-")):
+        assert "image differs from the torch backend" in backends.probe_backend("toy", CPU)
+        with pytest.raises(BackendUnavailableError, match="cannot run on cpu: its image differs.*Fix: -"):
+            select_backend("toy", CPU)
+
+
+def test_an_unavailable_registered_backend_is_skipped_by_auto_with_its_fix():
+    with backend_registered(Backend(name="toy", rasterize=rasterize_torch, import_error=lambda: "toy does not import",
+                                    fix="pip install toy", devices=("cpu",), auto_rank=0)):
+        lines = []
+        choice = select_backend("auto", CPU, warn=lines.append)
+        assert choice.name == "torch" and "no faster backend" in choice.reason
+        assert lines == ["[rasterizer] warning: skipping backend toy on cpu: toy does not import. Fix: pip install toy"]
+
+
+def test_isect_capacity_goes_to_the_backends_that_take_it():
+    calls = []
+    s = parity.probe_scene(CPU, n=8)
+    with backend_registered(_toy_backend(calls)):
+        with pytest.raises(RasterizerArgumentError) as exc:
+            rasterize(*_probe_scene_args(s), backend="toy", isect_capacity=64)
+        assert str(exc.value) == ("rasterize(): `isect_capacity` (a sync-free, CUDA-graph-capturable call) needs "
+                                  "backend='triton', got backend 'toy'; leave it None for the other backends")
+    with backend_registered(_toy_backend(calls, takes_isect_capacity=True)):
+        assert registry.isect_capacity_backends() == ("triton", "toy")
+        calls.clear()
+        _, _, meta = rasterize(*_probe_scene_args(s), backend="toy", isect_capacity=64)
+        assert meta["backend"] == "toy" and calls[0]["isect_capacity"] == 64
+
+
+def test_unregister_backend_and_a_failing_with_block_leave_the_registry_clean():
+    with pytest.raises(RuntimeError, match="inside"):
+        with backend_registered(_toy_backend([])):
+            raise RuntimeError("inside")
+    assert backend_names() == BUILT_IN
+    register_backend(_toy_backend([]))
+    try:
+        assert "toy" in backend_names()
+    finally:
+        assert unregister_backend("toy").name == "toy"
+    assert backend_names() == BUILT_IN
+    with pytest.raises(UnknownBackendError):
+        unregister_backend("toy")
+
+
+def test_probe_settings_are_rasterize_defaults():
+    """The probe renders through validation and dispatch directly (``api`` cannot be imported
+    below it); its settings must stay rasterize()'s defaults."""
+    defaults = {k: p.default for k, p in inspect.signature(rasterize).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert parity.PROBE_SETTINGS == {k: defaults[k] for k in parity.PROBE_SETTINGS}
+    assert set(defaults) - set(parity.PROBE_SETTINGS) == {"backgrounds", "render_mode", "backend"}
+
+
+def test_public_api():
+    from gaussian_renderer import (  # noqa: F401
+        BACKENDS,
+        RENDER_MODES,
+        BackendChoice,
+        BackendUnavailableError,
+        RasterizerArgumentError,
+        eval_sh,
+        gsplat_available,
+        num_sh_bases,
+        probe_backend,
+        rasterize,
+        select_backend,
+    )
+    assert BACKENDS == ("auto", "torch", "triton", "gsplat")
+    assert RENDER_MODES == ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+    for name in gaussian_renderer.__all__:
+        assert getattr(gaussian_renderer, name) is not None
+
+
+def _package_import_graph() -> dict:
+    """gaussian_renderer module -> the package modules it imports, from every import statement
+    anywhere in its file (inside functions and ``if TYPE_CHECKING:`` blocks too)."""
+    package = REPO / "gaussian_renderer"
+    modules = {p.stem for p in package.glob("*.py")}
+    graph = {}
+    for path in package.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1:  # from .x import y, from . import x
+                    base = node.module
+                elif node.level == 0 and (node.module or "").split(".")[0] == "gaussian_renderer":
+                    base = node.module.partition(".")[2]  # from gaussian_renderer[.x] import y
+                else:
+                    continue  # another package
+                if base:
+                    deps.add(base.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("gaussian_renderer."))
+        graph[path.stem] = deps & modules - {path.stem}
+    return graph
+
+
+def test_the_package_import_graph_has_no_cycles():
+    graph = _package_import_graph()
+    assert "registry" in graph["api"] or "registry" in graph["dispatch"]  # the parser sees relative imports
+    assert graph["registry"] == {"errors"} and graph["errors"] == set()
+    state = {}
+
+    def visit(module, path):
+        state[module] = "active"
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != "active", "import cycle: " + " -> ".join(path + [module, dep])
+            if dep not in state:
+                visit(dep, path + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])

@@ -1,10 +1,10 @@
-"""Triangle frames and local<->world transforms of bound splats (scene/binding.py)."""
+"""Triangle frames and local<->world transforms of bound splats (scene/model/binding.py)."""
 import math
 
 import pytest
 import torch
 
-from scene.binding import (
+from scene.model.binding import (
     canonical_positions,
     initial_local_params,
     local_to_world,
@@ -188,8 +188,8 @@ def test_rotation_helpers_round_trip():
 
 
 def test_spread_over_triangles_puts_splats_inside_their_triangles():
-    from scene.binding import local_to_world_positions
-    from scene.gaussian_model import BoundGaussians
+    from scene.model.binding import local_to_world_positions
+    from scene.model.gaussian_model import BoundGaussians
     g = torch.Generator().manual_seed(0)
     verts = torch.randn(30, 3, generator=g)
     faces = torch.randint(0, 30, (20, 3), generator=g)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from scene.class_balance import (
+from scene.training.class_balance import (
     ClassBalancedSampler,
     UniformFrameSampler,
     cluster_timesteps,

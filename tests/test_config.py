@@ -14,21 +14,62 @@ def write(tmp_path, name, text):
 
 def test_defaults_are_the_paper_settings():
     cfg = TrainConfig()
-    assert cfg.model.triplane_resolution == 128 and cfg.model.triplane_channels == [32, 16, 16]
-    assert cfg.model.n_expr_bases == 80 and cfg.model.n_jaw_bases == 16
-    assert cfg.model.line_resolution == 64 and cfg.model.line_channels == 32
-    assert cfg.optim.iterations == 600_000 and cfg.optim.grid_lr == 2e-3 and cfg.optim.mlp_lr == 1e-4
-    assert cfg.optim.lambda_dssim == 0.2 and cfg.optim.lambda_position == 0.01 and cfg.optim.lambda_scale == 1.0
+    color, opacity, geometry = cfg.model.color, cfg.model.opacity, cfg.model.geometry
+    assert (geometry.type, color.type, opacity.type) == ("flame_bound", "triplane", "feature_lines")
+    assert color.resolution == 128 and color.channels == [32, 16, 16]
+    assert opacity.n_expr_bases == 80 and opacity.n_jaw_bases == 16
+    assert opacity.line_resolution == 64 and opacity.line_channels == 32
+    assert cfg.optim.iterations == 600_000 and color.grid_lr == 2e-3 and color.mlp_lr == 1e-4
+    assert opacity.grid_lr == 2e-3 and opacity.mlp_lr == 1e-4 and opacity.warmup == 0.1
+    assert cfg.optim.lambda_dssim == 0.2 and geometry.lambda_position == 0.01 and geometry.lambda_scale == 1.0
 
 
 def test_configs_compose_in_order_then_overrides(tmp_path):
-    a = write(tmp_path, "a.yaml", "optim:\n  iterations: 100\n  grid_lr: 1.0e-2\nmodel:\n  use_triplane: false\n")
+    a = write(tmp_path, "a.yaml", "optim:\n  iterations: 100\nmodel:\n  color:\n    grid_lr: 1.0e-2\n")
     b = write(tmp_path, "b.yaml", "optim:\n  iterations: 200\n")
-    cfg = resolve_config([a, b], [parse_assignment("optim.mlp_lr=5e-4"), {"run": {"seed": 7}}])
+    cfg = resolve_config([a, b], [parse_assignment("model.color.mlp_lr=5e-4"), {"run": {"seed": 7}}])
     assert cfg.optim.iterations == 200  # later file wins
-    assert cfg.optim.grid_lr == 1e-2  # earlier file kept where later is silent
-    assert cfg.model.use_triplane is False
-    assert cfg.optim.mlp_lr == 5e-4 and cfg.run.seed == 7
+    assert cfg.model.color.grid_lr == 1e-2  # earlier file kept where later is silent
+    assert cfg.model.color.mlp_lr == 5e-4 and cfg.run.seed == 7
+
+
+def test_component_slots_choose_a_type_by_name(tmp_path):
+    cfg = resolve_config([], [parse_assignment("model.color.type=sh"), parse_assignment("model.color.degree=1")])
+    assert cfg.model.color.type == "sh" and cfg.model.color.degree == 1
+    cfg = resolve_config([], [{"model": {"opacity": "static"}}])  # a bare type name
+    assert cfg.model.opacity.type == "static"
+    # A new type starts from its own defaults; keys are checked against the chosen type.
+    with pytest.raises(InputFileError, match=r"b\.yaml.*model\.color\.resolution.*Valid keys here: degree, lr, type"):
+        resolve_config([write(tmp_path, "b.yaml", "model:\n  color:\n    type: sh\n    resolution: 64\n")])
+    # An unknown type is one line listing the registered ones.
+    with pytest.raises(InputFileError, match=r"unknown model\.color type 'mlp'; registered types: (.*, )?sh, (.*, )?triplane"):
+        resolve_config([write(tmp_path, "u.yaml", "model:\n  color:\n    type: mlp\n")])
+    # Values a component cannot work with are refused by its own config.
+    with pytest.raises(InputFileError, match=r"model\.color\.degree.*between 0 and 3"):
+        resolve_config([], [{"model": {"color": {"type": "sh", "degree": 4}}}])
+
+
+def test_type_keyed_settings_apply_only_to_that_type(tmp_path):
+    schedule = write(tmp_path, "s.yaml", "model:\n  opacity:\n    feature_lines:\n      box: face\n")
+    assert resolve_config([schedule]).model.opacity.box == "face"
+    ga = write(tmp_path, "ga.yaml", "model:\n  opacity:\n    type: static\n")
+    assert resolve_config([ga, schedule]).model.opacity.type == "static"  # not switched, no error
+    typo = write(tmp_path, "t.yaml", "model:\n  opacity:\n    feature_lines:\n      boks: face\n")
+    with pytest.raises(InputFileError, match=r"t\.yaml.*model\.opacity\.feature_lines\.boks"):
+        resolve_config([ga, typo])  # checked against feature_lines even where it does not apply
+
+
+def test_legacy_keys_are_mapped_once_with_one_line(tmp_path, capsys):
+    old = write(tmp_path, "old.yaml", "model:\n  use_triplane: false\n  sh_degree: 2\n  triplane_resolution: 64\n"
+                                      "  feature_line_box: face\noptim:\n  grid_lr: 1.0e-2\n  feature_lines_warmup: 0.3\n"
+                                      "  iterations: 50\npenalty:\n  lambda_opacity: 0.5\n")
+    cfg = resolve_config([old])
+    assert cfg.model.color.type == "sh" and cfg.model.color.degree == 2  # the triplane's resolution was unused
+    o = cfg.model.opacity
+    assert (o.type, o.box, o.grid_lr, o.warmup, o.penalty.lambda_opacity) == ("feature_lines", "face", 1e-2, 0.3, 0.5)
+    assert cfg.optim.iterations == 50
+    err = capsys.readouterr().err
+    assert err.count("old.yaml: old-style keys") == 1 and "model.use_triplane" in err
 
 
 def test_shipped_configs_resolve():
@@ -37,8 +78,8 @@ def test_shipped_configs_resolve():
     for path in sorted(root.glob("*.yaml")):
         resolve_config([root / "tensorial.yaml", path])
     ga = resolve_config([root / "gaussian_avatars.yaml"])
-    assert not ga.model.use_triplane and not ga.model.use_feature_lines and ga.model.sh_degree == 3
-    assert not ga.sampling.class_balanced and not ga.penalty.enabled
+    assert (ga.model.geometry.type, ga.model.color.type, ga.model.opacity.type) == ("flame_bound", "sh", "static")
+    assert ga.model.color.degree == 3 and not ga.sampling.class_balanced
 
 
 def test_unknown_key_names_file_and_key(tmp_path):
@@ -59,7 +100,7 @@ def test_wrong_type_and_malformed_yaml(tmp_path):
 
 
 def test_saved_config_round_trips(tmp_path):
-    cfg = resolve_config([], [{"optim": {"iterations": 123}, "model": {"use_feature_lines": False}}])
+    cfg = resolve_config([], [{"optim": {"iterations": 123}, "model": {"opacity": {"type": "static"}}}])
     save_config(cfg, tmp_path / "config.yaml", extra={"source_path": "/data/x"})
     loaded, extra = load_saved_config(tmp_path)
     assert loaded.to_dict() == cfg.to_dict() and extra["source_path"] == "/data/x"

@@ -1,4 +1,4 @@
-"""scene/datasets.py: the CLIs load every dataset format through one registry."""
+"""scene/data/datasets.py: the CLIs load every dataset format through one registry."""
 import sys
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scene import datasets  # noqa: E402
-from scene.subject import Subject  # noqa: E402
+from scene.data import datasets  # noqa: E402
+from scene.data.subject import Subject  # noqa: E402
 from utils.errors import MissingFileError  # noqa: E402
 
 

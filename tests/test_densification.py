@@ -1,10 +1,10 @@
 """Binding-aware densification: clone/split keep the triangle, pruning never empties one."""
 import torch
 
-from scene.densification import BindingAwareDensification
-from scene.gaussian_model import BoundGaussians, inverse_sigmoid
-from scene.optimizer_ops import make_splat_optimizers
-from scene.densification import DensifyConfig
+from scene.training.densification import BindingAwareDensification
+from scene.model.gaussian_model import BoundGaussians, inverse_sigmoid
+from scene.training.optimizer_ops import make_splat_optimizers
+from scene.training.densification import DensifyConfig
 
 
 def setup(n_faces=10, per_face=3, seed=0):

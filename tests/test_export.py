@@ -17,8 +17,10 @@ import export  # noqa: E402
 import render  # noqa: E402
 import train  # noqa: E402
 from gaussian_renderer import rasterize  # noqa: E402
-from scene.export_3dgs import read_3dgs_ply, read_splat, splat_sort_order  # noqa: E402
-from scene.gaussian_model import BoundGaussians  # noqa: E402
+from scene.interop.export_3dgs import read_3dgs_ply, read_splat, splat_sort_order  # noqa: E402
+from scene.model.checkpoint import load_model  # noqa: E402
+from scene.model.gaussian_model import BoundGaussians  # noqa: E402
+from scene.renderer import reenactment_vertices  # noqa: E402
 from test_train import SMALL_SCHEDULE  # noqa: E402
 
 
@@ -43,12 +45,12 @@ def models(tiny, tmp_path_factory):
     # The paper's colour decoder encodes the view direction with 4 frequencies up to 8 pi: at
     # initialisation (and in short runs) its view dependence is mostly beyond SH degree 3. With
     # the direction given as is (no frequencies) it is smooth, and the fit must reach 40 dB.
-    smooth = train_tiny(tiny, root / "tri_smooth", SMALL_SCHEDULE + ["--set", "model.view_pe_freqs=0"], 6)
+    smooth = train_tiny(tiny, root / "tri_smooth", SMALL_SCHEDULE + ["--set", "model.color.view_pe_freqs=0"], 6)
 
     ga = train_tiny(tiny, root / "ga", ["--config", REPO / "configs/gaussian_avatars.yaml", "--config",
                                         REPO / "configs/demo.yaml", "--eval", "--quiet"], 4)
     ckpt = next((ga / "checkpoints").iterdir())
-    splats = BoundGaussians.load_ply(ckpt / "splats.ply")
+    splats = BoundGaussians.load_ply(ckpt / "splats.ply", load_model(ga).avatar.splat_attributes())
     with torch.no_grad():
         splats.params["shN"].normal_(0, 0.3, generator=g)
         splats.params["sh0"].add_(torch.randn(splats.params["sh0"].shape, generator=g) * 0.5)
@@ -58,10 +60,10 @@ def models(tiny, tmp_path_factory):
 
 def avatar_frame(model: Path, split: str = "val"):
     """render.py's image of the first frame of ``split`` and the avatar's world-space splats."""
-    renderer = render.Renderer(render.parse_args(["-m", str(model), "--quiet", "--backend", "torch"]))
+    renderer = render.Renderer(render.options_from_args(render.parse_args(["-m", str(model), "--quiet", "--backend", "torch"])))
     frame = renderer.subject.frames[split][0]
     motion = renderer.motion_from(renderer.subject, renderer.fine_tuned)(frame.timestep)
-    verts = render.reenactment_vertices(renderer.model, motion)[0]
+    verts = reenactment_vertices(renderer.model, motion)[0]
     image = renderer.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K, frame.width,
                             frame.height)
     with torch.no_grad():

@@ -1,8 +1,8 @@
-"""Feature-line blendshapes and opacity decoder (scene/feature_lines.py)."""
+"""Feature-line blendshapes and opacity decoder (scene/methods/tensorial/feature_lines.py)."""
 import pytest
 import torch
 
-from scene.feature_lines import FeatureLineBlendshapes, OpacityDecoder, lookup_lines
+from scene.methods.tensorial.feature_lines import FeatureLineBlendshapes, OpacityDecoder, lookup_lines
 
 LO = torch.tensor([-1.0, 0.0, 2.0])
 HI = torch.tensor([1.0, 3.0, 4.0])
@@ -125,7 +125,7 @@ def test_gradients_flow_to_lines_after_first_step():
         grads.append(m.expr_lines.grad.abs().sum().item() + m.jaw_lines.grad.abs().sum().item())
         opt.step()
     # Delta starts at exactly 0, yet the lines get a gradient from the very first step (the
-    # decoder's start is not the zero-output saddle; see scene/feature_lines.py).
+    # decoder's start is not the zero-output saddle; see scene/methods/tensorial/feature_lines.py).
     assert grads[0] > 0 and grads[1] > 0 and grads[2] > 0
     assert m.expr_lines.abs().sum() > 0 and m.jaw_lines.abs().sum() > 0
 

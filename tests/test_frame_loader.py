@@ -11,9 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from subject_fixtures import write_fake_subject  # noqa: E402
 
-from scene.class_balance import ClassBalancedSampler, UniformFrameSampler  # noqa: E402
-from scene.frame_loader import DeviceImageCache, GroundTruthLoader, frame_loader_for  # noqa: E402
-from scene.datasets import load_subject  # noqa: E402
+from scene.training.class_balance import ClassBalancedSampler, UniformFrameSampler  # noqa: E402
+from scene.data.frame_loader import DeviceImageCache, GroundTruthLoader, frame_loader_for  # noqa: E402
+from scene.data.datasets import load_subject  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ ITERATIONS = 3
 # test_train.py's small schedule, less its run.eval_interval (a --set would win over --interval).
 SCHEDULE = ["--config", REPO / "configs/tensorial.yaml", "--config", REPO / "configs/demo.yaml",
             "--set", "densify.densify_from_iter=5", "--set", "densify.densification_interval=10",
-            "--set", "optim.feature_lines_warmup=0.2", "--set", "sampling.n_classes=2", "--set", "run.eval_max_frames=2", "--eval", "--quiet"]
+            "--set", "model.opacity.feature_lines.warmup=0.2", "--set", "sampling.n_classes=2", "--set", "run.eval_max_frames=2", "--eval", "--quiet"]
 
 
 def saved_run(model: Path):

@@ -21,10 +21,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 import export  # noqa: E402
 import import_gaussian_avatars  # noqa: E402
 import render  # noqa: E402
+from scene.renderer import reenactment_vertices  # noqa: E402
 import train  # noqa: E402
-from scene.avatar_io import load_model  # noqa: E402
-from scene.ga_import import GAImportError, match_faces  # noqa: E402
-from scene.gaussian_model import BoundGaussians  # noqa: E402
+from scene.model.checkpoint import load_model  # noqa: E402
+from scene.interop.ga_import import GAImportError, match_faces  # noqa: E402
+from scene.model.gaussian_model import BoundGaussians  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def ga_avatar(tiny, tmp_path_factory):
             "--config", REPO / "configs/demo.yaml", "--iterations", "4", "--eval", "--quiet"]
     assert train.main(list(map(str, args))) == 0
     ckpt = next((model / "checkpoints").iterdir())
-    splats = BoundGaussians.load_ply(ckpt / "splats.ply")
+    splats = BoundGaussians.load_ply(ckpt / "splats.ply", load_model(model).avatar.splat_attributes())
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         splats.params["shN"].normal_(0, 0.3, generator=g)
@@ -76,7 +77,7 @@ def write_ga_folder(model: Path, dest: Path, rotate_vertices: int = 0, flip_quad
     p = {k: v.detach().cpu().numpy() for k, v in g.params.items()}
     xyz, rot, log_scale = p["xyz"], p["rotation"], p["log_scale"]
     if changed.size:  # GA's local attributes of splats on changed faces are in GA's frame of that face
-        from scene.binding import local_to_world, triangle_frames, world_to_local, world_to_local_rotation_scale
+        from scene.model.binding import local_to_world, triangle_frames, world_to_local, world_to_local_rotation_scale
         canon = loaded.avatar.canonical_vertices
         frames_ours = triangle_frames(canon, torch.from_numpy(faces))
         frames_ga = triangle_frames(canon, torch.from_numpy(ga_faces))
@@ -106,7 +107,7 @@ def write_ga_folder(model: Path, dest: Path, rotate_vertices: int = 0, flip_quad
 
     # GA's FLAME parameters: rows by timestep index; our checkpoint's rows follow the subject's timesteps.
     fine = torch.load(loaded.folder / "flame_params.pt", weights_only=True)
-    timesteps = render.Renderer(render.parse_args(["-m", str(model), "--quiet"])).subject.timesteps
+    timesteps = render.Renderer(render.options_from_args(render.parse_args(["-m", str(model), "--quiet"]))).subject.timesteps
     npz = {}
     for key, value in fine.items():
         full = np.zeros((max(timesteps) + 1,) + tuple(value.shape[1:]), np.float32)
@@ -122,12 +123,12 @@ def write_ga_folder(model: Path, dest: Path, rotate_vertices: int = 0, flip_quad
 
 def renders(model: Path) -> list[torch.Tensor]:
     """render.py's images of the val frames and the first test frame."""
-    renderer = render.Renderer(render.parse_args(["-m", str(model), "--quiet", "--backend", "torch"]))
+    renderer = render.Renderer(render.options_from_args(render.parse_args(["-m", str(model), "--quiet", "--backend", "torch"])))
     frames = renderer.subject.frames["val"] + renderer.subject.frames["test"][:1]
     out = []
     for frame in frames:
         motion = renderer.motion_from(renderer.subject, renderer.fine_tuned)(frame.timestep)
-        verts = render.reenactment_vertices(renderer.model, motion)[0]
+        verts = reenactment_vertices(renderer.model, motion)[0]
         out.append(renderer.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K,
                                    frame.width, frame.height))
     return out
@@ -140,7 +141,7 @@ def test_round_trip_renders_the_same_images(ga_avatar, tiny, tmp_path, rotate_ve
     assert import_gaussian_avatars.main([str(folder), "-s", str(tiny["subject"]), "-o", str(out), "--flame",
                                          str(tiny["flame"]), "--ga-faces", str(faces), "--quiet"]) == 0
     original, imported = load_model(ga_avatar), load_model(out)
-    assert imported.iteration == iteration and imported.config.model.use_triplane is False
+    assert imported.iteration == iteration and imported.config.model.color.type == "sh"
     if not flip_quads:  # a splat on a GA triangle of another diagonal may land on the quad's other triangle
         assert torch.equal(imported.avatar.gaussians.binding, original.avatar.gaussians.binding)
     a, b = original.avatar.gaussians.params, imported.avatar.gaussians.params

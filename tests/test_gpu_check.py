@@ -52,3 +52,24 @@ def test_the_tests_section_reports_failures(tmp_path):
     part = gpu_check.run_cuda_tests([str(tmp_path / "test_two.py")], 120)
     assert part["exit_code"] == 1 and "1 failed" in part["summary"] and "1 passed" in part["summary"]
     assert len(part["failures"]) == 1 and part["failures"][0].startswith("FAILED") and "test_broken" in part["failures"][0]
+
+
+def test_the_backend_list_is_the_registry(tmp_path):
+    """--backends defaults to, and accepts only, the registered backends (a new one included)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+
+    from gaussian_renderer import Backend, backend_names, backend_registered
+    from gaussian_renderer.torch_backend import rasterize_torch
+
+    assert gpu_check.parse_args(["--out", str(tmp_path)]).backends == list(backend_names()) == ["torch", "triton",
+                                                                                               "gsplat"]
+    toy = Backend(name="toy", rasterize=rasterize_torch, import_error=lambda: None, fix="-")
+    with backend_registered(toy):
+        assert gpu_check.parse_args(["--out", str(tmp_path), "--backends", "toy"]).backends == ["toy"]
+    try:
+        gpu_check.parse_args(["--out", str(tmp_path), "--backends", "toy"])
+    except SystemExit as exc:
+        assert exc.code == 2  # argparse: invalid choice
+    else:
+        raise AssertionError("an unregistered backend was accepted")

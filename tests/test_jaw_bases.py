@@ -1,10 +1,10 @@
-"""Jaw-rotation bases by farthest point sampling and their blend weights (scene/jaw_bases.py)."""
+"""Jaw-rotation bases by farthest point sampling and their blend weights (scene/methods/tensorial/jaw_bases.py)."""
 import math
 
 import pytest
 import torch
 
-from scene.jaw_bases import axis_angle_to_quat, farthest_point_jaw_bases, jaw_weights, quat_distance
+from scene.methods.tensorial.jaw_bases import axis_angle_to_quat, farthest_point_jaw_bases, jaw_weights, quat_distance
 
 
 def _q(aa):

@@ -1,7 +1,8 @@
-"""scene/losses.py: the photometric loss and GaussianAvatars' regularisers."""
+"""scene/training/losses.py: the photometric loss and GaussianAvatars' regularisers."""
 import torch
 
-from scene.losses import photometric_loss, splat_regularisers
+from scene.training.losses import photometric_loss
+from scene.model.flame_bound import splat_regularisers
 from utils.image_metrics import ssim
 
 

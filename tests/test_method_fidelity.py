@@ -9,31 +9,26 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avatar_fixtures import mesh_avatar, sphere_strip  # noqa: E402
 from subject_fixtures import write_fake_subject  # noqa: E402
 
-from scene.avatar import GaussianAvatar  # noqa: E402
-from scene.densification import BindingAwareDensification  # noqa: E402
-from scene.gaussian_model import BoundGaussians  # noqa: E402
-from scene.jaw_bases import farthest_point_jaw_bases  # noqa: E402
-from scene.optimizer_ops import make_splat_optimizers  # noqa: E402
-from scene.protocols import protocol_splits  # noqa: E402
-from scene.datasets import load_subject  # noqa: E402
 from scene.config import DensifyConfig, resolve_config  # noqa: E402
+from scene.data.datasets import load_subject  # noqa: E402
+from scene.data.protocols import protocol_splits  # noqa: E402
+from scene.model.components import SplatGeometry, padded_box  # noqa: E402
+from scene.model.gaussian_model import BoundGaussians  # noqa: E402
+from scene.training.densification import BindingAwareDensification  # noqa: E402
+from scene.training.optimizer_ops import make_splat_optimizers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _head(feature_line_box: str):
+def _head(box: str):
     """A head-like point set: a 'face' region (front, z > 0) and a scalp (the top, y > 0.8)."""
-    g = torch.Generator().manual_seed(0)
-    verts = torch.nn.functional.normalize(torch.randn(400, 3, generator=g), dim=1)
-    faces = torch.stack([torch.arange(0, 390), torch.arange(1, 391), torch.arange(2, 392)], 1)
+    verts, faces = sphere_strip(400)
     face_mask = (verts[:, 2] > 0.3) & (verts[:, 1] < 0.5)
-    cfg = resolve_config([REPO / "configs/tensorial.yaml"], [{"model": {"feature_line_box": feature_line_box,
-                                                                       "n_expr_bases": 4, "n_jaw_bases": 2,
-                                                                       "triplane_resolution": 8}}]).model
-    jaw = farthest_point_jaw_bases(torch.tensor([[0.0, 0, 0], [0.2, 0, 0]]), 2)
-    avatar = GaussianAvatar(cfg, faces, verts, face_mask, jaw)
+    avatar = mesh_avatar(faces, verts, {"opacity": {"box": box, "n_expr_bases": 4, "n_jaw_bases": 2},
+                                        "color": {"resolution": 8}}, face_mask=face_mask)
     with torch.no_grad():
         avatar.opacity.lines.expr_lines.normal_()
     return avatar, verts, face_mask
@@ -45,10 +40,10 @@ def test_head_box_lets_scalp_splats_change_opacity_and_the_face_box_does_not():
         avatar, verts, face_mask = _head(box)
         scalp = verts[verts[:, 1] > 0.9]  # the top of the head: outside the face region's box
         assert len(scalp) > 0
-        delta = avatar.opacity(scalp, expr, jaw)
+        delta = avatar.opacity(SplatGeometry.canonical(scalp), expr, jaw)
         if box == "head":
             assert (delta != 0).all()  # every scalp splat can change opacity with expression
-            assert torch.equal(avatar.opacity.box, avatar.head_box)
+            assert torch.equal(avatar.opacity.box, padded_box(verts, 0.1))
         else:
             assert torch.equal(delta, torch.zeros_like(delta))
 
@@ -56,19 +51,20 @@ def test_head_box_lets_scalp_splats_change_opacity_and_the_face_box_does_not():
 def test_gaussian_avatars_config_switches():
     ga = resolve_config([REPO / "configs/gaussian_avatars.yaml"])
     assert ga.optim.train_flame  # GA fine-tunes the per-timestep FLAME parameters
-    assert not ga.model.use_triplane and ga.model.sh_degree == 3 and not ga.model.use_feature_lines
-    assert not ga.sampling.class_balanced and not ga.penalty.enabled
-    o, d = ga.optim, ga.densify
-    assert (o.position_lr_init, o.position_lr_final, o.opacity_lr, o.scaling_lr, o.rotation_lr, o.sh_lr) == \
+    m = ga.model
+    assert (m.geometry.type, m.color.type, m.color.degree, m.opacity.type) == ("flame_bound", "sh", 3, "static")
+    assert not ga.sampling.class_balanced
+    o, d, g = ga.optim, ga.densify, m.geometry
+    assert (o.position_lr_init, o.position_lr_final, o.opacity_lr, o.scaling_lr, o.rotation_lr, m.color.lr) == \
         (5e-3, 5e-5, 0.05, 0.017, 1e-3, 2.5e-3)
-    assert (o.lambda_dssim, o.lambda_position, o.threshold_position, o.lambda_scale, o.threshold_scale) == \
+    assert (o.lambda_dssim, g.lambda_position, g.threshold_position, g.lambda_scale, g.threshold_scale) == \
         (0.2, 0.01, 1.0, 1.0, 0.6)
     assert (d.densify_from_iter, d.densify_until_iter, d.densification_interval, d.grad_threshold, d.min_opacity,
             d.opacity_reset_interval, d.opacity_reset_at_densify_start) == (10_000, 600_000, 2000, 2e-4, 0.005,
                                                                             60_000, True)
     paper = resolve_config([REPO / "configs/tensorial.yaml"])
-    assert paper.penalty.weight_other == 10.0 and not paper.optim.train_flame
-    assert paper.model.opacity_hidden_layers == 2 and paper.model.feature_line_box == "head"
+    assert paper.model.opacity.penalty.weight_other == 10.0 and not paper.optim.train_flame
+    assert paper.model.opacity.hidden_layers == 2 and paper.model.opacity.box == "head"
 
 
 def test_opacity_reset_at_densify_start_only_with_a_white_background():

@@ -1,8 +1,8 @@
-"""Adaptive truncated opacity-offset penalty (scene/opacity_penalty.py)."""
+"""Adaptive truncated opacity-offset penalty (scene/methods/tensorial/opacity_penalty.py)."""
 import torch
 
-from scene.binding import triangle_displacements
-from scene.opacity_penalty import static_triangle_weights, truncated_opacity_penalty
+from scene.model.binding import triangle_displacements
+from scene.methods.tensorial.opacity_penalty import static_triangle_weights, truncated_opacity_penalty
 
 
 def test_triangle_displacement_is_centroid_translation():

@@ -12,9 +12,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 import render  # noqa: E402
+from scene.model.components import SplatGeometry  # noqa: E402
+from scene.renderer import reenactment_vertices  # noqa: E402
 import train  # noqa: E402
 from flame_model import FLAME  # noqa: E402
-from scene.datasets import load_sequence  # noqa: E402
+from scene.data.datasets import load_sequence  # noqa: E402
 from utils.image_io import read_rgb  # noqa: E402
 
 
@@ -24,7 +26,7 @@ def avatar(synthetic_dataset, tmp_path_factory):
     model = tmp_path_factory.mktemp("render") / "avatar"
     args = ["-s", synthetic_dataset["subjects"]["s000"]["union"], "-m", model, "--flame", synthetic_dataset["flame_model"],
             "--config", REPO / "configs/tensorial.yaml", "--config", REPO / "configs/demo.yaml", "--iterations", "20",
-            "--set", "optim.feature_lines_warmup=0.25", "--eval", "--quiet"]
+            "--set", "model.opacity.feature_lines.warmup=0.25", "--eval", "--quiet"]
     assert train.main(list(map(str, args))) == 0
     return {"model": model, "data": synthetic_dataset}
 
@@ -55,11 +57,11 @@ def test_splits_render_beside_ground_truth_with_videos(avatar):
 
 def test_each_frame_gets_its_own_opacity_offsets(avatar):
     """Two test frames with different expressions get different offsets from the same avatar."""
-    from scene.avatar_io import load_model
+    from scene.model.checkpoint import load_model
     loaded = load_model(avatar["model"])
     with torch.no_grad():  # give the lines content so that offsets depend on the expression
         loaded.avatar.opacity.lines.expr_lines.normal_(0, 1.0)
-    canon = loaded.avatar.canonical_splat_positions()
+    canon = SplatGeometry.canonical(loaded.avatar.canonical_splat_positions())
     seq = load_sequence(avatar["data"]["subjects"]["s000"]["sequences"]["TEST"])
     expr, jaw = seq.flame["expr"], seq.flame["jaw_pose"]
     d0 = loaded.avatar.opacity(canon, expr[0], jaw[0])
@@ -91,10 +93,10 @@ def test_cross_identity_reenactment_takes_shape_from_avatar_motion_from_target(a
     assert (out / "render.mp4").is_file()
 
     # Vertex level: the avatar's identity with the target's motion.
-    renderer = render.Renderer(render.parse_args(["-m", str(model), "--quiet"]))
+    renderer = render.Renderer(render.options_from_args(render.parse_args(["-m", str(model), "--quiet"])))
     seq = load_sequence(target)
     motion = renderer.motion_from(seq)(seq.timesteps[1])
-    verts = render.reenactment_vertices(renderer.model, motion)[0]
+    verts = reenactment_vertices(renderer.model, motion)[0]
     flame = FLAME(data["flame_model"])
     m = {k: v.float() for k, v in motion.items()}
     expected = flame(renderer.model.shape, m["expr"], m["rotation"], m["neck_pose"], m["jaw_pose"], m["eyes_pose"],

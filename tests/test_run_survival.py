@@ -113,8 +113,8 @@ def test_error_mid_run_saves_the_last_consistent_state(tiny, straight, tmp_path)
 
 def test_non_finite_loss_stops_before_the_update_and_keeps_a_good_state(tiny, tmp_path):
     model = tmp_path / "m"
-    result = run_cli(_common(tiny, model) + ["--iterations", "30", "--set", "optim.grid_lr=1e30",
-                                             "--set", "optim.feature_lines_warmup=0"])
+    result = run_cli(_common(tiny, model) + ["--iterations", "30", "--set", "model.color.grid_lr=1e30", "--set", "model.opacity.grid_lr=1e30",
+                                             "--set", "model.opacity.warmup=0"])
     assert result.returncode == 4, result.stderr
     assert "non-finite" in result.stderr and "iteration" in result.stderr and "the update was not applied" in result.stderr
     assert "Traceback" not in result.stderr and "loss" in result.stderr
@@ -147,7 +147,7 @@ def test_a_start_that_never_saved_does_not_block_the_corrected_command(tiny, tmp
     resume: a command with another config may start afresh in that folder."""
     model = tmp_path / "m"
     ga = ["--config", str(REPO / "configs/gaussian_avatars.yaml")]
-    train.Trainer(train.parse_args(_common(tiny, model) + ga + ["--iterations", "3"]))  # built, never trained
+    train.Trainer(train.request_from_args(train.parse_args(_common(tiny, model) + ga + ["--iterations", "3"])))  # built, never trained
     assert (model / "config.yaml").is_file() and not (model / "checkpoints").exists()
     assert train.main(_common(tiny, model) + ["--iterations", "3"]) == 0
     assert (model / "checkpoints/iteration_0000003/triplane.pt").is_file()
@@ -214,7 +214,7 @@ def test_resume_with_more_iterations_keeps_the_planned_schedule(tiny, straight, 
     argv = _common(tiny, model) + ["--iterations", "30", "--set", "run.save_interval=10"]
     assert _run_with_event(argv, 13, lambda t: os.kill(os.getpid(), signal.SIGTERM)) == 3
     args = train.parse_args(["-m", str(model), "--resume", "--quiet", "--iterations", "40"])
-    trainer = train.Trainer(args)
+    trainer = train.Trainer(train.request_from_args(args))
     assert trainer.schedule_iterations == 30
     trainer.train()
     _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")

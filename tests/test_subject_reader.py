@@ -1,4 +1,4 @@
-"""NeRSemble subject reader: scene/subject.py, scene/cameras.py, utils/image_io.py.
+"""NeRSemble subject reader: scene/data/subject.py, scene/data/cameras.py, utils/image_io.py.
 
 Fake subjects come from tests/subject_fixtures.py (tiny random images, valid JSON, FLAME npz).
 The last tests read the synthetic generator's union subject (tests/conftest.py's
@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from scene.cameras import (
+from scene.data.cameras import (
     camera_center_from_w2c,
     intrinsics_matrix,
     opencv_w2c_to_opengl_c2w,
     opengl_c2w_to_opencv_w2c,
     scale_intrinsics,
 )
-from scene.nersemble import load_sequence, load_subject
-from scene.subject import CameraFrame, Subject
+from scene.data.nersemble import load_sequence, load_subject
+from scene.data.subject import CameraFrame, Subject
 from tests.subject_fixtures import edit_json, look_at_opengl, read_json, write_fake_subject, write_flame_npz, write_json
 from utils.errors import InputFileError, MissingFileError, UserFacingError
 from utils.image_io import ImageCache, load_mask_uint8, load_rgb_uint8

@@ -16,14 +16,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avatar_fixtures import mesh_avatar, sphere_strip  # noqa: E402
 from sync_audit import SyncAudit  # noqa: E402
 from test_rasterizer import make_scene  # noqa: E402
 
 from gaussian_renderer import RasterizerArgumentError, rasterize  # noqa: E402
 from gaussian_renderer.tiles import bin_gaussians  # noqa: E402
-from scene.avatar import GaussianAvatar  # noqa: E402
-from scene.config import resolve_config  # noqa: E402
-from scene.jaw_bases import farthest_point_jaw_bases  # noqa: E402
+from scene.model.avatar import GaussianAvatar  # noqa: E402
 from scene.rendering import GraphedAvatarRenderer, render_avatar  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,14 +125,10 @@ def test_binning_with_a_capacity_makes_no_sync():
 def small_avatar(n_vertices: int = 400) -> tuple[GaussianAvatar, torch.Tensor]:
     """A tensorial avatar (triplane colour, feature-line opacity) on a strip of triangles over a
     unit sphere, with non-zero feature lines so that expressions change opacity."""
+    verts, faces = sphere_strip(n_vertices)
+    avatar = mesh_avatar(faces, verts, {"opacity": {"n_expr_bases": 4, "n_jaw_bases": 2}, "color": {"resolution": 8},
+                                        "geometry": {"init_splats_per_triangle": 2}}, face_mask=verts[:, 2] > 0.3)
     g = torch.Generator().manual_seed(0)
-    verts = torch.nn.functional.normalize(torch.randn(n_vertices, 3, generator=g), dim=1)
-    faces = torch.stack([torch.arange(0, n_vertices - 10), torch.arange(1, n_vertices - 9),
-                         torch.arange(2, n_vertices - 8)], 1)
-    cfg = resolve_config([REPO / "configs/tensorial.yaml"], [{"model": {
-        "n_expr_bases": 4, "n_jaw_bases": 2, "triplane_resolution": 8, "init_splats_per_triangle": 2}}]).model
-    jaw = farthest_point_jaw_bases(torch.tensor([[0.0, 0, 0], [0.2, 0, 0]]), 2)
-    avatar = GaussianAvatar(cfg, faces, verts, verts[:, 2] > 0.3, jaw)
     with torch.no_grad():
         avatar.opacity.lines.expr_lines.normal_(generator=g)
     return avatar, verts

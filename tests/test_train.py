@@ -13,10 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from subject_fixtures import write_fake_subject  # noqa: E402
 
 import train  # noqa: E402
+from scene.model.components import SplatGeometry  # noqa: E402
 
 SMALL_SCHEDULE = ["--config", str(REPO / "configs/tensorial.yaml"), "--config", str(REPO / "configs/demo.yaml"),
                   "--set", "run.eval_interval=1000", "--set", "densify.densify_from_iter=5",
-                  "--set", "densify.densification_interval=10", "--set", "optim.feature_lines_warmup=0.2",
+                  "--set", "densify.densification_interval=10", "--set", "model.opacity.feature_lines.warmup=0.2",
                   "--set", "sampling.n_classes=2", "--eval", "--quiet"]
 
 
@@ -40,7 +41,7 @@ def test_resume_continues_bit_exact(tiny, tmp_path):
     assert train.main(list(map(str, ["-m", tmp_path / "straight", *common, "--iterations", "30"]))) == 0
     # The same run, interrupted after its checkpoint at 15 and resumed.
     args = train.parse_args(list(map(str, ["-m", tmp_path / "resumed", *common, "--iterations", "30"])))
-    trainer = train.Trainer(args)
+    trainer = train.Trainer(train.request_from_args(args))
     for _ in range(15):
         trainer.step += 1
         trainer.training_step(trainer.step)
@@ -80,7 +81,7 @@ def test_output_folder_from_another_config(tiny, tmp_path):
     assert result.returncode == 2 and "already holds a checkpoint" in result.stderr and "Traceback" not in result.stderr
     resumed = run_cli([*common, "--config", REPO / "configs/gaussian_avatars.yaml", "--iterations", "3", "--quiet",
                        "--resume"])
-    assert resumed.returncode == 2 and "another setup" in resumed.stderr and "use_triplane" in resumed.stderr
+    assert resumed.returncode == 2 and "another setup" in resumed.stderr and "model.color.type" in resumed.stderr
     assert "--allow-changes" in resumed.stderr and "Traceback" not in resumed.stderr
     again = run_cli([*common, *SMALL_SCHEDULE, "--iterations", "3"])
     assert again.returncode == 2 and "--resume" in again.stderr
@@ -103,7 +104,7 @@ def test_training_raises_validation_psnr_on_synthetic_subject(synthetic_dataset,
             "--config", REPO / "configs/tensorial.yaml", "--config", REPO / "configs/demo.yaml",
             "--iterations", "300", "--set", "run.eval_interval=150", "--set", "densify.densify_from_iter=100",
             "--set", "densify.densification_interval=100", "--set", "densify.densify_until_iter=250", "--eval", "--quiet"]
-    trainer = train.Trainer(train.parse_args(list(map(str, args))))
+    trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
     before = trainer.evaluate(0)["val"]["PSNR"]
     summary = trainer.train()
     after = summary["eval"]["val"]["PSNR"]
@@ -114,8 +115,8 @@ def test_training_raises_validation_psnr_on_synthetic_subject(synthetic_dataset,
     avatar = trainer.avatar
     with torch.no_grad():
         canonical = avatar.canonical_splat_positions()
-        deltas = torch.stack([avatar.opacity(canonical, trainer.subject.flame["expr"][row],
-                                                     trainer.subject.flame["jaw_pose"][row])
+        deltas = torch.stack([avatar.opacity(SplatGeometry.canonical(canonical), trainer.subject.flame["expr"][row],
+                                             trainer.subject.flame["jaw_pose"][row])
                               for row in trainer.train_rows])
     assert deltas.abs().max() > 0.5, deltas.abs().max()
     assert (deltas - deltas.mean(0)).abs().max() > 0.5

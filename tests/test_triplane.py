@@ -1,18 +1,17 @@
-"""Triplane lookup, colour decoder and view-direction rotation (scene/triplane.py)."""
+"""Triplane lookup, colour decoder and view-direction rotation (scene/methods/tensorial/triplane.py; view directions: scene/model/binding.py)."""
 import math
 
 import pytest
 import torch
 
-from scene.triplane import (
+from scene.methods.tensorial.triplane import (
     SH_C0,
     ColorDecoder,
     Triplane,
-    canonical_view_dirs,
     rgb_to_sh_dc,
     sh_dc_to_rgb,
-    view_directions,
 )
+from scene.model.binding import canonical_view_dirs, view_directions
 from utils.encoding import encoding_dim, positional_encoding
 from flame_model.lbs import axis_angle_to_matrix
 

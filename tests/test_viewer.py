@@ -12,10 +12,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 pytest.importorskip("viser", reason="viser is in requirements.txt; this environment lacks it")
 
-import render  # noqa: E402
+from scene.renderer import reenactment_vertices  # noqa: E402
 import train  # noqa: E402
 import viewer  # noqa: E402
-from scene.cameras import camera_pose, pinhole_camera  # noqa: E402
+from scene.viewer import NEUTRAL_KEYS  # noqa: E402
+from scene.data.cameras import camera_pose, pinhole_camera  # noqa: E402
 from conftest import SYNTHETIC_FIXTURE_SETTINGS  # noqa: E402
 from test_train import SMALL_SCHEDULE  # noqa: E402
 from utils.headless_chromium import HeadlessChromium, find_chromium  # noqa: E402
@@ -40,8 +41,8 @@ def model(synthetic_dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def avatar_viewer(model):
-    v = viewer.AvatarViewer(viewer.parse_args(["-m", str(model), "--port", str(free_port()), "--quiet",
-                                                "--resolution", "64", "--device", "cpu"]))
+    v = viewer.AvatarViewer(viewer.options_from_args(viewer.parse_args(["-m", str(model), "--port", str(free_port()), "--quiet",
+                                                "--resolution", "64", "--device", "cpu"])))
     yield v
     v.close()
 
@@ -80,7 +81,7 @@ def test_view_from_a_rig_camera_is_render_py_image(avatar_viewer):
     image, ms = v.render_view(position, wxyz, fov, frame.width / frame.height)
     assert image.shape == (frame.height, frame.width, 3) and ms > 0
     motion = v.motion
-    verts = render.reenactment_vertices(v.renderer.model, motion)[0]
+    verts = reenactment_vertices(v.renderer.model, motion)[0]
     _, K = pinhole_camera(position, wxyz, fov, frame.width, frame.height)  # centred principal point
     expected = v.renderer.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, K,
                                  frame.width, frame.height)
@@ -104,7 +105,7 @@ def test_controls_set_the_flame_pose(avatar_viewer):
         assert float(v.motion["expr"][0, n_expr - 1]) == pytest.approx(-0.7)
         assert float(v.motion["expr"][0, 2]) == pytest.approx(1.5)
     v.neutral()
-    for key in viewer.NEUTRAL_KEYS:
+    for key in NEUTRAL_KEYS:
         assert not v.motion[key].any(), key
     assert c["jaw open"].value == 0.0 and c["expr 2"].value == 0.0
 
@@ -201,8 +202,8 @@ def test_paper_protocol_offers_the_subjects_free_sequence(synthetic_dataset, tmp
     args = ["-s", entry["union"], "-m", tmp_path / "paper", "--flame", synthetic_dataset["flame_model"], *schedule,
             "--iterations", "2"]
     assert train.main(list(map(str, args))) == 0
-    v = viewer.AvatarViewer(viewer.parse_args(["-m", str(tmp_path / "paper"), "--port", str(free_port()), "--quiet",
-                                                "--device", "cpu"]))
+    v = viewer.AvatarViewer(viewer.options_from_args(viewer.parse_args(["-m", str(tmp_path / "paper"), "--port", str(free_port()), "--quiet",
+                                                "--device", "cpu"])))
     try:
         free = Path(entry["sequences"]["FREE"]).resolve()
         assert free.name in v.sequences and v.sequence.name == free.name

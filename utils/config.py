@@ -14,7 +14,7 @@ import yaml
 
 from utils.errors import InputFileError, MissingFileError
 
-__all__ = ["merge_into", "load_yaml", "parse_assignment"]
+__all__ = ["merge_into", "load_yaml", "parse_assignment", "convert", "check_range", "check_positive", "check_choice"]
 
 
 def merge_into(target: Any, updates: dict, source: str, fixed_length: Iterable[str] = (), prefix: str = "") -> None:
@@ -31,10 +31,46 @@ def merge_into(target: Any, updates: dict, source: str, fixed_length: Iterable[s
                 f"{source}: unknown config key '{path}'. Valid keys here: {', '.join(sorted(names))}"
             )
         current = getattr(target, key)
+        registry = names[key].metadata.get("registry")
+        if registry is not None:
+            current = _select_component(target, key, current, value, registry, source, path)
+            value = {k: v for k, v in value.items() if k != "type"} if isinstance(value, dict) else {}
+            for name in [k for k in value if k in registry and isinstance(value[k], dict)]:
+                # ``<type>: {...}``: settings for that type, applied when it is the slot's type here
+                # (a schedule file composed after any method); checked against it either way.
+                settings = value.pop(name)
+                merge_into(current if name == current.type else registry.default_config(name), settings, source,
+                           fixed_length, prefix=f"{path}.{name}.")
         if dataclasses.is_dataclass(current):
             merge_into(current, value, source, fixed_length, prefix=f"{path}.")
         else:
             setattr(target, key, _coerce(current, value, source, path, tuple(fixed_length)))
+
+
+def _select_component(target: Any, key: str, current: Any, value: Any, registry: Any, source: str, path: str) -> Any:
+    """A component slot (a field whose metadata names a registry, e.g. ``model.color``): a mapping
+    whose ``type`` differs from the current one, or a bare type name, replaces the slot's config
+    with that type's defaults (``registry.default_config``); other keys then apply to it, except
+    keys that name a registered type (``feature_lines: {...}``): settings that apply only when that
+    type is the slot's at this point of the composition (and are checked against it regardless)."""
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict):
+        raise InputFileError(f"{source}: config key '{path}' must be a mapping with a `type` (one of "
+                             f"{', '.join(registry.names())}) or a type name, got {value!r}")
+    chosen = value.get("type", current.type)
+    if not isinstance(chosen, str):
+        raise InputFileError(f"{source}: config key '{path}.type' must be a type name, got {chosen!r}")
+    if chosen != current.type:
+        current = registry.default_config(chosen, f"{source}, config key '{path}.type'")
+        setattr(target, key, current)
+    return current
+
+
+def convert(current: Any, value: Any, source: str, path: str) -> Any:
+    """``value`` converted to the type of ``current`` (as a config value of that field would be),
+    or one error naming ``source`` and ``path``."""
+    return _coerce(current, value, source, path)
 
 
 def _coerce(current: Any, value: Any, source: str, path: str, fixed_length: tuple = ()) -> Any:
@@ -122,3 +158,20 @@ def parse_assignment(text: str) -> dict:
     return nested
 
 
+def check_range(key: str, value, lo, hi=None) -> None:
+    """One error naming ``key`` unless lo <= value (<= hi)."""
+    if value < lo or (hi is not None and value > hi):
+        bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+        raise InputFileError(f"config key '{key}' must be {bound}, got {value!r}")
+
+
+def check_positive(key: str, value) -> None:
+    """One error naming ``key`` (a learning rate) unless value > 0."""
+    if not value > 0:
+        raise InputFileError(f"config key '{key}' (a learning rate) must be > 0, got {value!r}")
+
+
+def check_choice(key: str, value, allowed) -> None:
+    """One error naming ``key`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise InputFileError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}, got {value!r}")

@@ -1,0 +1,1 @@
+"""Interop: standard 3DGS export and GaussianAvatars import."""

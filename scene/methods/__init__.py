@@ -1,0 +1,1 @@
+"""Methods beyond the shared components, one sub-package each with its files together."""

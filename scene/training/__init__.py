@@ -1,0 +1,1 @@
+"""Training: the trainer, the densification strategy and its optimiser surgery, losses, frame samplers."""

@@ -1,0 +1,236 @@
+"""Binding-aware adaptive density control, as a strategy object apart from the model.
+
+The 3DGS recipe (clone small splats with large screen-space gradients, split large ones, prune
+transparent ones, periodically reset opacity) with the GaussianAvatars rules for splats bound to
+triangles: children keep their parent's triangle, are created in the parent's local frame, and
+pruning never leaves a triangle without a splat.
+
+Usage per iteration (after ``loss.backward()``)::
+
+    strategy.update_statistics(meta, width, height)
+    events = strategy.step(step, gaussians, optimizers, canonical_world_scales)
+"""
+from __future__ import annotations
+
+import math
+
+from dataclasses import dataclass
+
+import torch
+
+from scene.model.gaussian_model import BoundGaussians, inverse_sigmoid
+from scene.training.optimizer_ops import replace_splat_rows
+from utils.rotations import quat_to_matrix
+
+
+@dataclass
+class DensifyConfig:
+    enabled: bool = True
+    densify_from_iter: int = 10_000
+    densify_until_iter: int = 600_000
+    densification_interval: int = 2_000
+    grad_threshold: float = 2e-4
+    percent_dense: float = 0.01
+    min_opacity: float = 0.005
+    opacity_reset_interval: int = 60_000
+    # GA also resets opacity at densify_from_iter when the background is white (its train.py).
+    opacity_reset_at_densify_start: bool = True
+    max_splats: int = 0  # 0 = unlimited; a safety cap for small machines
+
+
+class BindingAwareDensification:
+    """Adaptive density control for :class:`BoundGaussians`.
+
+    Args:
+        cfg: densification schedule and thresholds.
+        scene_extent: scale of the scene (GA: the cameras' extent); splats whose largest world
+            scale exceeds ``percent_dense * scene_extent`` are split rather than cloned.
+        num_faces: number of triangles (so that every triangle keeps at least one splat).
+    """
+
+    def __init__(self, cfg: DensifyConfig, scene_extent: float, num_faces: int, white_background: bool = False):
+        self.cfg = cfg
+        self.scene_extent = float(scene_extent)
+        self.num_faces = int(num_faces)
+        # GA resets opacity once more when densification starts if the background is white (splats
+        # that learnt to be white background would otherwise stay).
+        self.white_background = bool(white_background)
+        self.grad_accum = torch.zeros(0)
+        self.count = torch.zeros(0)
+        self.max_radii = torch.zeros(0)
+
+    def _ensure(self, n: int, device) -> None:
+        if self.grad_accum.shape[0] != n:
+            self.grad_accum = torch.zeros(n, device=device)
+            self.count = torch.zeros(n, device=device)
+            self.max_radii = torch.zeros(n, device=device)
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_statistics(self, meta: dict, width: int, height: int) -> None:
+        """Accumulate the norm of each visible splat's screen-space position gradient.
+
+        ``meta["means2d"]`` (C, N, 2) holds pixel positions whose ``.grad`` is filled by
+        backward. Gradients are converted to normalised device units (x width/2, height/2), the
+        units of the 3DGS threshold 2e-4, and summed over the C cameras of the batch.
+        """
+        means2d = meta["means2d"]
+        if means2d.grad is None:
+            return
+        c, n, _ = means2d.shape
+        self._ensure(n, means2d.device)
+        grad = means2d.grad.clone()
+        grad[..., 0] *= width / 2.0
+        grad[..., 1] *= height / 2.0
+        visible = meta["radii"] > 0  # (C, N)
+        norms = grad.norm(dim=-1)
+        self.grad_accum += (norms * visible).sum(0)
+        self.count += visible.sum(0).to(self.count.dtype)
+        self.max_radii = torch.maximum(self.max_radii, meta["radii"].max(0).values.to(self.max_radii.dtype))
+
+    # -- schedule ------------------------------------------------------------------------------
+
+    def step(
+        self,
+        step: int,
+        gaussians: BoundGaussians,
+        optimizers: dict,
+        world_scales: torch.Tensor,
+    ) -> dict:
+        """Run whatever the schedule asks for at ``step`` (1-based); returns counts of what it did.
+
+        Args:
+            world_scales: (N, 3) splat scales in world units on the canonical mesh.
+        """
+        cfg = self.cfg
+        events = {}
+        if not cfg.enabled:
+            return events
+        if step < cfg.densify_until_iter and step > cfg.densify_from_iter and step % cfg.densification_interval == 0:
+            big_screen = 20 if (cfg.opacity_reset_interval > 0 and step > cfg.opacity_reset_interval) else None
+            events.update(self.densify_and_prune(gaussians, optimizers, world_scales, big_screen))
+        at_start = cfg.opacity_reset_at_densify_start and self.white_background and step == cfg.densify_from_iter
+        periodic = cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0
+        if (periodic or at_start) and step < cfg.densify_until_iter:
+            self.reset_opacity(gaussians, optimizers)
+            events["opacity_reset"] = 1
+        return events
+
+    # -- operations ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def densify_and_prune(
+        self,
+        gaussians: BoundGaussians,
+        optimizers: dict,
+        world_scales: torch.Tensor,
+        big_screen_radius: float | None = None,
+    ) -> dict:
+        cfg = self.cfg
+        n = len(gaussians)
+        device = gaussians.binding.device
+        self._ensure(n, device)
+        grads = self.grad_accum / self.count.clamp_min(1)
+        candidates = grads >= cfg.grad_threshold
+        if cfg.max_splats > 0:
+            # Grow at most up to the cap, favouring the largest gradients.
+            room = max(cfg.max_splats - n, 0)
+            if int(candidates.sum()) > room:
+                order = torch.argsort(torch.where(candidates, grads, torch.full_like(grads, -1.0)), descending=True)
+                candidates = torch.zeros_like(candidates)
+                candidates[order[:room]] = True
+        large = world_scales.max(dim=1).values > cfg.percent_dense * self.scene_extent
+        clone = candidates & ~large
+        split = candidates & large
+
+        # Prune (decided on the parents): transparent splats, and splats that grew too big.
+        opacity = gaussians.opacity.detach()
+        prune = opacity < cfg.min_opacity
+        if big_screen_radius is not None:
+            prune |= self.max_radii > big_screen_radius
+            prune |= world_scales.max(dim=1).values > 0.1 * self.scene_extent
+        # Split parents are replaced by children on the same triangle, so they count as survivors.
+        prune &= ~split
+        prune = self._keep_one_per_triangle(prune, gaussians.binding, opacity)
+        prune_count = int(prune.sum())
+
+        keep = ~prune & ~split
+        keep_idx = torch.nonzero(keep).squeeze(1)
+        clone_idx = torch.nonzero(clone & ~prune).squeeze(1)
+        split_idx = torch.nonzero(split).squeeze(1)
+        src = torch.cat([keep_idx, clone_idx, split_idx, split_idx])
+        n_old = keep_idx.numel()
+        n_split = split_idx.numel()
+
+        params = gaussians.params
+        child_xyz, child_log_scale = None, None
+        if n_split:
+            # Sample children inside the parent's Gaussian, in the parent's local frame: the
+            # world offset is k R (r' (exp(s') * z)), i.e. r' (exp(s') * z) in local units.
+            rot = quat_to_matrix(params["rotation"][split_idx].repeat(2, 1))
+            stds = torch.exp(params["log_scale"][split_idx]).repeat(2, 1)
+            samples = torch.randn_like(stds) * stds
+            child_xyz = params["xyz"][split_idx].repeat(2, 1) + torch.einsum("nij,nj->ni", rot, samples)
+            child_log_scale = params["log_scale"][split_idx].repeat(2, 1) - math.log(0.8 * 2)
+
+        def new_param(name: str, old: torch.Tensor) -> torch.Tensor:
+            out = old[src].clone()
+            if n_split and name == "xyz":
+                out[out.shape[0] - 2 * n_split:] = child_xyz
+            if n_split and name == "log_scale":
+                out[out.shape[0] - 2 * n_split:] = child_log_scale
+            return out
+
+        def new_state(name: str, key: str, old: torch.Tensor) -> torch.Tensor:
+            out = old[src].clone()
+            out[n_old:] = 0  # new splats start with fresh Adam moments
+            return out
+
+        replace_splat_rows(gaussians, optimizers, new_param, new_state, gaussians.binding[src].clone())
+        self._ensure(len(gaussians), device)
+        self.grad_accum.zero_()
+        self.count.zero_()
+        self.max_radii.zero_()
+        return {"cloned": int(clone_idx.numel()), "split": n_split, "pruned": prune_count}
+
+    def _keep_one_per_triangle(self, remove: torch.Tensor, binding: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+        """Clear ``remove`` for the most opaque splat of every triangle it would empty."""
+        survivors = torch.bincount(binding[~remove], minlength=self.num_faces)
+        emptied = (survivors == 0)[binding] & remove
+        if not emptied.any():
+            return remove
+        idx = torch.nonzero(emptied).squeeze(1)
+        # Sort the candidates by triangle, most opaque first; the first of each triangle stays.
+        order = torch.argsort(opacity[idx], descending=True, stable=True)
+        idx = idx[order]
+        order = torch.argsort(binding[idx], stable=True)
+        idx = idx[order]
+        tri = binding[idx]
+        first = torch.ones_like(tri, dtype=torch.bool)
+        first[1:] = tri[1:] != tri[:-1]
+        remove = remove.clone()
+        remove[idx[first]] = False
+        return remove
+
+    @torch.no_grad()
+    def reset_opacity(self, gaussians: BoundGaussians, optimizers: dict) -> None:
+        """Clamp every opacity to at most 0.01 and restart its Adam moments (3DGS)."""
+        clamped = inverse_sigmoid(torch.clamp(gaussians.opacity, max=0.01))
+        replace_splat_rows(
+            gaussians,
+            optimizers,
+            lambda name, old: clamped.clone() if name == "opacity" else old.clone(),
+            lambda name, key, old: torch.zeros_like(old) if name == "opacity" else old,
+            gaussians.binding,
+        )
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"grad_accum": self.grad_accum, "count": self.count, "max_radii": self.max_radii}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.grad_accum = state["grad_accum"]
+        self.count = state["count"]
+        self.max_radii = state["max_radii"]

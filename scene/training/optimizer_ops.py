@@ -1,0 +1,46 @@
+"""Optimiser operations on bound splats, apart from the model (as gsplat's ``strategy/ops.py``):
+one Adam per splat attribute, and rebuilding rows (split, clone, prune, reset) together with their
+Adam moments so that a surviving splat keeps its optimiser state."""
+from __future__ import annotations
+
+import torch
+
+from scene.model.gaussian_model import BoundGaussians
+
+__all__ = ["make_splat_optimizers", "replace_splat_rows"]
+
+
+def make_splat_optimizers(gaussians: BoundGaussians, lrs: dict[str, float]) -> dict[str, torch.optim.Adam]:
+    """One Adam per attribute of ``gaussians`` (``lrs`` maps attribute name -> learning rate;
+    attributes the splats lack, e.g. SH for a triplane avatar, are ignored)."""
+    missing = set(gaussians.params) - set(lrs)
+    if missing:
+        raise ValueError(f"no learning rate given for splat attributes {sorted(missing)}")
+    return {
+        name: torch.optim.Adam([{"params": [param], "lr": lrs[name], "name": name}], eps=1e-15)
+        for name, param in gaussians.params.items()
+    }
+
+
+def replace_splat_rows(gaussians: BoundGaussians, optimizers: dict, fn_param, fn_state, binding: torch.Tensor) -> None:
+    """Rebuild every attribute (and its Adam moments) after a change of splat count.
+
+    Args:
+        fn_param: ``(name, tensor (N, ...)) -> tensor (M, ...)``, the new parameter values.
+        fn_state: ``(name, moment key, tensor (N, ...)) -> tensor (M, ...)``, the new Adam moments.
+        binding: (M,) the new rows' triangles.
+    """
+    for name in list(gaussians.params):
+        old = gaussians.params[name]
+        new = torch.nn.Parameter(fn_param(name, old.data))
+        opt = optimizers.get(name)
+        if opt is not None:
+            state = opt.state.pop(old, None)
+            opt.param_groups[0]["params"] = [new]
+            if state is not None:
+                for key, value in list(state.items()):
+                    if key != "step" and torch.is_tensor(value) and value.shape == old.shape:
+                        state[key] = fn_state(name, key, value)
+                opt.state[new] = state
+        gaussians.params[name] = new
+    gaussians.binding = binding

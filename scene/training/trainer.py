@@ -1,0 +1,609 @@
+"""The trainer: one training run of one avatar (data, model, optimisers, schedule, checkpoints).
+
+    trainer = Trainer(TrainRequest(model_path="output/s000", source_path=SUBJECT,
+                                   config_files=["configs/tensorial.yaml"], protocol="ga"))
+    trainer.train()
+
+It knows the model interface (:class:`scene.model.avatar.GaussianAvatar`: per-splat tensors,
+parameter groups, losses, schedule hooks, checkpoint entries), never a method. ``train.py`` is its
+command line. Every way a run ends leaves a state it resumes from exactly (exit codes on
+:class:`TrainingStopped`): saved at the step boundary on a stop signal, the last good state on a
+non-finite step, the last consistent state before any other exception propagates.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flame_model import DEFAULT_FLAME_MODEL_PATH
+from gaussian_renderer import select_backend
+from scene.config import OptimConfig, TrainConfig, config_differences, load_saved_config, resolve_config, save_config
+from scene.data.datasets import load_subject
+from scene.data.frame_loader import frame_loader_for
+from scene.data.mesh_cache import FlameSequence
+from scene.data.protocols import protocol_splits, saved_protocol
+from scene.model.avatar import GaussianAvatar, build_context, masks_needed
+from scene.model.checkpoint import build_flame, load_avatar_components, save_avatar
+from scene.model.components import LossContext
+from scene.rendering import render_avatar
+from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, cluster_expressions, load_clusters,
+                                          save_clusters)
+from scene.training.densification import BindingAwareDensification
+from scene.training.losses import photometric_loss
+from scene.training.optimizer_ops import make_splat_optimizers
+from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
+                              seed_everything, write_checkpoint)
+from utils.cli_common import describe_device, even_subset, pick_device
+from utils.errors import InputFileError, MissingFileError, UserFacingError
+from utils.image_metrics import comparison_panel, psnr, ssim
+from utils.phase_timer import DISABLED, PhaseTimer
+
+__all__ = ["TrainRequest", "Trainer", "TrainingStopped", "NonFiniteStep", "position_lr", "RESUMABLE_CHANGES",
+           "splat_learning_rates", "EXIT_CRASHED", "EXIT_USER_ERROR", "EXIT_PREEMPTED", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "STOP_SIGNALS"]
+
+
+@dataclass
+class TrainRequest:
+    """What to train, as train.py's command line says it.
+
+    Attributes:
+        model_path: the output folder (``-m``).
+        source_path: the subject folder (``-s``); with ``resume``, None = the saved one.
+        config_files: YAML configs composed in order (later wins); overrides: dicts applied after
+            them (``--set``, named flags).
+        flame / flame_masks: FLAME files (None: the default, or the saved ones when resuming).
+        protocol: ga | paper | none; None = none for a new run, the saved one when resuming.
+        resume: continue the latest checkpoint; allow_changes: even with another setup (recorded).
+        quiet: no progress bar or log lines.
+    """
+
+    model_path: str
+    source_path: str | None = None
+    config_files: list = field(default_factory=list)
+    overrides: list = field(default_factory=list)
+    flame: str | None = None
+    flame_masks: str | None = None
+    protocol: str | None = None
+    resume: bool = False
+    allow_changes: bool = False
+    quiet: bool = False
+
+
+# Keys that may change between a run and its resumption: they do not change what is learned.
+# optim.iterations only moves the end: the schedule (decays, warm-up, SH degrees) stays that of the
+# first run, and steps beyond it run at its final rates.
+RESUMABLE_CHANGES = ("optim.iterations", "run.device", "run.backend", "run.eval_interval", "run.eval_max_frames",
+                     "run.save_interval", "run.keep_checkpoints", "run.log_interval", "run.image_cache_gb",
+                     "run.loader_workers", "run.prefetch_frames", "run.device_image_cache_gb", "run.check_finite",
+                     "run.divergence_factor")
+
+EXIT_CRASHED, EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+STOP_SIGNALS = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_PREEMPTED, "SIGUSR1": EXIT_PREEMPTED}
+
+
+class TrainingStopped(Exception):
+    """The loop stopped at a step boundary, its state saved; ``exit_code`` says why."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteStep(Exception):
+    """A step's loss or gradient is not finite, or the loss diverged; nothing was updated."""
+
+
+def splat_learning_rates(optim: OptimConfig, position_lr: float) -> dict[str, float]:
+    """Learning rate of each core splat attribute (GaussianAvatars' rates): ``position_lr`` for
+    the local positions (scheduled by the trainer), the config's rotation, scale and opacity
+    rates. The components' per-splat attributes bring their own (``SplatAttribute.lr``)."""
+    return {"xyz": position_lr, "rotation": optim.rotation_lr, "log_scale": optim.scaling_lr,
+            "opacity": optim.opacity_lr}
+
+
+def position_lr(cfg: TrainConfig, step: int, extent: float, schedule: int) -> float:
+    """GA's log-linear decay of the position learning rate over ``schedule`` steps, scaled by the
+    cameras' extent; constant at the final rate after the schedule."""
+    t = min(max(step / max(schedule, 1), 0.0), 1.0)
+    lr = math.exp((1 - t) * math.log(cfg.optim.position_lr_init) + t * math.log(cfg.optim.position_lr_final))
+    return lr * extent
+
+
+class Trainer:
+    """Everything one training run holds: data, avatar, optimisers, schedule, checkpoints."""
+
+    def __init__(self, request: TrainRequest):
+        self.request = request
+        self.model_dir = Path(request.model_path)
+        self.resume_changes: list[str] = []
+        self.cfg, self.source, flame_path, masks_path, self.resume_from, extra = self._resolve_run(request)
+        cfg = self.cfg
+        self.protocol = self.protocol_given or "none"
+        # The schedule (decays, warm-up, SH degrees) is fixed by the run's first command.
+        self.schedule_iterations = int(extra.get("schedule_iterations", cfg.optim.iterations))
+        self.device = pick_device(cfg.run.device)
+        self.backend = select_backend(cfg.run.backend, self.device)
+        self.runtime = {"device": describe_device(self.device), "backend": self.backend.name,
+                        "backend_reason": self.backend.reason}
+        seed_everything(cfg.run.seed)
+        self.log(f"[train] subject {self.source}  ->  {self.model_dir}  ({cfg.optim.iterations} iterations)")
+        self.log(f"[train] device {self.runtime['device']}; {self.backend.describe()}")
+        # Phases of the step (bench/step_profile.py switches it on); a no-op otherwise.
+        self.timer: PhaseTimer = DISABLED
+        self._cameras: dict = {}
+
+        self.subject = load_subject(self.source, resolution_scale=cfg.run.resolution_scale,
+                                    image_cache_bytes=int(cfg.run.image_cache_gb * (1 << 30)))
+        splits = protocol_splits(self.subject, self.protocol)
+        self.train_frames = splits["train"]
+        if not self.train_frames:
+            raise InputFileError(f"{self.source}: transforms_train.json has no frames to train on")
+        # Training-time evaluation covers the union's held-out frames; the paper protocol's test
+        # split (the FREE sequence) is rendered and scored by render.py / evaluate.py.
+        self.eval_splits = {s: even_subset(splits[s], cfg.run.eval_max_frames) for s in ("val", "test") if splits[s]}
+        # A missing, corrupt or wrong-size image is named now, not at the iteration that meets it.
+        self.subject.check_files(self.train_frames + [f for fs in self.eval_splits.values() for f in fs],
+                                 progress=not request.quiet)
+
+        self.flame = build_flame(cfg.model, {}, flame_path, masks_path).to(self.device)
+        self._require_masks()
+        self.flame_paths = (str(Path(self.flame.model_path).resolve()), None if self.flame.masks_path is None else str(Path(self.flame.masks_path).resolve()))
+        self.sequence = FlameSequence(self.flame, {k: v.to(self.device) for k, v in self.subject.flame.items()},
+                                      self.subject.shape.to(self.device),
+                                      None if self.subject.static_offset is None else self.subject.static_offset.to(self.device),
+                                      trainable=cfg.optim.train_flame)
+        self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
+                 f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
+        self.sequence.precompute()
+        # Timestep rows as device tensors, sliced per step: a host-built index would be a copy.
+        self.row_index = torch.arange(self.sequence.num_timesteps, device=self.device)
+        self.train_rows = sorted({self.subject.timestep_row[f.timestep] for f in self.train_frames})
+
+        # The training timesteps' tracked FLAME parameters: data-driven set-up of components
+        # (the feature lines' jaw bases), from the subject's files, not fine-tuned values.
+        training_motion = {k: v[self.train_rows] for k, v in self.subject.flame.items()}
+        context = build_context(cfg.model, self.flame, self.sequence.canonical_vertices(), training_motion)
+        self.avatar = GaussianAvatar(cfg.model, context).to(self.device)
+        self.extent = float(self.subject.cameras_extent)
+        self._make_optimizers()
+        self.strategy = BindingAwareDensification(cfg.densify, self.extent, self.flame.num_faces,
+                                                  white_background=all(v == 1.0 for v in cfg.run.background))
+        self.sampler = self._make_sampler()
+        self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
+        self.step = 0
+        self.writer = self._tensorboard()
+        if self.resume_from:
+            self._load_latest_readable(self.resume_from)
+        # Ground truth decoded ahead along the sampler's future draws (its state is final now).
+        self.loader = frame_loader_for(self.subject, self.train_frames, self.device, self.sampler,
+                                       depth=cfg.run.prefetch_frames, workers=cfg.run.loader_workers,
+                                       device_cache_bytes=int(cfg.run.device_image_cache_gb * (1 << 30)))
+        history = list(extra.get("resume_history", []))
+        if self.resume_from and self.resume_changes:
+            history.append({"iteration": self.step, "changes": self.resume_changes})
+        save_config(cfg, self.model_dir / "config.yaml", extra={
+            "source_path": str(Path(self.source).resolve()), "flame_model": self.flame_paths[0],
+            "flame_masks": self.flame_paths[1], "eval": self.protocol != "none", "protocol": self.protocol,
+            "runtime": self.runtime,
+            "schedule_iterations": self.schedule_iterations, "resume_history": history})
+        self._stop_signal: str | None = None
+        self._updating = False
+        self._loss_ema: float | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        if not self.request.quiet:
+            tqdm.write(text)
+
+    def _resolve_run(self, request: TrainRequest):
+        """(config, data path, FLAME path, masks path, checkpoints to resume from, saved extras).
+
+        A folder with checkpoints continues only with --resume, and only with the same subject,
+        FLAME files and config unless --allow-changes (then the differences are recorded). A
+        folder with a config.yaml but no checkpoint (a refused or failed start) is simply reused.
+        """
+        overrides = list(request.overrides)
+        self.protocol_given = request.protocol
+        saved_path = self.model_dir / "config.yaml"
+        checkpoints = list_checkpoints(self.model_dir)
+        if request.resume or (checkpoints and saved_path.is_file()):
+            if not saved_path.is_file():
+                raise MissingFileError(f"--resume: {saved_path} not found; nothing to resume in {self.model_dir}")
+            if not request.resume:
+                raise InputFileError(
+                    f"{self.model_dir} already holds a checkpoint (iteration {checkpoints[-1][0]}); pass --resume to "
+                    "continue it, or choose another -m folder")
+            if not checkpoints:
+                raise MissingFileError(f"--resume: {self.model_dir} has a config.yaml but no checkpoint; start it again "
+                                       "without --resume")
+            saved_cfg, extra = load_saved_config(self.model_dir)
+            cfg = resolve_config(request.config_files, overrides, base=saved_cfg.to_dict())
+            changes = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES)
+            source = request.source_path or extra.get("source_path")
+            flame_path = request.flame or extra.get("flame_model") or str(DEFAULT_FLAME_MODEL_PATH)
+            masks_path = request.flame_masks or extra.get("flame_masks")
+            for name, given, saved in (("subject", request.source_path, extra.get("source_path")),
+                                       ("FLAME model", request.flame, extra.get("flame_model")),
+                                       ("FLAME masks", request.flame_masks, extra.get("flame_masks"))):
+                if given and saved and str(Path(given).resolve()) != str(Path(saved).resolve()):
+                    changes.append(f"{name}: {saved} -> {Path(given).resolve()}")
+            trained_protocol = saved_protocol(extra)
+            given_protocol = request.protocol
+            if given_protocol is not None and given_protocol != trained_protocol:
+                changes.append(f"protocol: {trained_protocol} -> {given_protocol}")
+            if changes and not request.allow_changes:
+                raise InputFileError(
+                    f"--resume: {self.model_dir} was trained with another setup ({'; '.join(changes[:5])}"
+                    f"{' ...' if len(changes) > 5 else ''}); pass --allow-changes to continue it anyway (the changes "
+                    "are recorded in config.yaml), or choose another -m folder")
+            self.resume_changes = changes
+            self.protocol_given = given_protocol or trained_protocol
+            return cfg, source, flame_path, masks_path, checkpoints, extra
+        if not request.source_path:
+            raise InputFileError("-s SUBJECT is required (the folder with transforms_train.json)")
+        cfg = resolve_config(request.config_files, overrides)
+        try:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputFileError(f"cannot create the output folder {self.model_dir}: {exc.strerror or exc}; "
+                                 "choose a writable -m folder") from None
+        return cfg, request.source_path, request.flame or str(DEFAULT_FLAME_MODEL_PATH), request.flame_masks, [], {}
+
+    def _require_masks(self) -> None:
+        """Components (and class-balanced sampling) that read FLAME's region masks; without them the
+        method would quietly change (boxes, clustering weights, penalty regions covering everything)."""
+        needs = masks_needed(self.cfg.model) + (["class-balanced sampling"] if self.cfg.sampling.class_balanced else [])
+        if needs:
+            self.flame.require_masks_file(", ".join(needs))
+
+    def _make_optimizers(self) -> None:
+        o = self.cfg.optim
+        lrs = splat_learning_rates(o, position_lr(self.cfg, 0, self.extent, self.schedule_iterations))
+        lrs.update({name: spec.lr for name, spec in self.avatar.splat_attributes().items()})
+        self.optimizers = make_splat_optimizers(self.avatar.gaussians, lrs)
+        groups = self.avatar.param_groups()
+        self.net_optimizer = torch.optim.Adam(groups) if groups else None
+        self.flame_optimizer = None
+        if o.train_flame:
+            v = self.sequence.values
+            self.flame_optimizer = torch.optim.Adam([
+                {"params": [v["expr"]], "lr": o.flame_expr_lr, "name": "expr"},
+                {"params": [v["rotation"], v["neck_pose"], v["jaw_pose"], v["eyes_pose"]], "lr": o.flame_pose_lr, "name": "pose"},
+                {"params": [v["translation"]], "lr": o.flame_trans_lr, "name": "translation"},
+            ])
+
+    def _make_sampler(self):
+        frame_timesteps = [self.subject.timestep_row[f.timestep] for f in self.train_frames]
+        seed = self.cfg.run.seed
+        if not self.cfg.sampling.class_balanced:
+            return UniformSampler(len(self.train_frames), seed=seed)
+        labels = self._timestep_classes()
+        frame_labels = [labels[self.train_rows.index(r)] for r in frame_timesteps]
+        return ClassBalancedSampler(frame_labels, seed=seed)
+
+    def _timestep_classes(self) -> list[int]:
+        """Spectral clusters of the training timesteps' expressions, cached in OUTPUT/clusters.json."""
+        n_classes = self.cfg.sampling.n_classes
+        timesteps = [self.subject.timesteps[r] for r in self.train_rows]
+        cache = self.model_dir / "clusters.json"
+        meta = {"n_classes": n_classes, "seed": self.cfg.run.seed, "source": str(Path(self.source).resolve())}
+        cached = load_clusters(cache, timesteps, meta)
+        if cached is not None:
+            return [int(v) for v in cached[0]]
+        self.log(f"[train] clustering {len(timesteps)} training timesteps into {n_classes} expression classes")
+        rows = torch.tensor(self.train_rows, device=self.device)
+        with torch.no_grad():
+            disp = torch.cat([self.sequence.expression_vertices(rows[i:i + 64]) for i in range(0, len(rows), 64)])
+            disp = disp - self.sequence.canonical_vertices()
+        labels = cluster_expressions(disp.cpu(), self.flame.vertex_masks, n_classes, self.cfg.run.seed)
+        save_clusters(cache, labels, timesteps, meta)
+        return list(np.asarray(labels))
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.model_dir / "tensorboard"))
+
+    # -- one iteration --------------------------------------------------------------------------
+
+    def _camera(self, frame) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame's (4, 4) viewmat and (3, 3) K on the device, copied once per frame."""
+        key = (str(frame.image_path), frame.camera_index, frame.timestep)
+        cam = self._cameras.get(key)
+        if cam is None:
+            cam = self._cameras[key] = (frame.viewmat.to(self.device), frame.K.to(self.device))
+        return cam
+
+    def render_frame(self, frame, step: int, timer: PhaseTimer = DISABLED):
+        """Render a subject frame as the avatar is at ``step`` of the schedule (its hooks set first)."""
+        self.avatar.set_step(step, self.schedule_iterations)
+        row = self.subject.timestep_row[frame.timestep]
+        with timer("flame"):
+            rows = self.row_index[row:row + 1]
+            verts = self.sequence.vertices(rows)[0]
+            p = self.sequence.row_params(rows)
+            viewmat, K = self._camera(frame)
+        return render_avatar(self.avatar, verts, p["expr"][0], p["jaw_pose"][0], viewmat, K, frame.width, frame.height,
+                             self.background, backend=self.backend.name, timer=timer), row
+
+    def training_step(self, step: int) -> dict:
+        """One iteration. Returns device tensors (loss, l1, psnr, penalty) and host facts (splats,
+        densification events). The only wait for the GPU is the finite check before the update
+        (``run.check_finite``); the loop reads the returned tensors only at its logging interval."""
+        cfg, o, timer = self.cfg, self.cfg.optim, self.timer
+        for group in self.optimizers["xyz"].param_groups:
+            group["lr"] = position_lr(cfg, step, self.extent, self.schedule_iterations)
+        index = self.sampler.next()
+        frame = self.train_frames[index]
+        with timer("data"):
+            gt = self.loader.get(index)
+        result, row = self.render_frame(frame, step, timer)
+        image = result.image
+        with timer("loss"):
+            loss, l1, d_ssim = photometric_loss(image, gt, o.lambda_dssim)
+            rows = self.row_index[row:row + 1]
+            terms = self.avatar.losses(LossContext(
+                step, result.splats, result.meta, self.avatar.gaussians.params, self.avatar.gaussians.binding,
+                triangle_displacement=lambda: self.sequence.triangle_displacement(rows)[0]))
+            for term in terms.values():
+                loss = loss + term
+        with timer("backward"):
+            loss.backward()
+        if cfg.run.check_finite:
+            self._check_finite(step, {"loss": loss, "l1": l1, "d_ssim": d_ssim, **terms})
+
+        self._updating = True  # from here an exception would leave a half-updated state
+        with torch.no_grad():
+            with timer("densification"):
+                self.strategy.update_statistics(result.meta, frame.width, frame.height)
+            with timer("optimisers"):
+                for opt in self._all_optimizers():
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            with timer("densification"):
+                events = self.strategy.step(step, self.avatar.gaussians, self.optimizers,
+                                            self.avatar.canonical_world_scales())
+            mse = ((image - gt) ** 2).mean()
+        self._updating = False
+        return {"loss": loss.detach(), "l1": l1.detach(), "psnr": -10 * torch.log10(mse.clamp_min(1e-10)),
+                "terms": {k: v.detach() for k, v in terms.items()}, "splats": len(self.avatar.gaussians), **events}
+
+    def _trainable_grads(self) -> list[torch.Tensor]:
+        return [p.grad for opt in self._all_optimizers() for group in opt.param_groups for p in group["params"]
+                if p.grad is not None]
+
+    def _check_finite(self, step: int, terms: dict) -> None:
+        """Raise NonFiniteStep before the update when a loss term or gradient is not finite, or the
+        loss exceeds ``run.divergence_factor`` x its running mean. One host-device sync per step
+        (as AMP's grad scaler does); ``run.check_finite=false`` removes it."""
+        grads = self._trainable_grads()
+        grad_norm = torch.stack([torch.linalg.vector_norm(g) for g in grads]).sum() if grads else torch.zeros(())
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [grad_norm.float()]).tolist()
+        named = dict(zip(list(terms) + ["gradient norm"], values))
+        bad = [k for k, v in named.items() if not math.isfinite(v)]
+        loss = named["loss"]
+        factor = self.cfg.run.divergence_factor
+        if not bad and self._loss_ema is not None and factor > 0 and step > 100 and loss > factor * self._loss_ema:
+            bad = [f"loss {loss:.4g} > {factor:g} x its running mean {self._loss_ema:.4g} (diverging)"]
+        if bad:
+            for opt in self._all_optimizers():
+                opt.zero_grad(set_to_none=True)
+            terms_text = ", ".join(f"{k} {v:.4g}" for k, v in named.items())
+            raise NonFiniteStep(f"iteration {step}: {'non-finite ' if not bad[0].startswith('loss ') else ''}"
+                                f"{', '.join(bad)} ({terms_text}); the update was not applied")
+        self._loss_ema = loss if self._loss_ema is None else 0.99 * self._loss_ema + 0.01 * loss
+
+    def _all_optimizers(self):
+        opts = list(self.optimizers.values())
+        if self.net_optimizer is not None:
+            opts.append(self.net_optimizer)
+        if self.flame_optimizer is not None:
+            opts.append(self.flame_optimizer)
+        return opts
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """Mean PSNR/SSIM per held-out split, each frame with its own opacity offsets."""
+        results = {}
+        for split, frames in self.eval_splits.items():
+            values = []
+            for index, frame in enumerate(frames):
+                result, _ = self.render_frame(frame, max(step, 1))
+                gt = self.subject.load_image(frame).to(self.device)
+                values.append((float(psnr(result.image, gt)),
+                               float(ssim(result.image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean())))
+                if index == 0:  # the split's first frame: the same one at every evaluation
+                    self._tensorboard_image(split, result.image, gt, step)
+            arr = np.asarray(values)
+            results[split] = {"PSNR": float(arr[:, 0].mean()), "SSIM": float(arr[:, 1].mean()), "n_images": len(values)}
+        return results
+
+    def _tensorboard_image(self, split: str, image: torch.Tensor, gt: torch.Tensor, step: int) -> None:
+        """``<split>/render_gt_error`` in TensorBoard: render | ground truth | error, side by side
+        (the panel of render.py's videos); flushed, so that it shows while training goes on."""
+        if self.writer is None:
+            return
+        panel = comparison_panel(image, gt)
+        self.writer.add_image(f"{split}/render_gt_error", panel.cpu(), step, dataformats="HWC")
+        self.writer.flush()
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, step: int) -> Path:
+        def writer(folder: Path) -> None:
+            save_avatar(folder, self.avatar, self.sequence.shape, self.sequence.static_offset)
+            if self.cfg.optim.train_flame:
+                torch.save({k: v.detach().cpu() for k, v in self.sequence.values.items()}, folder / "flame_params.pt")
+            torch.save({
+                "iteration": step,
+                "splat_optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+                "net_optimizer": None if self.net_optimizer is None else self.net_optimizer.state_dict(),
+                "flame_optimizer": None if self.flame_optimizer is None else self.flame_optimizer.state_dict(),
+                "strategy": self.strategy.state_dict(),
+                "sampler": self.sampler.state_dict(),
+                "rng": capture_rng_state(),
+            }, folder / "training_state.pt")
+        return write_checkpoint(self.model_dir, step, writer, keep=self.cfg.run.keep_checkpoints)
+
+    def _load_latest_readable(self, checkpoints: list) -> None:
+        """Resume from the newest checkpoint that reads back; a corrupt one is skipped with a warning."""
+        for iteration, folder in reversed(checkpoints):
+            try:
+                self._load_training_state(folder)
+                return
+            except UserFacingError as exc:
+                print(f"[train] warning: checkpoint iteration {iteration} cannot be read ({exc}); "
+                      "trying the previous one", file=sys.stderr)
+        raise InputFileError(f"--resume: no readable checkpoint in {self.model_dir / 'checkpoints'}; start a new run "
+                             "in another -m folder")
+
+    def _load_training_state(self, folder: Path) -> None:
+        state = load_state(folder / "training_state.pt", map_location=self.device)
+        flame_state = load_state(folder / "flame_params.pt") if self.cfg.optim.train_flame else None
+        load_avatar_components(self.avatar, folder)
+        if flame_state is not None:
+            with torch.no_grad():
+                for k, v in flame_state.items():
+                    self.sequence.values[k].copy_(v)
+        self._make_optimizers()
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["splat_optimizers"][k])
+        if self.net_optimizer is not None:
+            self.net_optimizer.load_state_dict(state["net_optimizer"])
+        if self.flame_optimizer is not None:
+            self.flame_optimizer.load_state_dict(state["flame_optimizer"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng_state(state["rng"])
+        self.step = int(state["iteration"])
+        self.log(f"[train] resumed from {folder} (iteration {self.step}, {len(self.avatar.gaussians)} splats)")
+
+    def save_consistent(self) -> Path | None:
+        """Save the state after ``self.step`` completed steps unless that checkpoint exists already."""
+        if self.step == 0:
+            return None
+        existing = checkpoint_path(self.model_dir, self.step)
+        return existing if existing.is_dir() else self.save(self.step)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and self._stop_signal == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        self._stop_signal = name
+
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+        try:
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    previous[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: leave the process's handlers alone
+            pass
+        return previous
+
+    def train(self) -> dict:
+        """Run the remaining steps. Raises TrainingStopped (state saved) on a stop signal or a
+        non-finite step; any other exception saves the last consistent state first."""
+        previous = self._install_signal_handlers()
+        try:
+            return self._train_loop()
+        finally:
+            self.loader.close()
+            if self.writer is not None:
+                self.writer.flush()  # the last evaluation's scalars and images
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _train_loop(self) -> dict:
+        cfg = self.cfg
+        total = cfg.optim.iterations
+        if self.step > 0 and total > self.schedule_iterations:
+            self.log(f"[train] training to {total} iterations; the schedule stays that of {self.schedule_iterations} "
+                     "and later steps run at its final rates")
+        log_path = self.model_dir / "train_log.jsonl"
+        bar = tqdm(total=total, initial=min(self.step, total), desc="train", disable=self.request.quiet, dynamic_ncols=True)
+        start = time.time()
+        last_eval: dict = {}
+        ema_loss = ema_psnr = None  # device tensors: read (a sync) only at the logging interval
+        try:
+            while self.step < total:
+                step = self.step + 1
+                # An exception before the update leaves the parameters of step - 1; the sampler
+                # must then be put back to match them.
+                sampler_before = self.sampler.state_dict()
+                try:
+                    stats = self.training_step(step)
+                except BaseException:
+                    if not self._updating:
+                        self.sampler.load_state_dict(sampler_before)
+                    raise
+                self.step = step
+                ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
+                ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
+                if step % cfg.run.log_interval == 0 or step == total:
+                    bar.set_postfix(loss=f"{float(ema_loss):.4f}", psnr=f"{float(ema_psnr):.2f}", splats=stats["splats"])
+                    if self.writer is not None:
+                        for k in ("loss", "l1", "psnr", "splats"):
+                            self.writer.add_scalar(f"train/{k}", float(stats[k]), step)
+                        for k, v in stats["terms"].items():
+                            self.writer.add_scalar(f"train/{k}", float(v), step)
+                if any(k in stats for k in ("cloned", "split", "pruned", "opacity_reset")):
+                    self.log(f"[train] iteration {step}: " + ", ".join(
+                        f"{k} {stats[k]}" for k in ("cloned", "split", "pruned", "opacity_reset") if k in stats)
+                        + f" -> {stats['splats']} splats")
+                if self.eval_splits and (step % cfg.run.eval_interval == 0 or step == total):
+                    last_eval = self.evaluate(step)
+                    self.log(f"[eval] iteration {step}: " + "  ".join(
+                        f"{s} PSNR {r['PSNR']:.2f} SSIM {r['SSIM']:.4f}" for s, r in last_eval.items()))
+                    with open(log_path, "a") as fh:
+                        fh.write(json.dumps({"iteration": step, "eval": last_eval, "splats": stats["splats"],
+                                             "elapsed_s": time.time() - start}) + "\n")
+                    if self.writer is not None:
+                        for s, r in last_eval.items():
+                            self.writer.add_scalar(f"{s}/psnr", r["PSNR"], step)
+                if step % cfg.run.save_interval == 0 or step == total:
+                    self.save(step)
+                bar.update(1)
+                if self._stop_signal is not None:
+                    path = self.save_consistent()
+                    raise TrainingStopped(f"stopped by {self._stop_signal} at iteration {self.step}: saved {path}; "
+                                          "continue with --resume", STOP_SIGNALS[self._stop_signal])
+        except NonFiniteStep as exc:
+            bar.close()
+            path = self.save_consistent()
+            raise TrainingStopped(f"{exc}. Saved the last good state ({path}); lower the learning rates or fix the "
+                                  "config, then continue with --resume --allow-changes", EXIT_DIVERGED) from None
+        except (TrainingStopped, KeyboardInterrupt):
+            bar.close()
+            raise
+        except BaseException:
+            bar.close()
+            if not self._updating:
+                path = self.save_consistent()
+                if path is not None:
+                    print(f"[train] saved the last consistent state before stopping: {path}", file=sys.stderr)
+            raise
+        bar.close()
+        elapsed = time.time() - start
+        summary = {"iterations": self.step, "splats": len(self.avatar.gaussians), "train_seconds": elapsed,
+                   "eval": last_eval, **self.runtime}
+        (self.model_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        self.log(f"[train] done: {self.step} iterations, {len(self.avatar.gaussians)} splats, {elapsed:.0f} s")
+        return summary
+
+

@@ -1,0 +1,239 @@
+"""A method is one file: components registered from this test file alone (no edit of the package)
+train with densification, save, load, render, export and resume bit-exactly; a component that breaks
+the plug-in contract is one clear error.
+
+This file is its own plugin: the model config lists it under ``plugins:``, so the CLIs (render.py,
+export.py, a resumed train.py) import it and find the components it registers.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_train import checkpoint_tensors  # noqa: E402
+
+import export  # noqa: E402
+import render  # noqa: E402
+import train  # noqa: E402
+from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
+from scene.model.checkpoint import load_model  # noqa: E402
+from scene.model.components import (ColorComponent, LossContext, OpacityComponent, PluginContractError,  # noqa: E402
+                                    SplatAttribute, SplatGeometry)
+from scene.model.registry import COLOR, OPACITY, ComponentConfig  # noqa: E402
+from utils.config import check_positive  # noqa: E402
+
+THIS_FILE = str(Path(__file__).resolve())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered_only_here():
+    """The components this file registers leave the registries with it (other tests list them)."""
+    yield
+    for registry, name in ((COLOR, "test_rgb"), (COLOR, "test_forgetful"), (OPACITY, "test_gate")):
+        registry.unregister(name)
+
+
+@COLOR.register("test_rgb")
+class PerSplatRGB(ColorComponent):
+    """One learnable RGB per splat: a per-splat tensor that densification must carry."""
+
+    @dataclass
+    class Config(ComponentConfig):
+        type: str = "test_rgb"
+        init: float = 0.5
+        lr: float = 1e-2
+
+        def validate(self, model, where: str) -> None:
+            check_positive(f"{where}.lr", self.lr)
+
+    def splat_attributes(self) -> dict:
+        return {"rgb": SplatAttribute((3,), lr=self.cfg.lr, init=self.cfg.init)}
+
+    def forward(self, geometry: SplatGeometry) -> dict:
+        return {"colors": geometry.params["rgb"].clamp_min(0.0)}
+
+
+@OPACITY.register("test_gate")
+class GlobalGate(OpacityComponent):
+    """One learnable logit offset for every splat, switched on after the first third of the
+    schedule, with a loss that keeps it small: a network parameter with a checkpoint entry, a
+    schedule hook and a loss term."""
+
+    @dataclass
+    class Config(ComponentConfig):
+        type: str = "test_gate"
+        weight: float = 0.01
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.offset = torch.nn.Parameter(torch.zeros(()))
+        self.active = True
+
+    def set_step(self, step, schedule_iterations):
+        self.active = step is None or step > schedule_iterations // 3
+
+    def forward(self, geometry, expr, jaw_pose):
+        return self.offset.expand(geometry.params["opacity"].shape[0]) if self.active else None
+
+    def losses(self, ctx: LossContext) -> dict:
+        return {"gate": self.cfg.weight * self.offset ** 2} if self.active else {}
+
+    def param_groups(self):
+        return [{"params": [self.offset], "lr": 1e-2, "name": "test_gate"}]
+
+    def checkpoint_entries(self):
+        return {"test_gate": {"offset": self.offset}}
+
+    def load_checkpoint_entries(self, entries, where=""):
+        self.offset.data.copy_(entries["test_gate"]["offset"])
+
+
+@COLOR.register("test_forgetful")
+class ForgetfulColor(PerSplatRGB):
+    """Breaks the contract: a network parameter that no checkpoint entry saves."""
+
+    @dataclass
+    class Config(ComponentConfig):
+        type: str = "test_forgetful"
+        init: float = 0.5
+        lr: float = 1e-2
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.tint = torch.nn.Linear(3, 3)
+
+
+def plugin_config(tmp_path: Path, color: str = "test_rgb") -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(f"plugins: [{THIS_FILE}]\nmodel:\n  color:\n    type: {color}\n  opacity:\n    type: test_gate\n"
+                    "sampling:\n  class_balanced: false\n")
+    return path
+
+
+def train_args(tiny, model: Path, config: Path, iterations: int = 20) -> list[str]:
+    return list(map(str, ["-s", tiny["subject"], "-m", model, "--flame", tiny["flame"], "--config", config,
+                          "--iterations", iterations, "--eval", "--quiet", "--set", "densify.densify_from_iter=4",
+                          "--set", "densify.densification_interval=5", "--set", "densify.densify_until_iter=16",
+                          "--set", "densify.grad_threshold=0", "--set", "run.save_interval=10",
+                          "--set", "run.eval_interval=1000"]))
+
+
+def test_a_method_from_one_file_trains_saves_renders_exports_and_resumes(tiny, tmp_path):
+    config = plugin_config(tmp_path)
+    straight = tmp_path / "straight"
+    assert train.main(train_args(tiny, straight, config)) == 0
+    ckpt = straight / "checkpoints/iteration_0000020"
+    assert {p.name for p in ckpt.iterdir()} >= {"splats.ply", "test_gate.pt", "identity.pt", "training_state.pt"}
+
+    # The per-splat RGB followed densification: every splat has its row, the rows moved with their
+    # Adam moments, and the splats learnt their colours.
+    loaded = load_model(straight, flame_path=tiny["flame"])
+    avatar = loaded.avatar
+    n = len(avatar.gaussians)
+    n_triangles = avatar.faces.shape[0]
+    assert n > n_triangles, "densification never ran"
+    rgb = avatar.gaussians.params["rgb"]
+    assert rgb.shape == (n, 3) and (rgb != 0.5).any()
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)["splat_optimizers"]["rgb"]["state"]
+    assert state[0]["exp_avg"].shape == (n, 3)
+    assert float(avatar.opacity.offset.detach()) != 0.0  # the gate learnt, and its entry was saved and loaded
+
+    # Render (a CLI that imports the plugin from config.yaml) and export (SH fitted to the colour,
+    # which has no SH of its own: a colour constant over directions is fitted exactly).
+    assert render.main(["-m", str(straight), "--split", "val", "--max-frames", "2", "--quiet"]) == 0
+    renders = sorted((straight / "val/ours_20/renders").glob("*.png"))
+    assert len(renders) == 2
+    ply = tmp_path / "frame.ply"
+    assert export.main(["-m", str(straight), "-o", str(ply), "--quiet", "--device", "cpu"]) == 0
+    exported = read_3dgs_ply(ply)
+    assert exported["means"].shape[0] == n
+    report = json.loads(ply.with_suffix(".json").read_text())
+    assert report["colour"] == "fitted SH" and report["sh_fit_rms_mean"] < 1e-5
+    assert report["frames"][0]["check_psnr_db"] > 40
+
+    # Resume: 10 steps, saved, continued by the CLI to 20 = the straight run, bit for bit.
+    resumed = tmp_path / "resumed"
+    trainer = train.Trainer(train.request_from_args(train.parse_args(train_args(tiny, resumed, config))))
+    for _ in range(10):
+        trainer.step += 1
+        trainer.training_step(trainer.step)
+    trainer.save(trainer.step)
+    del trainer
+    assert train.main(["-m", str(resumed), "--resume", "--quiet"]) == 0
+    a, b = checkpoint_tensors(ckpt), checkpoint_tensors(resumed / "checkpoints/iteration_0000020")
+    assert a.keys() == b.keys() and "test_gate.pt:offset" in a
+    for key in a:
+        assert (a[key] == b[key]) if isinstance(a[key], bytes) else torch.equal(a[key], b[key]), key
+
+
+def test_a_component_that_forgets_its_checkpoint_entry_is_one_clear_error(tiny, tmp_path, capsys):
+    model = tmp_path / "m"
+    assert train.main(train_args(tiny, model, plugin_config(tmp_path, "test_forgetful"), iterations=2)) == 2
+    err = capsys.readouterr().err
+    assert "test_forgetful" in err and "tint.weight" in err and "checkpoint_entries()" in err
+    assert "Traceback" not in err and "KeyError" not in err
+
+
+def test_an_unknown_or_unimportable_plugin_is_one_line(tiny, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plugins: [no_such_module_xyz]\n")
+    assert train.main(train_args(tiny, tmp_path / "m", bad, iterations=2)) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "no_such_module_xyz" in err and "Traceback" not in err
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model:\n  opacity:\n    type: test_gaet\n")
+    assert train.main(train_args(tiny, tmp_path / "m2", unknown, iterations=2)) == 2
+    err = capsys.readouterr().err
+    assert "unknown model.opacity type 'test_gaet'" in err and "feature_lines, static, test_gate" in err
+
+
+def test_a_loss_term_named_twice_and_an_attribute_declared_twice_are_refused(tiny):
+    from avatar_fixtures import mesh_avatar, sphere_strip
+
+    verts, faces = sphere_strip(60)
+
+    @OPACITY.register("test_twice")
+    class Twice(GlobalGate):
+        @dataclass
+        class Config(ComponentConfig):
+            type: str = "test_twice"
+            weight: float = 0.01
+
+        def splat_attributes(self):
+            return {"rgb": SplatAttribute((3,), lr=1e-3)}
+
+    try:
+        with pytest.raises(PluginContractError, match="per-splat attribute 'rgb' is already model.color 'test_rgb'"):
+            mesh_avatar(faces, verts, {"color": {"type": "test_rgb"}, "opacity": {"type": "test_twice"}},
+                        configs=())
+    finally:
+        OPACITY.unregister("test_twice")
+
+
+def test_the_documented_example_is_a_working_plugin(tiny, tmp_path):
+    """docs/ADDING_A_METHOD.md's component and config, as written there, train and save."""
+    import re
+
+    from scene.model.registry import COLOR as registry
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/ADDING_A_METHOD.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", doc, re.S)[0]
+    config = re.findall(r"```yaml\n(.*?)```", doc, re.S)[0]
+    (tmp_path / "my_methods").mkdir()
+    (tmp_path / "my_methods/shaded_albedo.py").write_text(code)
+    (tmp_path / "my_method.yaml").write_text(config)
+    try:
+        model = tmp_path / "m"
+        assert train.main(train_args(tiny, model, tmp_path / "my_method.yaml", iterations=6)) == 0
+        ckpt = model / "checkpoints/iteration_0000006"
+        assert (ckpt / "shading.pt").is_file()
+        assert "albedo_2" in (ckpt / "splats.ply").read_bytes()[:2000].decode("latin-1")
+    finally:
+        registry.unregister("shaded_albedo")
