@@ -13,10 +13,12 @@ from utils.phase_timer import DISABLED, PhaseTimer
 
 @dataclass
 class RenderResult:
-    image: torch.Tensor  # (H, W, 3) composited over the background
-    alpha: torch.Tensor  # (H, W, 1)
+    image: torch.Tensor  # (H, W, 3) composited over the background (after the screen-space stage)
+    alpha: torch.Tensor  # (h, w, 1) at the rasterized size
     meta: dict  # rasterizer meta: means2d (1, N, 2) with retained grad, radii (1, N), ...
     splats: dict  # the world-space splats and opacity offsets (see GaussianAvatar.splats)
+    features: torch.Tensor | None = None  # (h, w, C) the rasterized image (= image without a stage)
+    raster_size: tuple = ()  # (w, h) the rasterized size (= (W, H) without a down-scaling stage)
 
 
 def render_avatar(
@@ -34,6 +36,10 @@ def render_avatar(
     isect_capacity: int | None = None,
 ) -> RenderResult:
     """Render the avatar posed by ``vertices`` (V, 3) from one camera.
+
+    With a screen-space stage (``avatar.screen``), the colour's C channels are rasterized at
+    (width // scale, height // scale) (K scaled to match, background channels beyond 3 zero) and
+    the stage makes the (height, width, 3) image of them.
 
     Args:
         expr: (n_expr,) and jaw_pose: (3,) of the frame (drive the opacity offsets).
@@ -55,17 +61,29 @@ def render_avatar(
         colors, degree = splats["colors"], None
     else:
         colors, degree = splats["sh"], splats["sh_degree"]
+    screen = avatar.screen
+    raster_w, raster_h = width, height
+    if screen.enabled():
+        if screen.scale != 1:
+            raster_w, raster_h = max(1, width // screen.scale), max(1, height // screen.scale)
+            K = torch.stack([K[0] * (raster_w / width), K[1] * (raster_h / height), K[2]])
+        if colors.shape[-1] > background.shape[0]:  # feature channels beyond RGB start at zero
+            background = torch.cat([background, background.new_zeros(colors.shape[-1] - background.shape[0])])
     # Tiles of 8 px waste fewer pixel-splat pairs on the CPU for millimetre-sized splats (the
     # images are identical for any tile size); CUDA kernels (gsplat) are tuned for 16.
     tile_size = 16 if vertices.is_cuda else 8
     with timer("rasterization"):
         rgb, alpha, meta = rasterize(
             splats["means"], splats["quats"], splats["scales"], splats["opacities"], colors,
-            viewmat[None], K[None], width, height,
+            viewmat[None], K[None], raster_w, raster_h,
             sh_degree=degree, backgrounds=background[None], backend=backend, tile_size=tile_size,
             isect_capacity=isect_capacity,
         )
-    return RenderResult(rgb[0], alpha[0], meta, splats)
+    image = features = rgb[0]
+    if screen.enabled():
+        with timer("screen"):
+            image = screen(features, alpha[0], width, height)
+    return RenderResult(image, alpha[0], meta, splats, features, (raster_w, raster_h))
 
 
 def tensor_signature(tensors) -> tuple:

@@ -25,8 +25,8 @@ import train  # noqa: E402
 from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
 from scene.model.checkpoint import load_model  # noqa: E402
 from scene.model.components import (ColorComponent, LossContext, OpacityComponent, PluginContractError,  # noqa: E402
-                                    SplatAttribute, SplatGeometry)
-from scene.model.registry import COLOR, OPACITY, ComponentConfig  # noqa: E402
+                                    ScreenComponent, SplatAttribute, SplatGeometry)
+from scene.model.registry import COLOR, OPACITY, SCREEN, ComponentConfig  # noqa: E402
 from utils.config import check_positive  # noqa: E402
 
 THIS_FILE = str(Path(__file__).resolve())
@@ -36,7 +36,8 @@ THIS_FILE = str(Path(__file__).resolve())
 def registered_only_here():
     """The components this file registers leave the registries with it (other tests list them)."""
     yield
-    for registry, name in ((COLOR, "test_rgb"), (COLOR, "test_forgetful"), (OPACITY, "test_gate")):
+    for registry, name in ((COLOR, "test_rgb"), (COLOR, "test_forgetful"), (OPACITY, "test_gate"),
+                           (COLOR, "test_features"), (SCREEN, "test_upsample")):
         registry.unregister(name)
 
 
@@ -110,10 +111,63 @@ class ForgetfulColor(PerSplatRGB):
         self.tint = torch.nn.Linear(3, 3)
 
 
-def plugin_config(tmp_path: Path, color: str = "test_rgb") -> Path:
+@COLOR.register("test_features")
+class PerSplatFeatures(ColorComponent):
+    """Four learnable channels per splat, for a screen-space stage to turn into RGB."""
+
+    @dataclass
+    class Config(ComponentConfig):
+        type: str = "test_features"
+
+    def channels(self) -> int:
+        return 4
+
+    def splat_attributes(self) -> dict:
+        return {"feature": SplatAttribute((4,), lr=1e-2, init=0.5)}
+
+    def forward(self, geometry: SplatGeometry) -> dict:
+        return {"colors": geometry.params["feature"]}
+
+
+@SCREEN.register("test_upsample")
+class UpsampleMix(ScreenComponent):
+    """The feature image rasterized at half size, upsampled and mixed to RGB by a 1x1 convolution,
+    with a loss on its first three channels against the half-size ground truth (as GHA's)."""
+
+    @dataclass
+    class Config(ComponentConfig):
+        type: str = "test_upsample"
+        scale: int = 2
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.scale = cfg.scale
+        self.mix = torch.nn.Conv2d(4, 3, 1)
+
+    def forward(self, features, alpha, width, height):
+        x = torch.nn.functional.interpolate(features.permute(2, 0, 1)[None], size=(height, width), mode="bilinear",
+                                            align_corners=False)
+        return self.mix(x)[0].permute(1, 2, 0)
+
+    def losses(self, ctx: LossContext) -> dict:
+        h, w = ctx.features.shape[:2]
+        gt = torch.nn.functional.interpolate(ctx.gt.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
+        return {"features_rgb": 0.1 * (ctx.features[..., :3] - gt).abs().mean()}
+
+    def param_groups(self):
+        return [{"params": list(self.mix.parameters()), "lr": 1e-3, "name": "test_upsample"}]
+
+    def checkpoint_entries(self):
+        return {"test_upsample": self.mix.state_dict()}
+
+    def load_checkpoint_entries(self, entries, where=""):
+        self.mix.load_state_dict(entries["test_upsample"])
+
+
+def plugin_config(tmp_path: Path, color: str = "test_rgb", screen: str = "none") -> Path:
     path = tmp_path / "toy.yaml"
     path.write_text(f"plugins: [{THIS_FILE}]\nmodel:\n  color:\n    type: {color}\n  opacity:\n    type: test_gate\n"
-                    "sampling:\n  class_balanced: false\n")
+                    f"  screen:\n    type: {screen}\nsampling:\n  class_balanced: false\n")
     return path
 
 
@@ -171,6 +225,29 @@ def test_a_method_from_one_file_trains_saves_renders_exports_and_resumes(tiny, t
     assert a.keys() == b.keys() and "test_gate.pt:offset" in a
     for key in a:
         assert (a[key] == b[key]) if isinstance(a[key], bytes) else torch.equal(a[key], b[key]), key
+
+
+def test_a_screen_space_stage_renders_features_at_its_scale_and_is_not_exported(tiny, tmp_path, capsys):
+    from PIL import Image
+
+    model = tmp_path / "staged"
+    assert train.main(train_args(tiny, model, plugin_config(tmp_path, "test_features", "test_upsample"),
+                                 iterations=6)) == 0
+    ckpt = model / "checkpoints/iteration_0000006"
+    assert (ckpt / "test_upsample.pt").is_file()
+    loaded = load_model(model, flame_path=tiny["flame"])
+    assert loaded.avatar.gaussians.params["feature"].shape[1] == 4
+    assert render.main(["-m", str(model), "--split", "val", "--max-frames", "1", "--quiet"]) == 0
+    rendered = next((model / "val/ours_6/renders").glob("*.png"))
+    gt = model / "val/ours_6/gt" / rendered.name
+    assert Image.open(rendered).size == Image.open(gt).size  # the stage brings it to the frame's size
+    capsys.readouterr()
+    assert export.main(["-m", str(model), "-o", str(tmp_path / "x.ply"), "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "screen-space stage" in err and "test_upsample" in err and "Traceback" not in err
+    # Four channels and no stage to make RGB of them: refused when the avatar is built.
+    assert train.main(train_args(tiny, tmp_path / "nostage", plugin_config(tmp_path, "test_features"), 2)) == 2
+    assert "gives 4 channels" in capsys.readouterr().err
 
 
 def test_a_component_that_forgets_its_checkpoint_entry_is_one_clear_error(tiny, tmp_path, capsys):

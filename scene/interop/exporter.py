@@ -62,6 +62,10 @@ class Exporter:
         self.renderer = Renderer(RenderOptions(model_path=options.model_path, iteration=options.iteration,
                                                device=options.device, backend="torch", flame=options.flame, quiet=True))
         self.avatar = self.renderer.model.avatar
+        if self.avatar.screen.enabled():
+            raise InputFileError(f"{options.model_path}: the avatar's images come from a screen-space stage "
+                                 f"(model.screen {self.avatar.screen.type_name!r}) after rasterization, which a 3DGS "
+                                 "file cannot hold; export needs an avatar whose splats make the image")
         self.sh_fit = None
         self._rig_centers = None
         if self.avatar.export_sh(None) is None:  # a colour without SH of its own: fitted

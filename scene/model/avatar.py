@@ -1,8 +1,10 @@
-"""The avatar: a geometry, a colour and an opacity component composed behind one model interface.
+"""The avatar: a geometry, a colour, an opacity and a screen-space component composed behind one
+model interface.
 
 :class:`GaussianAvatar` is the model the trainer, renderer, viewer, export and checkpoint code talk
 to (docs/DESIGN.md section 0). Which components it is made of is configuration
-(``model.geometry``, ``model.color``, ``model.opacity``, each ``{type: <registered name>, ...}``):
+(``model.geometry``, ``model.color``, ``model.opacity``, ``model.screen``, each
+``{type: <registered name>, ...}``):
 
 - the compact tensorial avatar (``configs/tensorial.yaml``): ``flame_bound`` + ``triplane`` +
   ``feature_lines``;
@@ -13,7 +15,8 @@ The interface, for one frame: :meth:`GaussianAvatar.splats` gives the world-spac
 rasterizer takes; for training: per-splat tensors (``gaussians``, which densification edits),
 :meth:`splat_attributes` and :meth:`param_groups` (what the optimisers update, at which rates),
 :meth:`losses`, :meth:`set_step`; for files: :meth:`checkpoint_entries` /
-:meth:`load_checkpoint_entries`; for export: :meth:`export_sh`.
+:meth:`load_checkpoint_entries`; for export: :meth:`export_sh`; after rasterization, the
+``screen`` stage (:func:`scene.rendering.render_avatar`).
 """
 from __future__ import annotations
 
@@ -26,13 +29,14 @@ import torch
 from scene.methods.tensorial import color as _tensorial_color  # noqa: F401
 from scene.methods.tensorial import opacity as _tensorial_opacity  # noqa: F401
 from scene.model import flame_bound as _flame_bound  # noqa: F401
+from scene.model import no_screen as _no_screen  # noqa: F401
 from scene.model import sh_color as _sh_color  # noqa: F401
 from scene.model import static_opacity as _static_opacity  # noqa: F401
 from scene.model.components import (BuildContext, ColorComponent, Component, GeometryComponent, LossContext,
-                                    OpacityComponent, PluginContractError, SplatAttribute, check_component_contract,
-                                    padded_box)
+                                    OpacityComponent, PluginContractError, ScreenComponent, SplatAttribute,
+                                    check_component_contract, padded_box)
 from scene.model.gaussian_model import BoundGaussians
-from scene.model.registry import COLOR, GEOMETRY, OPACITY, ComponentConfig, component_field
+from scene.model.registry import COLOR, GEOMETRY, OPACITY, SCREEN, ComponentConfig, component_field
 from utils.errors import InputFileError
 
 __all__ = ["ModelConfig", "GaussianAvatar", "build_context", "masks_needed", "SLOTS"]
@@ -51,9 +55,12 @@ class ModelConfig:
     geometry: ComponentConfig = component_field(GEOMETRY, "flame_bound")
     color: ComponentConfig = component_field(COLOR, "triplane")
     opacity: ComponentConfig = component_field(OPACITY, "feature_lines")
+    # An optional stage after rasterization (a CNN from C feature channels to RGB); "none": no stage.
+    screen: ComponentConfig = component_field(SCREEN, "none")
 
 
-SLOTS = (("geometry", GEOMETRY, GeometryComponent), ("color", COLOR, ColorComponent), ("opacity", OPACITY, OpacityComponent))
+SLOTS = (("geometry", GEOMETRY, GeometryComponent), ("color", COLOR, ColorComponent),
+         ("opacity", OPACITY, OpacityComponent), ("screen", SCREEN, ScreenComponent))
 
 
 def masks_needed(cfg: ModelConfig) -> list[str]:
@@ -99,6 +106,10 @@ class GaussianAvatar(torch.nn.Module):
                 self.gaussians = self.geometry.initial_splats()
         self.color: ColorComponent = components["color"]
         self.opacity: OpacityComponent = components["opacity"]
+        self.screen: ScreenComponent = components["screen"]
+        if self.color.channels() != 3 and not self.screen.enabled():
+            raise PluginContractError(f"model.color {self.color.type_name!r} gives {self.color.channels()} channels: "
+                                      "an image needs 3, or a model.screen stage that turns them into RGB")
         owners: dict[str, str] = {}
         for slot, component in self.components().items():
             check_component_contract(component)
@@ -111,8 +122,8 @@ class GaussianAvatar(torch.nn.Module):
         self._check_entry_names()
 
     def components(self) -> dict[str, Component]:
-        """The avatar's components by slot: geometry, color, opacity."""
-        return {"geometry": self.geometry, "color": self.color, "opacity": self.opacity}
+        """The avatar's components by slot: geometry, color, opacity, screen."""
+        return {"geometry": self.geometry, "color": self.color, "opacity": self.opacity, "screen": self.screen}
 
     def _check_entry_names(self) -> None:
         seen: dict[str, str] = {"splats": "the splats", "identity": "the identity"}

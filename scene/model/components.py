@@ -26,7 +26,7 @@ from scene.model.registry import ComponentConfig
 from utils.errors import UserFacingError
 
 __all__ = ["SplatAttribute", "BuildContext", "SplatGeometry", "LossContext", "Component", "ColorComponent",
-           "OpacityComponent", "GeometryComponent", "PluginContractError", "check_component_contract", "padded_box"]
+           "OpacityComponent", "GeometryComponent", "ScreenComponent", "PluginContractError", "check_component_contract", "padded_box"]
 
 
 class PluginContractError(UserFacingError, TypeError):
@@ -153,6 +153,8 @@ class LossContext:
         params: the splats' per-splat tensors; binding: (N,) their triangles.
         triangle_displacement: () -> (F,) each triangle's displacement between the frame's
             expression mesh (no global pose) and the canonical mesh, computed on demand.
+        features: (h, w, C) the rasterized image before the screen-space stage (the image itself
+            without one); gt: (H, W, 3) the frame's ground truth.
     """
 
     step: int
@@ -161,6 +163,8 @@ class LossContext:
     params: dict
     binding: torch.Tensor
     triangle_displacement: Callable[[], torch.Tensor]
+    features: torch.Tensor | None = None
+    gt: torch.Tensor | None = None
 
 
 class Component(torch.nn.Module):
@@ -222,8 +226,13 @@ class GeometryComponent(Component):
 
 
 class ColorComponent(Component):
-    """Gives each splat its colour: :meth:`forward` returns ``{"colors": (N, 3)}`` (RGB >= 0 as the
-    rasterizer takes it) or ``{"sh": (N, K, 3), "sh_degree": d}`` (SH the rasterizer evaluates)."""
+    """Gives each splat its colour: :meth:`forward` returns ``{"colors": (N, C)}`` (RGB >= 0 as the
+    rasterizer takes it, C = 3; or C feature channels for a screen-space stage to turn into RGB) or
+    ``{"sh": (N, K, 3), "sh_degree": d}`` (SH the rasterizer evaluates)."""
+
+    def channels(self) -> int:
+        """C, the channels of :meth:`forward`'s ``colors`` (3 unless a screen-space stage follows)."""
+        return 3
 
     def forward(self, geometry: SplatGeometry) -> dict:
         raise NotImplementedError
@@ -252,6 +261,22 @@ class OpacityComponent(Component):
 
     def forward(self, geometry: SplatGeometry, expr: torch.Tensor, jaw_pose: torch.Tensor) -> torch.Tensor | None:
         return None
+
+
+class ScreenComponent(Component):
+    """An optional stage after rasterization (Gaussian Head Avatar's and NPGA's): the colour's C
+    feature channels, rasterized at 1/``scale`` of the output size, become the (H, W, 3) image.
+    The ``none`` type has no stage: the rasterized colours are the image."""
+
+    #: The rasterizer renders at (width // scale, height // scale); the stage outputs (height, width).
+    scale: int = 1
+
+    def enabled(self) -> bool:
+        return True
+
+    def forward(self, features: torch.Tensor, alpha: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """features (h, w, C) and alpha (h, w, 1) at the rasterized size -> image (height, width, 3)."""
+        raise NotImplementedError
 
 
 def _tensors_in(entry) -> list[torch.Tensor]:

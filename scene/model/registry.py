@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from utils.errors import InputFileError
 
-__all__ = ["ComponentConfig", "Registry", "GEOMETRY", "COLOR", "OPACITY", "component_field"]
+__all__ = ["ComponentConfig", "Registry", "GEOMETRY", "COLOR", "OPACITY", "SCREEN", "component_field"]
 
 
 @dataclass
@@ -101,6 +101,7 @@ class Registry:
 GEOMETRY = Registry("model.geometry")
 COLOR = Registry("model.color")
 OPACITY = Registry("model.opacity")
+SCREEN = Registry("model.screen")
 
 
 def component_field(registry: Registry, default_type: str):

@@ -356,7 +356,8 @@ class Trainer:
             rows = self.row_index[row:row + 1]
             terms = self.avatar.losses(LossContext(
                 step, result.splats, result.meta, self.avatar.gaussians.params, self.avatar.gaussians.binding,
-                triangle_displacement=lambda: self.sequence.triangle_displacement(rows)[0]))
+                triangle_displacement=lambda: self.sequence.triangle_displacement(rows)[0],
+                features=result.features, gt=gt))
             for term in terms.values():
                 loss = loss + term
         with timer("backward"):
@@ -367,7 +368,7 @@ class Trainer:
         self._updating = True  # from here an exception would leave a half-updated state
         with torch.no_grad():
             with timer("densification"):
-                self.strategy.update_statistics(result.meta, frame.width, frame.height)
+                self.strategy.update_statistics(result.meta, *result.raster_size)
             with timer("optimisers"):
                 for opt in self._all_optimizers():
                     opt.step()
