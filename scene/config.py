@@ -251,10 +251,7 @@ def validate(config: TrainConfig) -> None:
     if config.optim.iterations < 1:
         raise InputFileError("optim.iterations must be at least 1")
     for slot, _, _ in SLOTS:
-        component = getattr(m, slot)
-        check = getattr(component, "validate", None)
-        if check is not None:
-            check(m, f"model.{slot}")
+        getattr(m, slot).validate(m, f"model.{slot}")
     _check_ranges(config)
 
 

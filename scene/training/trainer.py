@@ -125,9 +125,9 @@ class Trainer:
         self.request = request
         self.model_dir = Path(request.model_path)
         self.resume_changes: list[str] = []
-        self.cfg, self.source, flame_path, masks_path, self.resume_from, extra = self._resolve_run(request)
+        (self.cfg, self.source, flame_path, masks_path, self.resume_from, extra,
+         self.protocol) = self._resolve_run(request)
         cfg = self.cfg
-        self.protocol = self.protocol_given or "none"
         # The schedule (decays, warm-up, SH degrees) is fixed by the run's first command.
         self.schedule_iterations = int(extra.get("schedule_iterations", cfg.optim.iterations))
         self.device = pick_device(cfg.run.device)
@@ -206,14 +206,13 @@ class Trainer:
             tqdm.write(text)
 
     def _resolve_run(self, request: TrainRequest):
-        """(config, data path, FLAME path, masks path, checkpoints to resume from, saved extras).
+        """(config, data path, FLAME path, masks path, checkpoints to resume from, saved extras, protocol).
 
         A folder with checkpoints continues only with --resume, and only with the same subject,
         FLAME files and config unless --allow-changes (then the differences are recorded). A
         folder with a config.yaml but no checkpoint (a refused or failed start) is simply reused.
         """
         overrides = list(request.overrides)
-        self.protocol_given = request.protocol
         saved_path = self.model_dir / "config.yaml"
         checkpoints = list_checkpoints(self.model_dir)
         if request.resume or (checkpoints and saved_path.is_file()):
@@ -247,8 +246,7 @@ class Trainer:
                     f"{' ...' if len(changes) > 5 else ''}); pass --allow-changes to continue it anyway (the changes "
                     "are recorded in config.yaml), or choose another -m folder")
             self.resume_changes = changes
-            self.protocol_given = given_protocol or trained_protocol
-            return cfg, source, flame_path, masks_path, checkpoints, extra
+            return cfg, source, flame_path, masks_path, checkpoints, extra, given_protocol or trained_protocol
         if not request.source_path:
             raise InputFileError("-s SUBJECT is required (the folder with transforms_train.json)")
         cfg = resolve_config(request.config_files, overrides)
@@ -257,7 +255,8 @@ class Trainer:
         except OSError as exc:
             raise InputFileError(f"cannot create the output folder {self.model_dir}: {exc.strerror or exc}; "
                                  "choose a writable -m folder") from None
-        return cfg, request.source_path, request.flame or str(DEFAULT_FLAME_MODEL_PATH), request.flame_masks, [], {}
+        return (cfg, request.source_path, request.flame or str(DEFAULT_FLAME_MODEL_PATH), request.flame_masks, [], {},
+                request.protocol or "none")
 
     def _require_masks(self) -> None:
         """Components (and class-balanced sampling) that read FLAME's region masks; without them the
