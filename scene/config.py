@@ -17,6 +17,7 @@ component slots (``model.use_triplane`` ...) are read through :func:`upgrade_leg
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -106,11 +107,13 @@ class TrainConfig:
 FIXED_LENGTH_LISTS = ("run.background", "model.color.channels")
 
 
-def import_plugins(names: Iterable, source: str) -> list[str]:
+def import_plugins(names: Iterable | str, source: str) -> list[str]:
     """Import each plugin: a module name on the Python path, or a ``.py`` file (relative paths
     from the folder of ``source`` when it is a file, else the working directory). Returns the
     entries as they are saved (files as absolute paths). A plugin that cannot be imported is one
-    error naming it and ``source``."""
+    error naming it and ``source``; one already imported from the same file is not run again."""
+    if isinstance(names, str):  # --set plugins=a.py,b.py
+        names = [n.strip() for n in names.split(",") if n.strip()]
     if not isinstance(names, (list, tuple)):
         raise InputFileError(f"{source}: 'plugins' must be a list of module names or .py files, got {names!r}")
     base = Path(source).parent if Path(source).is_file() else Path.cwd()
@@ -121,7 +124,8 @@ def import_plugins(names: Iterable, source: str) -> list[str]:
             if name.endswith(".py"):
                 path = (base / name).resolve()
                 saved.append(str(path))
-                module_name = f"avatar_plugin_{path.stem}"
+                # One module per file (two plugins called mine.py in two folders are two modules).
+                module_name = f"avatar_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
                 if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(path):
                     continue
                 if not path.is_file():
@@ -141,10 +145,12 @@ def import_plugins(names: Iterable, source: str) -> list[str]:
     return saved
 
 
-def _plugins_of(update: dict, source: str) -> dict:
-    """``update`` with its ``plugins`` imported (and files made absolute)."""
+def _plugins_of(update: dict, config: TrainConfig, source: str) -> dict:
+    """``update`` with its ``plugins`` imported (files made absolute) and added to those the config
+    lists already: every source's plugins are needed to read the resolved config back."""
     if isinstance(update, dict) and "plugins" in update:
-        update = dict(update, plugins=import_plugins(update["plugins"], source))
+        new = import_plugins(update["plugins"], source)
+        update = dict(update, plugins=config.plugins + [p for p in new if p not in config.plugins])
     return update
 
 
@@ -152,37 +158,46 @@ def resolve_config(
     config_files: Iterable[str | os.PathLike] = (),
     overrides: Iterable[dict] = (),
     base: dict | None = None,
+    base_source: str = "saved config",
 ) -> TrainConfig:
-    """Defaults <- ``base`` (e.g. a saved run's config) <- YAML files in order <- ``overrides``."""
+    """Defaults <- ``base`` (e.g. a saved run's config, named ``base_source`` in errors) <- YAML
+    files in order <- ``overrides``."""
     config = TrainConfig()
-    sources = [] if base is None else [(base, "saved config")]
+    sources = [] if base is None else [(base, base_source)]
     sources += [(load_yaml(path), str(path)) for path in config_files]
     sources += [(update, "command line") for update in overrides]
     for update, source in sources:
-        update = upgrade_legacy_keys(_plugins_of(update, source), config, source)
+        update = upgrade_legacy_keys(_plugins_of(update, config, source), config, source)
         merge_into(config, update, source, FIXED_LENGTH_LISTS)
     validate(config)
     return config
 
 
-# Keys of configs written before the component slots: model.<old> -> (slot, key in that slot's config).
+# Keys of configs written before the component slots: model.<old> -> (slot, the built-in type that
+# owned it, its key in that type's config).
 LEGACY_MODEL_KEYS = {
-    "init_splats_per_triangle": ("geometry", "init_splats_per_triangle"),
-    "triplane_resolution": ("color", "resolution"), "triplane_channels": ("color", "channels"),
-    "view_pe_freqs": ("color", "view_pe_freqs"), "color_hidden": ("color", "hidden"), "sh_degree": ("color", "degree"),
-    "n_expr_bases": ("opacity", "n_expr_bases"), "n_jaw_bases": ("opacity", "n_jaw_bases"),
-    "line_resolution": ("opacity", "line_resolution"), "line_channels": ("opacity", "line_channels"),
-    "opacity_hidden": ("opacity", "hidden"), "opacity_hidden_layers": ("opacity", "hidden_layers"),
-    "feature_line_box": ("opacity", "box"), "face_box_regions": ("opacity", "face_box_regions"),
-    "jaw_weighting": ("opacity", "jaw_weighting"), "jaw_idw_power": ("opacity", "jaw_idw_power"),
+    "init_splats_per_triangle": ("geometry", "flame_bound", "init_splats_per_triangle"),
+    "triplane_resolution": ("color", "triplane", "resolution"), "triplane_channels": ("color", "triplane", "channels"),
+    "view_pe_freqs": ("color", "triplane", "view_pe_freqs"), "color_hidden": ("color", "triplane", "hidden"),
+    "sh_degree": ("color", "sh", "degree"),
+    "n_expr_bases": ("opacity", "feature_lines", "n_expr_bases"), "n_jaw_bases": ("opacity", "feature_lines", "n_jaw_bases"),
+    "line_resolution": ("opacity", "feature_lines", "line_resolution"),
+    "line_channels": ("opacity", "feature_lines", "line_channels"), "opacity_hidden": ("opacity", "feature_lines", "hidden"),
+    "opacity_hidden_layers": ("opacity", "feature_lines", "hidden_layers"),
+    "feature_line_box": ("opacity", "feature_lines", "box"),
+    "face_box_regions": ("opacity", "feature_lines", "face_box_regions"),
+    "jaw_weighting": ("opacity", "feature_lines", "jaw_weighting"),
+    "jaw_idw_power": ("opacity", "feature_lines", "jaw_idw_power"),
 }
-# optim.<old> -> the slots' keys it set.
+# optim.<old> -> the (slot, type, key) it set.
 LEGACY_OPTIM_KEYS = {
-    "grid_lr": (("color", "grid_lr"), ("opacity", "grid_lr")), "mlp_lr": (("color", "mlp_lr"),),
-    "opacity_mlp_lr": (("opacity", "mlp_lr"),), "sh_lr": (("color", "lr"),),
-    "feature_lines_warmup": (("opacity", "warmup"),),
-    "lambda_position": (("geometry", "lambda_position"),), "threshold_position": (("geometry", "threshold_position"),),
-    "lambda_scale": (("geometry", "lambda_scale"),), "threshold_scale": (("geometry", "threshold_scale"),),
+    "grid_lr": (("color", "triplane", "grid_lr"), ("opacity", "feature_lines", "grid_lr")),
+    "mlp_lr": (("color", "triplane", "mlp_lr"),), "opacity_mlp_lr": (("opacity", "feature_lines", "mlp_lr"),),
+    "sh_lr": (("color", "sh", "lr"),), "feature_lines_warmup": (("opacity", "feature_lines", "warmup"),),
+    "lambda_position": (("geometry", "flame_bound", "lambda_position"),),
+    "threshold_position": (("geometry", "flame_bound", "threshold_position"),),
+    "lambda_scale": (("geometry", "flame_bound", "lambda_scale"),),
+    "threshold_scale": (("geometry", "flame_bound", "threshold_scale"),),
 }
 # model.<old boolean> -> (slot, type when true, type when false).
 LEGACY_SWITCHES = {"use_triplane": ("color", "triplane", "sh"), "use_feature_lines": ("opacity", "feature_lines", "static")}
@@ -191,10 +206,11 @@ _warned_legacy: set = set()
 
 def upgrade_legacy_keys(update: dict, config: TrainConfig, source: str) -> dict:
     """``update`` with the keys of configs written before the component slots mapped onto them,
-    once, with one deprecation line per source: ``model.use_triplane`` / ``use_feature_lines``
-    choose ``model.color`` / ``model.opacity``'s type, the components' old flat keys (and their
-    ``optim`` rates, the ``penalty`` section) go into their slot. A key of a component the config
-    does not use is dropped: the code that wrote it ignored it too."""
+    with one deprecation line per source. ``model.use_triplane`` / ``use_feature_lines`` choose
+    ``model.color`` / ``model.opacity``'s type; every other old key (the components' flat keys,
+    their ``optim`` rates, the ``penalty`` section) becomes a setting of the built-in type that
+    owned it (``model.color.sh: {degree: 2}``), which applies where that type is the slot's, as the
+    old code applied it; the line names the ones the chosen types do not use."""
     if not isinstance(update, dict):
         return update
     model, optim = update.get("model"), update.get("optim")
@@ -206,38 +222,38 @@ def upgrade_legacy_keys(update: dict, config: TrainConfig, source: str) -> dict:
     old += ["penalty"] if "penalty" in update else []
     if not old:
         return update
-    types = {slot: getattr(config.model, slot).type for slot, _, _ in SLOTS}
-    registries = {slot: registry for slot, registry, _ in SLOTS}
-    slots: dict[str, dict] = {slot: {} for slot in types}
+    for slot in ("geometry", "color", "opacity"):  # a bare type name, as a mapping to add to
+        if isinstance(model.get(slot), str):
+            model[slot] = {"type": model[slot]}
+    slots: dict[str, dict] = {slot: dict(model.get(slot) or {}) for slot in ("geometry", "color", "opacity")}
     for key, (slot, on, off) in LEGACY_SWITCHES.items():
         if key in model:
-            types[slot] = on if convert(True, model.pop(key), source, f"model.{key}") else off
-            slots[slot]["type"] = types[slot]
-
-    def put(slot: str, key: str, value) -> None:
-        if key in {f.name for f in dataclasses.fields(registries[slot].default_config(types[slot], source))}:
-            slots[slot][key] = value
-
-    for key in [k for k in model if k in LEGACY_MODEL_KEYS]:
-        put(*LEGACY_MODEL_KEYS[key], model.pop(key))
+            slots[slot].setdefault("type", on if convert(True, model.pop(key), source, f"model.{key}") else off)
+    moved = [(LEGACY_MODEL_KEYS[k], model.pop(k), f"model.{k}") for k in [k for k in model if k in LEGACY_MODEL_KEYS]]
     for key in [k for k in optim if k in LEGACY_OPTIM_KEYS]:
         value = optim.pop(key)
-        for slot, new in LEGACY_OPTIM_KEYS[key]:
-            put(slot, new, value)
+        moved += [(target, value, f"optim.{key}") for target in LEGACY_OPTIM_KEYS[key]]
     if "penalty" in update:
-        put("opacity", "penalty", update["penalty"])
+        moved.append((("opacity", "feature_lines", "penalty"), update["penalty"], "penalty"))
+    unused = []
+    for (slot, owner, key), value, old_key in moved:
+        settings = slots[slot].setdefault(owner, {})
+        if isinstance(settings, dict):
+            settings.setdefault(key, value)  # a key the file also writes the new way keeps that value
+        chosen = slots[slot].get("type", getattr(config.model, slot).type)
+        if chosen != owner and old_key not in unused:
+            unused.append(old_key)
     update = {k: v for k, v in update.items() if k != "penalty"}
-    for slot, values in slots.items():
-        if values:
-            model[slot] = {**values, **(model.get(slot) or {})}
+    model.update({slot: values for slot, values in slots.items() if values})
     update["model"] = model
     if optim or "optim" in update:
         update["optim"] = optim
     if source not in _warned_legacy:
         _warned_legacy.add(source)
+        note = f"; not used by the chosen components: {', '.join(unused)}" if unused else ""
         print(f"[config] {source}: old-style keys ({', '.join(old[:4])}{' ...' if len(old) > 4 else ''}) read as "
-              "model.geometry / model.color / model.opacity settings; write them there (docs/DESIGN.md section 0)",
-              file=sys.stderr)
+              f"model.geometry / model.color / model.opacity settings{note}; write them there (docs/DESIGN.md "
+              "section 0)", file=sys.stderr)
     return update
 
 
@@ -303,7 +319,7 @@ def load_saved_config(model_dir: str | os.PathLike) -> tuple[TrainConfig, dict]:
     if "config" not in data:
         raise InputFileError(f"{path}: missing the 'config' section; was it written by train.py?")
     extra = {k: v for k, v in data.items() if k != "config"}
-    return resolve_config(base=data["config"]), extra
+    return resolve_config(base=data["config"], base_source=str(path)), extra
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore: Iterable[str] = ()) -> list[str]:
@@ -317,7 +333,9 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore: Iterable[str] = (
             if any(path == p or path.startswith(p + ".") for p in ignore):
                 continue
             a, b = x.get(key, "(absent)"), y.get(key, "(absent)")
-            if isinstance(a, dict) and isinstance(b, dict):
+            if isinstance(a, dict) and isinstance(b, dict) and "type" in a and a.get("type") != b.get("type"):
+                out.append(f"{path}: type {a['type']!r} -> {b.get('type')!r}")  # a component swapped: one line
+            elif isinstance(a, dict) and isinstance(b, dict):
                 walk(a, b, path + ".")
             elif a != b:
                 out.append(f"{path}: {a!r} -> {b!r}")

@@ -18,7 +18,18 @@ class RenderResult:
     meta: dict  # rasterizer meta: means2d (1, N, 2) with retained grad, radii (1, N), ...
     splats: dict  # the world-space splats and opacity offsets (see GaussianAvatar.splats)
     features: torch.Tensor | None = None  # (h, w, C) the rasterized image (= image without a stage)
-    raster_size: tuple = ()  # (w, h) the rasterized size (= (W, H) without a down-scaling stage)
+
+    @property
+    def raster_size(self) -> tuple[int, int]:
+        """(w, h) the rasterized size (= (W, H) without a down-scaling screen-space stage)."""
+        return self.features.shape[1], self.features.shape[0]
+
+
+def raster_size(avatar: GaussianAvatar, width: int, height: int) -> tuple[int, int]:
+    """(w, h) at which ``avatar`` is rasterized for a (width, height) image: 1/scale of it with a
+    down-scaling screen-space stage, else the image's own size."""
+    scale = avatar.screen.scale if avatar.screen.enabled() else 1
+    return max(1, width // scale), max(1, height // scale)
 
 
 def render_avatar(
@@ -62,10 +73,9 @@ def render_avatar(
     else:
         colors, degree = splats["sh"], splats["sh_degree"]
     screen = avatar.screen
-    raster_w, raster_h = width, height
+    raster_w, raster_h = raster_size(avatar, width, height)
     if screen.enabled():
-        if screen.scale != 1:
-            raster_w, raster_h = max(1, width // screen.scale), max(1, height // screen.scale)
+        if (raster_w, raster_h) != (width, height):
             K = torch.stack([K[0] * (raster_w / width), K[1] * (raster_h / height), K[2]])
         if colors.shape[-1] > background.shape[0]:  # feature channels beyond RGB start at zero
             background = torch.cat([background, background.new_zeros(colors.shape[-1] - background.shape[0])])
@@ -83,7 +93,7 @@ def render_avatar(
     if screen.enabled():
         with timer("screen"):
             image = screen(features, alpha[0], width, height)
-    return RenderResult(image, alpha[0], meta, splats, features, (raster_w, raster_h))
+    return RenderResult(image, alpha[0], meta, splats, features)
 
 
 def tensor_signature(tensors) -> tuple:
@@ -125,7 +135,8 @@ class GraphedAvatarRenderer:
         self.headroom, self.check_overflow = headroom, check_overflow
         self.device = background.device
         self.image = torch.zeros(height, width, 3, device=self.device)
-        self.alpha = torch.zeros(height, width, 1, device=self.device)
+        raster_w, raster_h = raster_size(avatar, width, height)  # alpha comes at the rasterized size
+        self.alpha = torch.zeros(raster_h, raster_w, 1, device=self.device)
         self.capacity = 0  # the captured graph's intersection capacity
         self.captures = 0
         self.n_isects = self.overflow = None  # the graph's (tile, splat) pair count and overflow flag

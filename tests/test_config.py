@@ -110,3 +110,40 @@ def test_saved_config_round_trips(tmp_path):
     assert not any(d.startswith("optim.iterations") for d in config_differences(cfg, other, ignore=["optim.iterations"]))
     with pytest.raises(MissingFileError, match="not a trained model folder"):
         load_saved_config(tmp_path / "empty")
+
+
+def test_plugins_of_every_config_are_kept_and_the_saved_config_loads(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.py").write_text(  # two plugins with the same file name, in two folders
+            "from dataclasses import dataclass\n"
+            "from scene.model.components import ColorComponent\n"
+            "from scene.model.registry import COLOR, ComponentConfig\n"
+            f"@COLOR.register('test_cfg_{name}')\n"
+            "class Mine(ColorComponent):\n"
+            "    @dataclass\n"
+            "    class Config(ComponentConfig):\n"
+            f"        type: str = 'test_cfg_{name}'\n")
+    one = write(tmp_path, "one.yaml", "plugins: [a/mine.py]\nmodel:\n  color: test_cfg_a\n")
+    two = write(tmp_path, "two.yaml", "plugins: [b/mine.py]\n")
+    from scene.model.registry import COLOR
+    try:
+        cfg = resolve_config([one, two])
+        assert cfg.plugins == [str(tmp_path / "a/mine.py"), str(tmp_path / "b/mine.py")]
+        assert "test_cfg_a" in COLOR and "test_cfg_b" in COLOR
+        save_config(cfg, tmp_path / "m/config.yaml")
+        assert load_saved_config(tmp_path / "m")[0].model.color.type == "test_cfg_a"
+    finally:
+        COLOR.unregister("test_cfg_a")
+        COLOR.unregister("test_cfg_b")
+
+
+def test_legacy_keys_go_to_the_type_that_owned_them(tmp_path, capsys):
+    old = write(tmp_path, "mixed.yaml", "model:\n  color: sh\n  sh_degree: 1\n  triplane_resolution: 64\n")
+    cfg = resolve_config([old])
+    assert cfg.model.color.type == "sh" and cfg.model.color.degree == 1
+    assert "not used by the chosen components: model.triplane_resolution" in capsys.readouterr().err
+    # A component swap is one line of a resumed run's differences, not one per key.
+    a, b = resolve_config([]), resolve_config([], [{"model": {"color": "sh"}}])
+    assert [d for d in config_differences(a, b) if d.startswith("model.color")] == [
+        "model.color: type 'triplane' -> 'sh'"]

@@ -271,27 +271,69 @@ def test_an_unknown_or_unimportable_plugin_is_one_line(tiny, tmp_path, capsys):
     assert "unknown model.opacity type 'test_gaet'" in err and "feature_lines, static, test_gate" in err
 
 
-def test_a_loss_term_named_twice_and_an_attribute_declared_twice_are_refused(tiny):
+def _opacity_plugin(name: str, **methods):
+    """A GlobalGate variant registered as ``name`` with ``methods`` replaced (a contract breach each)."""
+    config = dataclass(type("Config", (ComponentConfig,), {"__annotations__": {"type": str, "weight": float},
+                                                             "type": name, "weight": 0.01}))
+    return OPACITY.register(name)(type(f"Breach_{name}", (GlobalGate,), {"Config": config, **methods}))
+
+
+BREACHES = {
+    "test_b_attribute": (dict(splat_attributes=lambda self: {"rgb": SplatAttribute((3,), lr=1e-3)}),
+                         "per-splat attribute 'rgb' is already model.color 'test_rgb'"),
+    "test_b_column": (dict(splat_attributes=lambda self: {"scale": SplatAttribute((3,), lr=1e-3)}),
+                      "PLY column 'scale_0' is already a core column"),
+    "test_b_reserved": (dict(checkpoint_entries=lambda self: {"training_state": {"offset": self.offset}}),
+                        "checkpoint entry 'training_state' is already the trainer's"),
+    "test_b_list": (dict(checkpoint_entries=lambda self: {"gate": [self.offset]}),
+                    "checkpoint entry 'gate' must be a tensor or a state dict"),
+    "test_b_copy": (dict(checkpoint_entries=lambda self: {"gate": {"offset": self.offset.detach().clone()}}),
+                    r"parameters \['offset'\] are in no checkpoint entry"),
+    "test_b_untrained": (dict(param_groups=lambda self: []), r"parameters \['offset'\] are in no Adam group"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BREACHES))
+def test_each_breach_of_the_contract_is_refused_when_the_avatar_is_built(name):
+    from avatar_fixtures import mesh_avatar, sphere_strip
+
+    methods, message = BREACHES[name]
+    _opacity_plugin(name, **methods)
+    verts, faces = sphere_strip(60)
+    try:
+        with pytest.raises(PluginContractError, match=message):
+            mesh_avatar(faces, verts, {"color": {"type": "test_rgb"}, "opacity": {"type": name}}, configs=())
+    finally:
+        OPACITY.unregister(name)
+
+
+def test_a_loss_term_that_is_not_a_named_scalar_is_refused():
     from avatar_fixtures import mesh_avatar, sphere_strip
 
     verts, faces = sphere_strip(60)
+    for name, term, message in (("test_b_float", 0.0, "must be a scalar tensor"),
+                                ("test_b_vector", torch.ones(3), r"must be a scalar tensor .*\(3,\)"),
+                                ("test_b_named", None, "is named twice \\(or is one of the trainer's")):
+        key = "loss" if term is None else "term"
+        value = torch.zeros(()) if term is None else term
+        _opacity_plugin(name, losses=lambda self, ctx, key=key, value=value: {key: value})
+        try:
+            avatar = mesh_avatar(faces, verts, {"color": {"type": "test_rgb"}, "opacity": {"type": name}}, configs=())
+            ctx = LossContext(1, {}, {"radii": torch.ones(1, len(avatar.gaussians))}, avatar.gaussians.params,
+                              avatar.gaussians.binding, lambda: None)
+            with pytest.raises(PluginContractError, match=message):
+                avatar.losses(ctx)
+        finally:
+            OPACITY.unregister(name)
 
-    @OPACITY.register("test_twice")
-    class Twice(GlobalGate):
-        @dataclass
-        class Config(ComponentConfig):
-            type: str = "test_twice"
-            weight: float = 0.01
 
-        def splat_attributes(self):
-            return {"rgb": SplatAttribute((3,), lr=1e-3)}
-
-    try:
-        with pytest.raises(PluginContractError, match="per-splat attribute 'rgb' is already model.color 'test_rgb'"):
-            mesh_avatar(faces, verts, {"color": {"type": "test_rgb"}, "opacity": {"type": "test_twice"}},
-                        configs=())
-    finally:
-        OPACITY.unregister("test_twice")
+def test_another_class_under_a_registered_name_is_refused():
+    with pytest.raises(TypeError, match="model.color type 'sh' is already registered by scene.model.sh_color.SHColor"):
+        @COLOR.register("sh")
+        class SHColor(PerSplatRGB):  # a copy of the built-in's name in another file
+            @dataclass
+            class Config(ComponentConfig):
+                type: str = "sh"
 
 
 def test_the_documented_example_is_a_working_plugin(tiny, tmp_path):

@@ -81,7 +81,7 @@ def test_output_folder_from_another_config(tiny, tmp_path):
     assert result.returncode == 2 and "already holds a checkpoint" in result.stderr and "Traceback" not in result.stderr
     resumed = run_cli([*common, "--config", REPO / "configs/gaussian_avatars.yaml", "--iterations", "3", "--quiet",
                        "--resume"])
-    assert resumed.returncode == 2 and "another setup" in resumed.stderr and "model.color.type" in resumed.stderr
+    assert resumed.returncode == 2 and "another setup" in resumed.stderr and "model.color: type 'triplane' -> 'sh'" in resumed.stderr
     assert "--allow-changes" in resumed.stderr and "Traceback" not in resumed.stderr
     again = run_cli([*common, *SMALL_SCHEDULE, "--iterations", "3"])
     assert again.returncode == 2 and "--resume" in again.stderr

@@ -67,7 +67,7 @@ class ExportedSplats:
         means: (N, 3); quats: (N, 4) unit wxyz; scales: (N, 3) linear; opacity_logit: (N,)
         (canonical logit + the frame's offset); sh: (N, K, 3) SH coefficients, K = (degree + 1)^2;
         sh_degree: the degree of ``sh``; fit_rms: RMS colour error of the SH fit near the cameras'
-        view directions (:meth:`TriplaneSHFit.fit`); fit_rms_sphere: the same over the whole
+        view directions (:meth:`SHFit.fit`); fit_rms_sphere: the same over the whole
         sphere, unweighted (both None when the avatar has its own SH).
     """
 
@@ -124,7 +124,7 @@ class SHFit:
         self.dirs = fibonacci_sphere(n_dirs, device=device)  # (D, 3) canonical frame
         with torch.no_grad():
             targets = avatar.color.direction_colors(avatar.canonical_splat_positions(), avatar.gaussians.params,
-                                                    self.dirs)
+                                                    self.dirs, avatar.gaussians.binding)
         # (N, D, 3): the decoder's colour minus 0.5 before the clamp at 0 (what SH(d) must equal).
         self.targets = targets
 

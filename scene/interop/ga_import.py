@@ -291,6 +291,7 @@ def import_gaussian_avatars(ga_folder: str | Path, subject: str | Path, output: 
     for name in ("xyz", "rotation", "log_scale", "opacity", "sh0", "shN"):
         gaussians.params[name].data = splats[name].float().contiguous()
     avatar.gaussians = gaussians
+    avatar.set_step(None, config.optim.iterations)
 
     def writer(target: Path) -> None:
         save_avatar(target, avatar, shape, static_offset)

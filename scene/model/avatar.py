@@ -35,7 +35,7 @@ from scene.model import static_opacity as _static_opacity  # noqa: F401
 from scene.model.components import (BuildContext, ColorComponent, Component, GeometryComponent, LossContext,
                                     OpacityComponent, PluginContractError, ScreenComponent, SplatAttribute,
                                     check_component_contract, padded_box)
-from scene.model.gaussian_model import BoundGaussians
+from scene.model.gaussian_model import CORE_COLUMNS, BoundGaussians
 from scene.model.registry import COLOR, GEOMETRY, OPACITY, SCREEN, ComponentConfig, component_field
 from utils.errors import InputFileError
 
@@ -58,6 +58,9 @@ class ModelConfig:
     # An optional stage after rasterization (a CNN from C feature channels to RGB); "none": no stage.
     screen: ComponentConfig = component_field(SCREEN, "none")
 
+
+#: Names of the trainer's own loss figures, which no component term may take.
+RESERVED_TERMS = ("loss", "l1", "d_ssim", "psnr", "gradient norm")
 
 SLOTS = (("geometry", GEOMETRY, GeometryComponent), ("color", COLOR, ColorComponent),
          ("opacity", OPACITY, OpacityComponent), ("screen", SCREEN, ScreenComponent))
@@ -100,6 +103,11 @@ class GaussianAvatar(torch.nn.Module):
                                           f"from {base.__name__}")
             components[slot] = cls(component_cfg, ctx)
             if slot == "geometry":
+                missing = [a for a in ("faces", "canonical_vertices") if not torch.is_tensor(getattr(cls, a, None))
+                           and not torch.is_tensor(getattr(components["geometry"], a, None))]
+                if missing:
+                    raise PluginContractError(f"model.geometry {component_cfg.type!r}: a geometry holds {missing} "
+                                              "(buffers of its mesh; scene/model/components.GeometryComponent)")
                 # The splats exist before the colour and opacity components are built (and their
                 # parameters drawn from the RNG), as they always have.
                 self.geometry = components["geometry"]
@@ -126,13 +134,23 @@ class GaussianAvatar(torch.nn.Module):
         return {"geometry": self.geometry, "color": self.color, "opacity": self.opacity, "screen": self.screen}
 
     def _check_entry_names(self) -> None:
-        seen: dict[str, str] = {"splats": "the splats", "identity": "the identity"}
+        # The files a checkpoint folder holds besides the components' entries.
+        seen: dict[str, str] = {"splats": "the splats", "identity": "the identity",
+                                "training_state": "the trainer", "flame_params": "the trainer"}
         for slot, component in self.components().items():
             for name in component.checkpoint_entries():
                 if name in seen:
                     raise PluginContractError(f"model.{slot} {component.type_name!r}: checkpoint entry {name!r} is "
                                               f"already {seen[name]}'s (entries become <name>.pt files)")
                 seen[name] = f"model.{slot} {component.type_name!r}"
+        columns: dict[str, str] = {}
+        for name, spec in self.gaussians.attributes.items():
+            for column in spec.column_names(name):
+                if column in CORE_COLUMNS or column in columns:
+                    raise PluginContractError(f"per-splat attribute {name!r}: its PLY column {column!r} is already "
+                                              f"{columns.get(column, 'a core column')}'s; name the attribute otherwise "
+                                              "or give it a ply_prefix")
+                columns[column] = f"attribute {name!r}"
 
     # -- the frame ------------------------------------------------------------------------------
 
@@ -192,13 +210,19 @@ class GaussianAvatar(torch.nn.Module):
             component.set_step(step, schedule_iterations)
 
     def losses(self, ctx: LossContext) -> dict[str, torch.Tensor]:
-        """The components' weighted loss terms for one training frame, in slot order."""
+        """The components' weighted loss terms for one training frame, in slot order: each a scalar
+        tensor under a name of its own (the trainer's own terms' names are taken)."""
         terms: dict[str, torch.Tensor] = {}
         for slot, component in self.components().items():
             for name, value in component.losses(ctx).items():
-                if name in terms:
-                    raise PluginContractError(f"model.{slot} {component.type_name!r}: loss term {name!r} is named "
-                                              "twice")
+                where = f"model.{slot} {component.type_name!r}: loss term {name!r}"
+                if name in terms or name in RESERVED_TERMS:
+                    raise PluginContractError(f"{where} is named twice (or is one of the trainer's "
+                                              f"{', '.join(RESERVED_TERMS)}): give it a name of its own")
+                if not (torch.is_tensor(value) and value.ndim == 0):
+                    raise PluginContractError(f"{where} must be a scalar tensor (0-dim, from the frame's tensors so "
+                                              f"that it has a gradient), got {type(value).__name__}"
+                                              f"{tuple(value.shape) if torch.is_tensor(value) else ''}")
                 terms[name] = value
         return terms
 

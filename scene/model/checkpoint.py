@@ -120,6 +120,7 @@ def load_model(model_dir: str | os.PathLike, iteration: int | None = None, flame
     canonical = flame.canonical_vertices(shape, None if static_offset is None else static_offset[None])[0]
     avatar = GaussianAvatar(config.model, build_context(config.model, flame, canonical))
     load_avatar_components(avatar, folder)
+    avatar.set_step(None, config.optim.iterations)  # trained: every component in its final state
     avatar.eval()
     return LoadedModel(config, extra, it, folder, flame.to(device), avatar.to(device), shape.to(device),
                        None if static_offset is None else static_offset.to(device))

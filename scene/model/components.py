@@ -125,10 +125,11 @@ class SplatGeometry:
 
     @classmethod
     def canonical(cls, canonical_means: torch.Tensor, params: dict | None = None,
-                  view_dirs: torch.Tensor | None = None) -> "SplatGeometry":
-        """Splats at ``canonical_means`` (N, 3) seen along canonical ``view_dirs`` (N, 3): for
-        lookups in canonical space alone (export's colour per direction, tests)."""
-        return cls(canonical_means, None, None, params or {}, None, lambda: canonical_means, lambda: view_dirs)
+                  view_dirs: torch.Tensor | None = None, binding: torch.Tensor | None = None) -> "SplatGeometry":
+        """Splats at ``canonical_means`` (N, 3) seen along canonical ``view_dirs`` (N, 3), with their
+        per-splat tensors and ``binding`` (N,): for lookups in canonical space alone (export's
+        colour per direction, tests); world quantities are the canonical ones, rotations and scales absent."""
+        return cls(canonical_means, None, None, params or {}, binding, lambda: canonical_means, lambda: view_dirs)
 
     @property
     def canonical_means(self) -> torch.Tensor:
@@ -202,7 +203,15 @@ class Component(torch.nn.Module):
 
 
 class GeometryComponent(Component):
-    """Places the splats of a frame in world space (:meth:`forward` -> :class:`SplatGeometry`)."""
+    """Places the splats of a frame in world space (:meth:`forward` -> :class:`SplatGeometry`).
+
+    Besides its methods it holds ``faces`` (F, 3) and ``canonical_vertices`` (V, 3), the mesh it is
+    built on (as buffers: they follow the avatar's device): export, the orbit camera and loading
+    read them through the avatar.
+    """
+
+    faces: torch.Tensor
+    canonical_vertices: torch.Tensor
 
     def initial_splats(self):
         """The splats at the start of training: a :class:`scene.model.gaussian_model.BoundGaussians`."""
@@ -242,16 +251,21 @@ class ColorComponent(Component):
         writes them as they are), else None: export then fits SH to :meth:`direction_colors`."""
         return None
 
-    def direction_colors(self, canonical_means: torch.Tensor, params: dict, dirs: torch.Tensor) -> torch.Tensor:
+    def direction_colors(self, canonical_means: torch.Tensor, params: dict, dirs: torch.Tensor,
+                         binding: torch.Tensor | None = None) -> torch.Tensor:
         """(N, D, 3): each splat's colour minus 0.5 (the SH-space value before the renderer's
         clamp at 0) for canonical view directions ``dirs`` (D, 3); export fits SH to it. The
         default evaluates :meth:`forward` once per direction."""
         out = []
         for d in dirs:
-            result = self.forward(SplatGeometry.canonical(canonical_means, params, d.expand_as(canonical_means)))
+            result = self.forward(SplatGeometry.canonical(canonical_means, params, d.expand_as(canonical_means),
+                                                          binding))
             if "colors" not in result:
                 raise PluginContractError(f"colour component {self.type_name!r} returns SH from forward() but does "
                                           "not give them in own_sh(): export cannot write it")
+            if result["colors"].shape != canonical_means.shape:
+                raise PluginContractError(f"colour component {self.type_name!r}: export needs (N, 3) RGB per "
+                                          f"direction, got {tuple(result['colors'].shape)}")
             out.append(result["colors"] - 0.5)
         return torch.stack(out, 1)
 
@@ -279,29 +293,45 @@ class ScreenComponent(Component):
         raise NotImplementedError
 
 
-def _tensors_in(entry) -> list[torch.Tensor]:
+def _entry_tensors(entry) -> list[torch.Tensor] | None:
+    """The tensors of a checkpoint entry: a tensor, or a state dict (name -> tensor); None for
+    anything else (which the checkpoint files cannot hold)."""
     if torch.is_tensor(entry):
         return [entry]
-    if isinstance(entry, dict):
-        return [t for v in entry.values() for t in _tensors_in(v)]
-    if isinstance(entry, (list, tuple)):
-        return [t for v in entry for t in _tensors_in(v)]
-    return []
+    if isinstance(entry, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in entry.items()):
+        return list(entry.values())
+    return None
 
 
 def check_component_contract(component: Component) -> None:
-    """Every parameter of ``component`` must be saved by one of its checkpoint entries (the same
-    storage), and entry names must be plain file stems; else one :class:`PluginContractError`."""
-    entries = component.checkpoint_entries()
-    saved = {t.untyped_storage().data_ptr() for t in _tensors_in(entries) if t.numel()}
-    missing = [name for name, p in component.named_parameters()
-               if p.numel() and p.untyped_storage().data_ptr() not in saved]
+    """What a component must get right for its avatar to train, save and load, checked when the
+    avatar is built (one :class:`PluginContractError` naming the component and the fix):
+
+    - each checkpoint entry is a tensor or a state dict (name -> tensor) under a plain name;
+    - every parameter is in an entry (the entry holds the parameter itself, as ``state_dict()``
+      does, not a copy), or a saved avatar would lose it;
+    - every trainable parameter is in one of :meth:`Component.param_groups`, or it never learns.
+    """
     where = f"{component.role} component {component.type_name!r} ({type(component).__qualname__})"
-    if missing:
-        raise PluginContractError(f"{where}: parameters {missing} are in no checkpoint entry, so a saved avatar "
-                                  "would lose them; return them from checkpoint_entries() (e.g. "
-                                  "{'my_net': self.net.state_dict()}) and restore them in load_checkpoint_entries()")
-    for name in entries:
+    entries = component.checkpoint_entries()
+    saved = set()
+    for name, entry in entries.items():
         if not name.replace("_", "").isalnum():
             raise PluginContractError(f"{where}: checkpoint entry {name!r} must be a plain name (it becomes "
                                       f"{name}.pt)")
+        tensors = _entry_tensors(entry)
+        if tensors is None:
+            raise PluginContractError(f"{where}: checkpoint entry {name!r} must be a tensor or a state dict (name -> "
+                                      f"tensor), got {type(entry).__name__}")
+        saved |= {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+    missing = [name for name, p in component.named_parameters()
+               if p.numel() and p.untyped_storage().data_ptr() not in saved]
+    if missing:
+        raise PluginContractError(f"{where}: parameters {missing} are in no checkpoint entry, so a saved avatar "
+                                  "would lose them; return them (not copies) from checkpoint_entries() (e.g. "
+                                  "{'my_net': self.net.state_dict()}) and restore them in load_checkpoint_entries()")
+    grouped = {id(p) for group in component.param_groups() for p in group["params"]}
+    untrained = [name for name, p in component.named_parameters() if p.requires_grad and id(p) not in grouped]
+    if untrained:
+        raise PluginContractError(f"{where}: parameters {untrained} are in no Adam group, so they would never learn; "
+                                  "return them from param_groups() (or set requires_grad=False for fixed ones)")

@@ -28,7 +28,9 @@ from utils.ply_io import read_vertex_table
 if TYPE_CHECKING:
     from scene.model.components import SplatAttribute
 
-CORE_ATTRIBUTES = ("xyz", "rotation", "log_scale", "opacity")
+#: The PLY columns of the core attributes and the binding (a component's attribute may not reuse them).
+CORE_COLUMNS = ("x", "y", "z", *(f"rot_{i}" for i in range(4)), *(f"scale_{i}" for i in range(3)), "opacity",
+                "binding")
 
 
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:

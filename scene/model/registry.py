@@ -19,6 +19,8 @@ second list of component names anywhere: the registries are the list.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -61,9 +63,11 @@ class Registry:
                 raise TypeError(f"{self.role} component {cls.__name__}: Config.type defaults to {config().type!r}, "
                                 f"not its registered name {name!r}")
             known = self._classes.get(name)
-            if known is not None and known.__qualname__ != cls.__qualname__:
+            if known is not None and _origin(known) != _origin(cls):
+                # The same class of the same file imported again (a plugin listed by two configs,
+                # a test file that is its own plugin) replaces itself; anything else is a clash.
                 raise TypeError(f"{self.role} type {name!r} is already registered by {known.__module__}."
-                                f"{known.__qualname__}")
+                                f"{known.__qualname__} ({_origin(known)[1]}); choose another name")
             self._classes[name] = cls
             cls.type_name = name
             cls.role = self.role
@@ -96,6 +100,15 @@ class Registry:
     def default_config(self, name: str, where: str = "") -> ComponentConfig:
         """A fresh config of the type ``name`` (its defaults)."""
         return self.get(name, where).Config()
+
+
+def _origin(cls: type) -> tuple[str, str]:
+    """(qualified name, source file) of a class."""
+    try:
+        source = inspect.getsourcefile(cls) or ""
+    except TypeError:
+        source = ""
+    return cls.__qualname__, os.path.realpath(source) if source else ""
 
 
 GEOMETRY = Registry("model.geometry")

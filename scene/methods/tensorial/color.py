@@ -57,7 +57,7 @@ class TriplaneColor(ColorComponent):
 
     @torch.no_grad()
     def direction_colors(self, canonical_means: torch.Tensor, params: dict, dirs: torch.Tensor,
-                         chunk: int = 8192) -> torch.Tensor:
+                         binding: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
         """(N, D, 3) decoder colour minus 0.5 before the clamp, i.e. SH_C0 f_dc, for canonical
         view directions ``dirs`` (D, 3): the features are looked up once, the decoder runs per
         direction in chunks of ``chunk`` splats."""
