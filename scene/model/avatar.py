@@ -103,8 +103,8 @@ class GaussianAvatar(torch.nn.Module):
                                           f"from {base.__name__}")
             components[slot] = cls(component_cfg, ctx)
             if slot == "geometry":
-                missing = [a for a in ("faces", "canonical_vertices") if not torch.is_tensor(getattr(cls, a, None))
-                           and not torch.is_tensor(getattr(components["geometry"], a, None))]
+                missing = [a for a in ("faces", "canonical_vertices")
+                           if not torch.is_tensor(getattr(components["geometry"], a, None))]
                 if missing:
                     raise PluginContractError(f"model.geometry {component_cfg.type!r}: a geometry holds {missing} "
                                               "(buffers of its mesh; scene/model/components.GeometryComponent)")
@@ -127,14 +127,15 @@ class GaussianAvatar(torch.nn.Module):
                                               f"already {owners.get(name, 'a core splat attribute')}'s")
                 owners[name] = f"model.{slot} {component.type_name!r}"
                 self.gaussians.add_attribute(name, spec)
-        self._check_entry_names()
+        self._check_file_names()
 
     def components(self) -> dict[str, Component]:
         """The avatar's components by slot: geometry, color, opacity, screen."""
         return {"geometry": self.geometry, "color": self.color, "opacity": self.opacity, "screen": self.screen}
 
-    def _check_entry_names(self) -> None:
-        # The files a checkpoint folder holds besides the components' entries.
+    def _check_file_names(self) -> None:
+        """Checkpoint entries and PLY columns: each name once. The files a checkpoint folder holds
+        besides the components' entries are taken."""
         seen: dict[str, str] = {"splats": "the splats", "identity": "the identity",
                                 "training_state": "the trainer", "flame_params": "the trainer"}
         for slot, component in self.components().items():
