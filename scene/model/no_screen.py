@@ -19,7 +19,4 @@ class NoScreen(ScreenComponent):
         type: str = "none"
 
     def enabled(self) -> bool:
-        return False
-
-    def forward(self, features, alpha, width, height):
-        return features
+        return False  # render_avatar then never calls forward(): the rasterized colours are the image

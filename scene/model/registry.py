@@ -22,7 +22,7 @@ import dataclasses
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 from utils.errors import InputFileError
 
@@ -83,9 +83,6 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._classes
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
     def get(self, name: str, where: str = "") -> type:
         """The class registered as ``name``; an unknown name is one error listing the choices."""
