@@ -19,6 +19,7 @@ Every way a run ends leaves a state it resumes from exactly (exit codes):
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from flame_model import DEFAULT_FLAME_MODEL_PATH
@@ -108,10 +109,34 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
                         allow_changes=args.allow_changes, quiet=args.quiet)
 
 
-def main(argv=None) -> int:
+class StopsOutsideTheLoop:
+    """SIGTERM / SIGUSR1 (a scheduler's stop) outside the training loop, for the life of the
+    process: one that comes while the run starts is passed on to the trainer (it stops, saved, at
+    its first step boundary); one that comes after the last step finds nothing left to save, and
+    the run still ends as done (exit 0) instead of being killed by it."""
+
+    NAMES = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.received: str | None = None
+
+    def install(self) -> "StopsOutsideTheLoop":
+        for name in self.NAMES:
+            signal.signal(getattr(signal, name), self._record)
+        return self
+
+    def _record(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+
+def main(argv=None, stops: StopsOutsideTheLoop | None = None) -> int:
+    """``stops``: the process's handlers for stop signals outside the loop (the command line
+    installs them first thing; callers inside another program leave its handlers alone)."""
     args = parse_args(argv)
     try:
         trainer = Trainer(request_from_args(args))
+        if stops is not None and stops.received:
+            trainer.request_stop(stops.received)
         trainer.train()
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -125,4 +150,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(stops=StopsOutsideTheLoop().install()))

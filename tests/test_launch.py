@@ -155,16 +155,60 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+def stub_subject(folder: Path) -> Path:
+    """A folder with the files launch.py checks before it submits (no frames: never trained)."""
+    folder.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (folder / f"transforms_{split}.json").write_text('{"frames": []}')
+    return folder
+
+
 def test_missing_subject_folder_is_one_error(tmp_path):
-    (tmp_path / "here").mkdir()
+    stub_subject(tmp_path / "here")
     line = one_error_line(run_launch(tmp_path / "here", tmp_path / "nowhere", "--launcher", "local",
                                      "--output-root", tmp_path / "out"))
-    assert str(tmp_path / "nowhere") in line and "not found" in line
+    assert str(tmp_path / "nowhere") in line and "not found" in line and "command line" in line
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_that_is_not_a_subject_is_one_error_before_anything_runs(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "transforms_train.json").write_text('{"frames": []}')
+    line = one_error_line(run_launch(tmp_path / "images", "--launcher", "local", "--output-root", tmp_path / "out"))
+    assert "not a subject folder" in line and "transforms_val.json" in line and "transforms_test.json" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_line_of_a_subjects_file_names_the_file_and_line(tmp_path):
+    stub_subject(tmp_path / "a")
+    listing = tmp_path / "subjects.txt"
+    listing.write_text(f"# two subjects\n{tmp_path / 'a'}\n\n{tmp_path / 'typo'}  # the second\n")
+    line = one_error_line(run_launch("--subjects", listing, "--launcher", "local", "--output-root", tmp_path / "out"))
+    assert f"--subjects {listing}, line 4: {tmp_path / 'typo'}: subject folder not found" in line
+
+
+def test_missing_lpips_weights_fail_before_any_job(tmp_path):
+    stub_subject(tmp_path / "a")
+    env = {**os.environ, "AVATAR_CACHE_DIR": str(tmp_path / "empty_cache")}
+    line = one_error_line(run_launch(tmp_path / "a", "--launcher", "local", "--output-root", tmp_path / "out", env=env))
+    assert "LPIPS weights" in line and "fetch_lpips_weights.py" in line and "evaluate.py" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_and_evaluation_settings_reach_each_job(tmp_path):
+    import launch
+    stub_subject(tmp_path / "a")
+    args = launch.parse_args([str(tmp_path / "a"), "--launcher", "local", "--max-frames", "7", "--lpips", "alex",
+                              "--metrics", "standard", "--mask", "fg", "--video"])
+    job, = launch.make_jobs(args, tmp_path / "out")
+    render, evaluate = job.command("render"), job.command("evaluate")
+    assert render[-3:] == ["--video", "--max-frames", "7"], render
+    assert evaluate[-6:] == ["--metrics", "standard", "--lpips", "alex", "--mask", "fg"], evaluate
+    assert launch.evaluate_arguments(args) == evaluate[-6:]  # the final table is scored the same way
+
+
 def test_slurm_without_sbatch_is_one_error(tmp_path):
-    (tmp_path / "subject").mkdir()
+    stub_subject(tmp_path / "subject")
     (tmp_path / "bin").mkdir()  # a PATH with no sbatch/srun on it
     env = {**os.environ, "PATH": str(tmp_path / "bin")}
     line = one_error_line(run_launch(tmp_path / "subject", "--launcher", "slurm", "--output-root", tmp_path / "out",
@@ -188,7 +232,7 @@ def test_slurm_job_array_asks_for_a_gpu_requeue_and_the_warning_signal(tmp_path,
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # what launch.py sets; restored afterwards
     for name in ("s1", "s2"):
-        (tmp_path / name).mkdir()
+        stub_subject(tmp_path / name)
     import launch
     root = tmp_path / "out"
     args = launch.parse_args([str(tmp_path / "s1"), str(tmp_path / "s2"), "--launcher", "slurm", "--gpus", "1",
@@ -205,3 +249,23 @@ def test_slurm_job_array_asks_for_a_gpu_requeue_and_the_warning_signal(tmp_path,
     saved = json.loads((root / "launch.json").read_text())
     assert [saved["subjects"][n]["job_id"] for n in ("s1", "s2")] == ["4242_0", "4242_1"]
     assert (root / "s2" / "slurm" / "4242_1_0_log.out").is_symlink()
+
+
+def test_slurm_cpu_jobs_ask_for_no_gpu(tmp_path, monkeypatch):
+    """--gpus 0 (a partition without GPUs): no GPU in the request, and no limit on tasks at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 7"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+    import launch
+    stub_subject(tmp_path / "s1")
+    root = tmp_path / "out"
+    args = launch.parse_args([str(tmp_path / "s1"), "--launcher", "slurm", "--gpus", "0", "--output-root", str(root)])
+    jobs = launch.make_jobs(args, root)
+    launch.submit_slurm(jobs, args, root, launch.launch_record(args, root, jobs))
+    script = (tmp_path / "submitted.sh").read_text()
+    assert "gpu" not in script and "#SBATCH --cpus-per-task=8\n" in script, script

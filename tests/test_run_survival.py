@@ -68,6 +68,57 @@ def test_stop_signal_saves_at_the_step_boundary_and_resume_is_bit_exact(tiny, st
     _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
 
 
+@pytest.fixture
+def stops():
+    """train.py's handlers for stop signals outside the loop, as its command line installs them."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield train.StopsOutsideTheLoop().install()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def test_a_stop_while_the_run_starts_saves_at_the_first_step(tiny, straight, tmp_path, stops, monkeypatch):
+    model = tmp_path / "m"
+    argv = _common(tiny, model) + ["--iterations", "30", "--set", "run.save_interval=10"]
+    original_init = train.Trainer.__init__
+
+    def init(self, request):
+        original_init(self, request)
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop before train() has its handlers up
+
+    monkeypatch.setattr(train.Trainer, "__init__", init)
+    assert train.main(argv, stops=stops) == 3
+    assert sorted(p.name for p in (model / "checkpoints").iterdir()) == ["iteration_0000001"]
+    monkeypatch.undo()
+    assert train.main(["-m", str(model), "--resume", "--quiet"]) == 0
+    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+
+
+def test_a_stop_after_the_last_step_ends_the_run_as_done(tiny, straight, tmp_path, stops, monkeypatch):
+    """The signal lands when training is over: nothing to save, so exit 0 (not killed by it, which
+    a job would take for a preemption and requeue for nothing)."""
+    model = tmp_path / "m"
+    argv = _common(tiny, model) + ["--iterations", "30", "--set", "run.save_interval=10"]
+    original_train = train.Trainer.train
+
+    def run(self):
+        summary = original_train(self)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return summary
+
+    monkeypatch.setattr(train.Trainer, "train", run)
+    assert train.main(argv, stops=stops) == 0
+    assert stops.received == "SIGUSR1"
+    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+
+
+def test_a_stop_during_the_last_step_ends_the_run_as_done(tiny, straight, tmp_path):
+    model = tmp_path / "m"
+    argv = _common(tiny, model) + ["--iterations", "30", "--set", "run.save_interval=10"]
+    assert _run_with_event(argv, 30, lambda t: os.kill(os.getpid(), signal.SIGUSR1)) == 0
+    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+
+
 def test_sigusr1_to_a_running_process_exits_3_with_a_checkpoint(tiny, tmp_path):
     model = tmp_path / "m"
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *_common(tiny, model), "--iterations", "100000",

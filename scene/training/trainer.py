@@ -499,6 +499,12 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def request_stop(self, signal_name: str) -> None:
+        """Stop at the next step boundary, saved, as if ``signal_name`` (a key of
+        :data:`STOP_SIGNALS`) had arrived during training: for a stop that came while the run was
+        starting, before :meth:`train` had its handlers up."""
+        self._stop_signal = signal_name
+
     def _on_signal(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if name == "SIGINT" and self._stop_signal == "SIGINT":
@@ -579,7 +585,7 @@ class Trainer:
                 if step % cfg.run.save_interval == 0 or step == total:
                     self.save(step)
                 bar.update(1)
-                if self._stop_signal is not None:
+                if self._stop_signal is not None and step < total:  # after the last step: done, not stopped
                     path = self.save_consistent()
                     raise TrainingStopped(f"stopped by {self._stop_signal} at iteration {self.step}: saved {path}; "
                                           "continue with --resume", STOP_SIGNALS[self._stop_signal])
