@@ -637,6 +637,11 @@ class SlurmWatcher:
             state = slurm.JobState(controller.get("JobState", "UNKNOWN").upper(), None, "scontrol")
             self.last_state[name] = state.state
             return state.final
+        if self.last_state.get(name) == "PENDING" and slurm.accounting_state(sub.job_id) is None:
+            # A pending job leaves the queue only to run (then it is listed, or on record) or when
+            # it is cancelled; SLURM keeps no record of an array task cancelled before it started.
+            self.last_state[name] = "CANCELLED"
+            return True
         first = self.unseen_since.setdefault(name, time.monotonic())
         return time.monotonic() - first > UNKNOWN_GRACE_S
 
@@ -662,10 +667,11 @@ def run_slurm(jobs: list[SubjectJob], args, root: Path, record: dict) -> dict[st
     by_name = {job.name: (job, sub) for job, sub in zip(jobs, subs)}
     outcomes: dict[str, tuple[str, str]] = {}
     while len(outcomes) < len(jobs):
-        time.sleep(args.poll)
         progress.print_changes()
         for name in watcher.ended():
             outcomes[name] = job_outcome(*by_name[name], scheduler_state=watcher.last_state.get(name))
+        if len(outcomes) < len(jobs):
+            time.sleep(args.poll)
     progress.print_changes()
     return outcomes
 
@@ -707,9 +713,9 @@ def job_outcome(job: SubjectJob, sub, scheduler_state: str | None = None) -> tup
     progress = read_json(job.log_dir / "progress.json") or {}
     if progress.get("job_id") == sub.job_id and progress.get("state") in ("failed", "cancelled"):
         return progress["state"], progress["message"]  # the job's own report says best what went wrong
-    if isinstance(sub, submitit.SlurmJob):
-        recorded = slurm.accounting_state(sub.job_id)
-        scheduler_state = recorded.state if recorded is not None else scheduler_state
+    if scheduler_state not in slurm.FINAL_STATES and isinstance(sub, submitit.SlurmJob):
+        recorded = slurm.accounting_state(sub.job_id)  # what the launcher saw last comes first: sacct
+        scheduler_state = recorded.state if recorded is not None else scheduler_state  # may lag a requeue
     if scheduler_state == "CANCELLED":
         return "cancelled", "cancelled (scancel) before it started"
     if error is not None:

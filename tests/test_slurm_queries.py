@@ -131,3 +131,14 @@ def test_a_job_that_reported_its_cancel_is_cancelled(tmp_path):
     assert launch.job_outcome(job, EndedSub("7_1", tmp_path, False)) == ("cancelled", "scancel")
     # an earlier job's report is not this one's
     assert launch.job_outcome(job, EndedSub("8_1", tmp_path, False))[0] == "failed"
+
+
+def test_a_pending_job_that_leaves_the_queue_without_a_record_was_cancelled(monkeypatch):
+    queue = {"7_4": slurm.JobState("PENDING", "Resources", "squeue")}
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: dict(queue))
+    monkeypatch.setattr(slurm, "controller_job", lambda job: None)
+    monkeypatch.setattr(slurm, "accounting_state", lambda job: None)
+    watcher = launch.SlurmWatcher([launch.SubjectJob("a", "s", "o", [], [], [], "python", ".")], [FakeSub("7_4")])
+    assert watcher.ended() == []
+    queue.clear()  # scancel: gone from squeue, and SLURM keeps no record of the array task
+    assert watcher.ended() == ["a"] and watcher.last_state["a"] == "CANCELLED"
