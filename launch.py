@@ -84,7 +84,8 @@ LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # local jobs have no time limit
 MAX_TIMEOUT_REQUEUES = 20   # SLURM time-outs after which a job is not requeued again
 STAGES = ("train", "render", "evaluate")
 EXIT_PREEMPTED = 3
-# train.py stopped by a preemption: saved (3), or killed by the signal before its handlers were up
+# A stage stopped by a preemption: saved (3: train.py at its step boundary, render.py at a frame,
+# keeping what it wrote), or killed by the signal before its handlers were up (evaluate.py reruns)
 PREEMPTED_EXITS = (EXIT_PREEMPTED, -int(signal.SIGTERM), -int(PREEMPT_SIGNAL))
 TRAIN_EXIT_MEANING = {0: "done", 1: "crashed (the last consistent state was saved)", 2: "bad input",
                       3: "preempted (state saved; resumes with --resume)",
@@ -229,7 +230,7 @@ class SubjectJob(Checkpointable):
         action = slurm.slurm_action_on_this_job()
         if action is not None:
             self.end_for_slurm(action, stage, code)
-        if stage == "train" and code in PREEMPTED_EXITS:
+        if code in PREEMPTED_EXITS:
             self.requeue_after_preemption()
         message = f"{stage} exited with {code}: {exit_meaning(stage, code)} (log: {self.stages_log})"
         self.report("failed", message)
@@ -252,8 +253,8 @@ class SubjectJob(Checkpointable):
         os._exit(0)  # no result file, no submitit requeue: SLURM decides what comes next
 
     def requeue_after_preemption(self) -> None:
-        """train.py was stopped from outside (SIGTERM/SIGUSR1) and saved: hand the job to
-        submitit's preemption handler, which checkpoints (``checkpoint``) and requeues it."""
+        """A stage was stopped from outside (SIGTERM/SIGUSR1; train.py and render.py saved): hand
+        the job to submitit's preemption handler, which checkpoints (``checkpoint``) and requeues it."""
         if signal.getsignal(PREEMPT_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
             return  # not inside a submitit job: nothing can requeue it, the caller reports it
         signal.raise_signal(PREEMPT_SIGNAL)
