@@ -50,8 +50,9 @@ def launch_args(kernel_name: str, tile_size: int, n_channels: int, width: int, h
     radii = torch.full((C, N, 2), 3, dtype=torch.int32)
     depths = torch.rand(C, N) + 1.0
     visible = torch.ones(C, N, dtype=torch.bool)
+    n_tiles = C * -(-width // tile_size) * -(-height // tile_size)
     isects = bin_gaussians(means2d, radii, depths, visible, width, height, tile_size,
-                           index_dtype=tb.isect_index_dtype(C * N, D))
+                           index_dtype=tb.isect_index_dtype(C * N, n_tiles, D))
     binning = tb._Binning(isects, C, width, height, tile_size)
     table = torch.zeros(C * N + 1, 10)
     feats = torch.zeros(C * N, D)

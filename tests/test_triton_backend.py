@@ -376,29 +376,39 @@ def test_float64_raises():
         render(rasterize_triton, scene)
 
 
+def _compile_report():
+    """bench/triton_compile_report.py (the sm_90 binder, compiler and ptxas report)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import triton_compile_report
+
+    return triton_compile_report
+
+
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernels: needs triton imported without TRITON_INTERPRET")
 @pytest.mark.parametrize("tile_size", [16, 8])
-def test_kernels_compile_for_sm90(tile_size):
+@pytest.mark.parametrize("channels", [3, 6])
+def test_kernels_compile_once_for_sm90_without_spills(tile_size, channels):
     """The interpreter does not type-check like the compiler (loop-carried types, layouts, dot
-    shapes): compile both kernels to a cubin for sm_90 (H100), which needs no GPU."""
-    import inspect
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    shapes): compile both kernels to a cubin for sm_90 (H100 / H200), which needs no GPU, through
+    Triton's own binder. The probe scene's 40 x 32 and the avatar's 550 x 802 bind to one
+    specialisation (one compiled kernel, as the JIT cache is keyed on it), while a different tile
+    size does not. D = 3 (per-channel arithmetic): no register spills at tile 16 and 8; D = 6
+    (the tl.dot layout) compiles."""
+    report = _compile_report()
     from gaussian_renderer import triton_kernels
-    from gaussian_renderer.triton_backend import _launch_config
 
-    cfg = _launch_config(tile_size, 4)
-    num_warps = cfg.pop("num_warps")
-    for kernel in (triton_kernels.composite_forward_kernel, triton_kernels.composite_backward_kernel):
-        names = list(inspect.signature(kernel.fn).parameters)
-        sig = {n: "constexpr" if n in cfg else "i32" for n in names}
-        sig.update({n: "*i64" if n in ("isect_ptr", "offsets_ptr", "counts_ptr") else "*fp32"
-                    for n in names if n.endswith("_ptr")})
-        try:
-            src = ASTSource(fn=kernel, signature=sig, constexprs=cfg)
-        except TypeError:
-            pytest.skip("this triton's ASTSource API differs (written for triton >= 3.3)")
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    for name, kernel in (("forward", triton_kernels.composite_forward_kernel),
+                         ("backward", triton_kernels.composite_backward_kernel)):
+        keys = {}
+        for size in ((40, 32), (550, 802), (37, 29)):
+            args, cfg = report.launch_args(name, tile_size, channels, *size)
+            keys[size], src, options = report.specialise(kernel, args, cfg)
+        assert len(set(keys.values())) == 1, f"{name}: one image size each compiles its own variant"
+        args4, cfg4 = report.launch_args(name, 4, channels, 40, 32)
+        assert report.specialise(kernel, args4, cfg4)[0] not in keys.values()  # keys do tell tile sizes apart
+        compiled = report.compile_sm90(src, options)
         assert compiled.asm.get("cubin")
+        res = report.ptxas_resources(compiled.asm["ptx"])
+        assert 0 < res["n_regs"] <= 255, res
+        if channels <= 4:
+            assert res["n_spills"] == 0 and res["spill_store_bytes"] == 0, f"{name} tile {tile_size}: {res}"
