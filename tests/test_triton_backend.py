@@ -225,6 +225,47 @@ def test_depth_only_gradients_match_torch():
     assert_grads_close(grads, tgrads)
 
 
+@kernel_test
+@pytest.mark.parametrize("channels", [2, 20])
+def test_channel_layouts_match_torch(channels):
+    """Both colour paths against the torch backend, forward and every gradient: per-channel
+    arithmetic (2 channels, + depth = 3 in DPAD 4) and tl.dot (20 + depth = 21 in DPAD 32)."""
+    from gaussian_renderer.triton_backend import _launch_config
+
+    d = channels + 1
+    assert (_launch_config(8, d)["DPAD"] <= 4) == (channels == 2)
+    scene = small_scene(n=40, seed=9, channels=channels)
+    img, alpha, _, grads = render(rasterize_triton, scene, grad=True, render_mode="RGB+D")
+    timg, talpha, _, tgrads = render(rasterize_torch, scene, grad=True, render_mode="RGB+D")
+    assert img.shape == (2, H, W, d)
+    torch.testing.assert_close(img, timg, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alpha, talpha, rtol=0, atol=1e-5)
+    assert grads["colors"].shape == (40, channels) and grads["colors"].abs().max() > 0
+    assert_grads_close(grads, tgrads)
+
+
+@kernel_test
+def test_int64_ids_render_as_int32(monkeypatch):
+    """The int64 fallback (ids beyond isect_index_dtype's bounds) gives bit-identical images and
+    gradients to the int32 ids the backend uses at this size."""
+    from gaussian_renderer import triton_backend, triton_kernels
+    from gaussian_renderer.compositing import _conic_table
+
+    table = _conic_table(torch.zeros(1, 2, 2), torch.ones(1, 2, 3), torch.ones(1, 2), torch.float32, "cpu")
+    assert table.shape[1] == triton_backend.N_TABLE_COLS == triton_kernels.N_COLS.value
+    scene = small_scene(n=60, seed=10)
+    assert triton_backend.isect_index_dtype(2 * 60, 2 * 40, 4) == torch.int32
+    img, alpha, _, grads = render(rasterize_triton, scene, grad=True, render_mode="RGB+D")
+    monkeypatch.setattr(triton_backend, "isect_index_dtype", lambda *a: torch.int64)
+    img64, alpha64, _, grads64 = render(rasterize_triton, scene, grad=True, render_mode="RGB+D")
+    assert torch.equal(img, img64) and torch.equal(alpha, alpha64)
+    if INTERPRETED:
+        for k in grads:
+            assert torch.equal(grads[k], grads64[k]), k
+    else:  # a GPU's float atomics add in any order
+        assert_grads_close(grads64, grads, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # transmittance stop
 
@@ -393,7 +434,7 @@ def test_kernels_compile_once_for_sm90_without_spills(tile_size, channels):
     Triton's own binder. The probe scene's 40 x 32 and the avatar's 550 x 802 bind to one
     specialisation (one compiled kernel, as the JIT cache is keyed on it), while a different tile
     size does not. D = 3 (per-channel arithmetic): no register spills at tile 16 and 8; D = 6
-    (the tl.dot layout) compiles."""
+    (the tl.dot layout) compiles. Every float division is IEEE-rounded (``div.rn``)."""
     report = _compile_report()
     from gaussian_renderer import triton_kernels
 
@@ -408,6 +449,9 @@ def test_kernels_compile_once_for_sm90_without_spills(tile_size, channels):
         assert report.specialise(kernel, args4, cfg4)[0] not in keys.values()  # keys do tell tile sizes apart
         compiled = report.compile_sm90(src, options)
         assert compiled.asm.get("cubin")
+        # the weights' division r = alpha / (1 - alpha) rounds as torch's (IEEE), not approximately
+        ptx = compiled.asm["ptx"]
+        assert "div.rn.f32" in ptx and "div.full.f32" not in ptx and "div.approx.f32" not in ptx
         res = report.ptxas_resources(compiled.asm["ptx"])
         assert 0 < res["n_regs"] <= 255, res
         if channels <= 4:
