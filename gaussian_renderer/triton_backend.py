@@ -87,16 +87,18 @@ def _launch_config(tile_size: int, n_channels: int) -> dict:
     of two >= 16 (``tl.dot``, which also needs PIX and BLOCK >= 16). Forward and backward use the
     same chunks, so the backward recomputes bit-identical running products and stop decisions (a
     scan's rounding depends on where the chunks start). BLOCK keeps a (PIX, BLOCK) tensor at ~2k
-    elements because the backward holds about a dozen of them; the figures per (kernel, tile
-    size, D) are those of ``bench/triton_compile_report.py`` (docs/BENCHMARKS.md). Not yet tuned
-    on a GPU.
+    elements (per channel) or ~1k (tl.dot, whose operands take registers too) because the
+    backward holds about a dozen of them: with 8 warps ptxas (sm_90, triton 3.9) then spills
+    nothing for D <= 4 at tile 16 and 8, nor for D > 4 at tile 8; the tile-16 tl.dot backward
+    still spills (BLOCK cannot go below 16 there). Figures per (kernel, tile size, D):
+    ``bench/triton_compile_report.py`` (docs/BENCHMARKS.md). Not yet tuned on a GPU.
     """
     pix = max(16, 1 << (tile_size * tile_size - 1).bit_length())
     per_channel = n_channels <= 4
     dpad = 1 << (n_channels - 1).bit_length() if per_channel else max(16, 1 << (n_channels - 1).bit_length())
-    block = max(8 if per_channel else 16, min(64, 2048 // pix))
+    block = max(8, min(64, 2048 // pix)) if per_channel else max(16, min(64, 1024 // pix))
     return {"TILE": tile_size, "PIX": pix, "BLOCK": block, "DPAD": dpad,
-            "num_warps": 8 if pix * block >= 2048 else 4}
+            "num_warps": 8 if pix * block >= 1024 else 4}
 
 
 def isect_index_dtype(n_ids: int, n_tiles: int, n_channels: int) -> torch.dtype:

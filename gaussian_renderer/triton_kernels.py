@@ -285,7 +285,7 @@ def composite_backward_kernel(
     dmask = d < D
     lane = tl.arange(0, BLOCK)
 
-    v_color = tl.load(v_color_ptr + pix[:, None] * D + d[None, :], mask=inside[:, None] & dmask[None, :], other=0.0)
+    v_held = tl.load(v_color_ptr + pix[:, None] * D + d[None, :], mask=inside[:, None] & dmask[None, :], other=0.0)
     R_run = tl.load(rest_ptr + pix, mask=inside, other=0.0)  # R before the chunk's first entry
     P = tl.where(inside, 1.0, 0.0)
     ids = _load_ids(isect_ptr, start, count, 0, BLOCK)
@@ -299,6 +299,11 @@ def composite_backward_kernel(
         ids_after = _load_ids(isect_ptr, start, count, k0 + 2 * BLOCK, BLOCK)
 
         valid = k0 + lane < count
+        if DPAD <= 4:
+            v_color = v_held
+        else:  # (PIX, DPAD >= 16) held across the loop would spill: reloaded (from L1) per chunk
+            v_color = tl.load(v_color_ptr + pix[:, None] * D + d[None, :], mask=inside[:, None] & dmask[None, :],
+                              other=0.0)
         tab = table_ptr + ids * N_COLS
         ca = tl.load(tab + _CA, mask=valid, other=0.0)
         cb = tl.load(tab + _CB, mask=valid, other=0.0)

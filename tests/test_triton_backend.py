@@ -464,8 +464,8 @@ def test_kernels_compile_once_for_sm90_without_spills(tile_size, channels):
     shapes): compile both kernels to a cubin for sm_90 (H100 / H200), which needs no GPU, through
     Triton's own binder. The probe scene's 40 x 32 and the avatar's 550 x 802 bind to one
     specialisation (one compiled kernel, as the JIT cache is keyed on it), while a different tile
-    size does not. D = 3 (per-channel arithmetic): no register spills at tile 16 and 8; D = 6
-    (the tl.dot layout) compiles. Every float division is IEEE-rounded (``div.rn``)."""
+    size does not. No register spills with D = 3 (per-channel arithmetic) at tile 16 and 8, nor
+    with D = 6 (tl.dot) at tile 8. Every float division is IEEE-rounded (``div.rn``)."""
     report = _compile_report()
     from gaussian_renderer import triton_kernels
 
@@ -485,5 +485,5 @@ def test_kernels_compile_once_for_sm90_without_spills(tile_size, channels):
         assert "div.rn.f32" in ptx and "div.full.f32" not in ptx and "div.approx.f32" not in ptx
         res = report.ptxas_resources(compiled.asm["ptx"])
         assert 0 < res["n_regs"] <= 255, res
-        if channels <= 4:
+        if channels <= 4 or tile_size == 8:  # the tile-16 tl.dot backward still spills (BENCHMARKS.md)
             assert res["n_spills"] == 0 and res["spill_store_bytes"] == 0, f"{name} tile {tile_size}: {res}"
