@@ -8,8 +8,10 @@ program per (camera, tile) over the flat intersection list, so a frame is two ke
 sizing of its list, and with ``isect_capacity`` there is none: the whole call, projection to
 image, can then be captured in a CUDA graph (``scene.rendering.GraphedAvatarRenderer``).
 
-Results equal the torch backend's to float32 rounding: same 0.99 clamp, 1/255 skip and 1e-4
-transmittance stop (``compositing.py``), same parameter table. float32 only.
+Results equal the torch backend's to float32 rounding in Triton's interpreter: same 0.99 clamp,
+1/255 skip and 1e-4 transmittance stop (``compositing.py``), same parameter table. Compiled on a
+GPU (approximate exp2, fused multiply-adds) they agree within ``parity.TOLERANCES``, which the
+parity probe applies. float32 only.
 
 Triton is imported lazily (``triton_available``, first call of ``rasterize_triton``), so the
 package imports where triton is absent. On CPU tensors the kernels need Triton's interpreter:
