@@ -64,8 +64,9 @@ class Intersections:
 
     ``flat`` (L,) int64 (int32 with ``bin_gaussians``'s ``index_dtype``): flat splat ids
     ``camera * N + splat``, grouped by global tile id (``camera * tiles_per_camera + ty * tiles_x
-    + tx``) and front to back within a tile; entries from ``counts.sum()`` on are padding (the dummy id ``C * N``). ``counts`` / ``offsets``
-    (C * tiles_per_camera,) int64: each tile's entries are ``flat[offsets[t]:offsets[t] + counts[t]]``.
+    + tx``) and front to back within a tile; entries from ``counts.sum()`` on are padding (the
+    dummy id ``C * N``). ``counts`` / ``offsets`` (C * tiles_per_camera,) int64: each tile's
+    entries are ``flat[offsets[t]:offsets[t] + counts[t]]``.
     ``tiles_per_gauss`` (C, N) int32. ``n_isects``: all pairs, those beyond a fixed capacity
     included: an int, or a 0-dim int64 tensor when a capacity was given (reading it syncs).
     ``overflow``: None, or with a capacity a 0-dim bool tensor, true when pairs were dropped.
