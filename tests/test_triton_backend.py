@@ -62,7 +62,7 @@ def test_kernels_in_interpreter_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"kernel tests failed in the TRITON_INTERPRET=1 child process:\n{out[-8000:]}"
     assert " passed" in out and " failed" not in out
