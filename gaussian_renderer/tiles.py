@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 import torch
 
 
+INT32_LIMIT = 2**31 - 1
+
+
+def fits_int32(max_id: int, max_key: int) -> bool:
+    """True when flat splat ids up to ``max_id`` (the dummy id C * N) and tile keys up to
+    ``max_key`` (the padding key C * tiles) are int32 values (<= 2^31 - 1)."""
+    return max(max_id, max_key) <= INT32_LIMIT
+
+
 @dataclass
 class Chunk:
     """A group of tiles composited together as one padded (n_tiles, ts*ts, K) problem."""
@@ -53,10 +62,11 @@ class TilePlan:
 class Intersections:
     """The depth-sorted (tile, splat) pairs of one rasterization (:func:`bin_gaussians`).
 
-    ``flat`` (L,) int64: flat splat ids ``camera * N + splat``, grouped by global tile id
-    (``camera * tiles_per_camera + ty * tiles_x + tx``) and front to back within a tile; entries
-    from ``counts.sum()`` on are padding (the dummy id ``C * N``). ``counts`` / ``offsets``
-    (C * tiles_per_camera,) int64: each tile's entries are ``flat[offsets[t]:offsets[t] + counts[t]]``.
+    ``flat`` (L,) int64 (int32 with ``bin_gaussians``'s ``index_dtype``): flat splat ids
+    ``camera * N + splat``, grouped by global tile id (``camera * tiles_per_camera + ty * tiles_x
+    + tx``) and front to back within a tile; entries from ``counts.sum()`` on are padding (the
+    dummy id ``C * N``). ``counts`` / ``offsets`` (C * tiles_per_camera,) int64: each tile's
+    entries are ``flat[offsets[t]:offsets[t] + counts[t]]``.
     ``tiles_per_gauss`` (C, N) int32. ``n_isects``: all pairs, those beyond a fixed capacity
     included: an int, or a 0-dim int64 tensor when a capacity was given (reading it syncs).
     ``overflow``: None, or with a capacity a 0-dim bool tensor, true when pairs were dropped.
@@ -79,6 +89,7 @@ def bin_gaussians(
     height: int,
     tile_size: int,
     capacity: int | None = None,
+    index_dtype: torch.dtype = torch.int64,
 ) -> Intersections:
     """Build the depth-sorted (tile, splat) intersection list.
 
@@ -89,6 +100,10 @@ def bin_gaussians(
         graph; pairs beyond L are dropped, the farthest splats' first (the list is built in global
         depth order before it is grouped by tile; with several cameras that order spans them
         all), and ``overflow`` says so.
+        index_dtype: torch.int64, or torch.int32 for the splat ids of ``flat`` and the tile keys
+        it is sorted by (a GPU radix sort then makes 4 passes over half the bytes, not 8); int32
+        needs the dummy id ``C * N`` and the padding key ``C * tiles`` to fit (see
+        :func:`fits_int32`), else a ValueError that names the sizes.
     Returns :class:`Intersections`.
     """
     C, N = depths.shape
@@ -96,6 +111,12 @@ def bin_gaussians(
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
     tpc = tiles_x * tiles_y
+    if index_dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"bin_gaussians: index_dtype must be torch.int32 or torch.int64, got {index_dtype}")
+    if index_dtype == torch.int32 and not fits_int32(C * N, C * tpc):
+        raise ValueError(
+            f"bin_gaussians(index_dtype=torch.int32): {C} cameras x {N} splats (ids up to {C * N}) and {C} x {tpc} "
+            f"tiles (keys up to {C * tpc}) must stay below 2^31 = {INT32_LIMIT + 1}; use index_dtype=torch.int64")
 
     u, v = means2d[..., 0], means2d[..., 1]
     rx = radii_xy[..., 0].to(u.dtype)
@@ -128,26 +149,29 @@ def bin_gaussians(
     rows = torch.repeat_interleave(torch.arange(C * N + 1, device=device), torch.cat([kept, pad.reshape(1)]),
                                    output_size=capacity)  # (L,) row of `order` (C*N = padding)
 
-    # per row: [first tile of its box, box width, first list index, flat splat id]; padding row last
+    # per row: [first tile of its box, box width, first list index]; padding row last
     cam = torch.div(order, N, rounding_mode="floor") if N else order
     first = cam * tpc + y0.reshape(-1).index_select(0, order) * tiles_x + x0.reshape(-1).index_select(0, order)
     width_tiles = (x1 - x0).reshape(-1).index_select(0, order)
-    info = torch.stack([first, width_tiles, start, order], dim=1)
+    info = torch.stack([first, width_tiles, start], dim=1)
     # the padding row: tile C * tiles (sorts after every real tile), width 1, the dummy splat;
     # built with fills on the device (a host tensor copied over would be a transfer)
-    pad_row = torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in (C * tpc, 1, 0, dummy)])
+    pad_row = torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in (C * tpc, 1, 0)])
     info = torch.cat([info, pad_row[None]])
-    per = info.index_select(0, rows)  # (L, 4)
+    ids = torch.cat([order, torch.full((1,), dummy, dtype=torch.int64, device=device)]).to(index_dtype)
+    per = info.index_select(0, rows)  # (L, 3)
     j = torch.arange(capacity, device=device) - per[:, 2]
     wr = per[:, 1]
     row = torch.div(j, wr, rounding_mode="floor")
-    tile = torch.where(rows < C * N, per[:, 0] + row * tiles_x + (j - row * wr), per[:, 0])
+    tile = torch.where(rows < C * N, per[:, 0] + row * tiles_x + (j - row * wr), per[:, 0]).to(index_dtype)
     tile_sorted, perm = torch.sort(tile, stable=True)
-    isect_flat = per[:, 3].index_select(0, perm)
-    counts = torch.zeros(C * tpc + 1, dtype=torch.int64, device=device)
-    counts.scatter_add_(0, tile_sorted, torch.ones_like(tile_sorted))
-    counts = counts[:-1]
-    offsets = torch.cumsum(counts, 0) - counts
+    isect_flat = ids.index_select(0, rows.index_select(0, perm))
+    # tile t's entries start at the first key >= t (a binary search per tile: no same-address
+    # atomics, as a scatter_add_ histogram of the keys would make); the padding key C * tiles
+    # bounds the last real tile
+    bounds = torch.searchsorted(tile_sorted, torch.arange(C * tpc + 1, dtype=index_dtype, device=device))
+    offsets = bounds[:-1]
+    counts = bounds[1:] - offsets
     if exact:
         return Intersections(isect_flat, counts, offsets, tiles_per_gauss, capacity)
     return Intersections(isect_flat, counts, offsets, tiles_per_gauss, n_isects, n_isects > capacity)

@@ -8,8 +8,10 @@ program per (camera, tile) over the flat intersection list, so a frame is two ke
 sizing of its list, and with ``isect_capacity`` there is none: the whole call, projection to
 image, can then be captured in a CUDA graph (``scene.rendering.GraphedAvatarRenderer``).
 
-Results equal the torch backend's to float32 rounding: same 0.99 clamp, 1/255 skip and 1e-4
-transmittance stop (``compositing.py``), same parameter table. float32 only.
+Results equal the torch backend's to float32 rounding in Triton's interpreter: same 0.99 clamp,
+1/255 skip and 1e-4 transmittance stop (``compositing.py``), same parameter table. Compiled on a
+GPU (approximate exp2, fused multiply-adds) they agree within ``parity.TOLERANCES``, which the
+parity probe applies. float32 only.
 
 Triton is imported lazily (``triton_available``, first call of ``rasterize_triton``), so the
 package imports where triton is absent. On CPU tensors the kernels need Triton's interpreter:
@@ -29,11 +31,12 @@ import torch
 from .compositing import _conic_table
 from .errors import BackendUnavailableError
 from .registry import Backend, register_backend
-from .tiles import Intersections, bin_gaussians
+from .tiles import Intersections, bin_gaussians, fits_int32
 from .torch_backend import build_meta, finish_render, prepare_splats
 
 _KERNELS_MODULE = "gaussian_renderer.triton_kernels"
 _G_COLS = 6  # columns of the backward kernel's per-splat gradient table (mean x, y, conic a, b, c, opacity)
+N_TABLE_COLS = 10  # columns of compositing._conic_table (triton_kernels.N_COLS)
 
 
 def triton_import_error() -> str | None:
@@ -79,32 +82,49 @@ def _check_runnable(t: torch.Tensor) -> None:
 
 
 def _launch_config(tile_size: int, n_channels: int) -> dict:
-    """Compile-time sizes: pixel lanes PIX (tile_size^2 padded to a power of two, >= 16 for
-    tl.dot), chunk length BLOCK (16..64 splats) and padded channels DPAD (>= 16 for tl.dot).
+    """Compile-time sizes: pixel lanes PIX (tile_size^2 padded to a power of two, >= 16), chunk
+    length BLOCK (splats per chunk) and the channel layout DPAD; with num_warps.
 
-    Forward and backward use the same chunks, so the backward recomputes bit-identical running
-    products and stop decisions (a scan's rounding depends on where the chunks start). BLOCK keeps
-    a (PIX, BLOCK) tensor at ~2k elements because the backward holds about a dozen of them: with
-    8 warps, ptxas (sm_90, triton 3.9) reports no spills at tile 8 (BLOCK 32) and ~1 kB of
-    spills for the tile-16 backward (BLOCK 16, the tl.dot minimum); the forward spills < 32 bytes.
-    Not yet tuned on a GPU.
+    DPAD: up to 4 channels, D rounded up to a power of two (per-channel arithmetic); more, a power
+    of two >= 16 (``tl.dot``, which also needs PIX and BLOCK >= 16). Forward and backward use the
+    same chunks, so the backward recomputes bit-identical running products and stop decisions (a
+    scan's rounding depends on where the chunks start). BLOCK keeps a (PIX, BLOCK) tensor at ~2k
+    elements (per channel) or ~1k (tl.dot, whose operands take registers too) because the
+    backward holds about a dozen of them: with 8 warps ptxas (sm_90, triton 3.9) then spills
+    nothing for D <= 4 at tile 16 and 8, nor for D > 4 at tile 8; the tile-16 tl.dot backward
+    still spills (BLOCK cannot go below 16 there). Figures per (kernel, tile size, D):
+    ``bench/triton_compile_report.py`` (docs/BENCHMARKS.md). Not yet tuned on a GPU.
     """
     pix = max(16, 1 << (tile_size * tile_size - 1).bit_length())
-    block = max(16, min(64, 2048 // pix))
-    dpad = max(16, 1 << (n_channels - 1).bit_length())
+    per_channel = n_channels <= 4
+    dpad = 1 << (n_channels - 1).bit_length() if per_channel else max(16, 1 << (n_channels - 1).bit_length())
+    block = max(8, min(64, 2048 // pix)) if per_channel else max(16, min(64, 1024 // pix))
     return {"TILE": tile_size, "PIX": pix, "BLOCK": block, "DPAD": dpad,
-            "num_warps": 8 if pix * block >= 2048 else 4}
+            "num_warps": 8 if pix * block >= 1024 else 4}
+
+
+def isect_index_dtype(n_ids: int, n_tiles: int, n_channels: int) -> torch.dtype:
+    """The dtype of the intersection list's splat ids and tile keys for the kernels.
+
+    int32 (half the bytes to sort and gather, 4 radix passes instead of 8) when every offset the
+    kernels compute from an id in its dtype fits: ``id * max(10 table columns, 6 gradient
+    columns, D)`` for ids up to ``n_ids`` (= C * N, the dummy id included), and the tile keys up
+    to ``n_tiles`` (= C * tiles per camera). Otherwise int64, which renders the same (slower):
+    e.g. int32 up to 214,748,364 splats x cameras with D <= 10, and up to 2^31 / D beyond.
+    """
+    widest = max(N_TABLE_COLS, _G_COLS, n_channels)
+    return torch.int32 if fits_int32(n_ids * widest, n_tiles) else torch.int64
 
 
 class _Binning:
     """The intersections of ``tiles.bin_gaussians`` and the image / tile layout the kernels need.
 
-    isect (L,) int64 flat splat ids (L >= 1: the kernels take a pointer), offsets / counts
-    (C * tiles,) int64."""
+    isect (L,) int32 or int64 flat splat ids (L >= 1: the kernels take a pointer), offsets /
+    counts (C * tiles,) int64."""
 
     def __init__(self, isects: Intersections, n_cameras, width, height, tile_size):
         flat = isects.flat
-        self.isect = flat if flat.numel() else torch.zeros(1, dtype=torch.int64, device=flat.device)
+        self.isect = flat if flat.numel() else torch.zeros(1, dtype=flat.dtype, device=flat.device)
         self.offsets = isects.offsets.contiguous()
         self.counts = isects.counts.contiguous()
         self.n_cameras, self.width, self.height, self.tile_size = n_cameras, width, height, tile_size
@@ -199,8 +219,10 @@ def rasterize_triton(
         far_plane=far_plane, sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode, eps2d=eps2d)
     proj = inputs.proj
     with torch.no_grad():
+        n_tiles = C * ((width + tile_size - 1) // tile_size) * ((height + tile_size - 1) // tile_size)
+        index_dtype = isect_index_dtype(C * proj["depths"].shape[1], n_tiles, inputs.feats.shape[-1])
         isects = bin_gaussians(proj["means2d"].detach(), proj["radii_xy"], proj["depths"].detach(), proj["visible"],
-                               width, height, tile_size, isect_capacity)
+                               width, height, tile_size, isect_capacity, index_dtype=index_dtype)
     binning = _Binning(isects, C, width, height, tile_size)
     bg = inputs.backgrounds.contiguous() if inputs.backgrounds is not None else None
     render, alphas = _TritonComposite.apply(proj["means2d"], proj["conics"], inputs.opacities,

@@ -453,3 +453,100 @@ def test_the_package_import_graph_has_no_cycles():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# parity tolerances: a correct GPU build passes, a wrong one fails (parity.py derives them)
+
+
+@pytest.fixture(scope="module")
+def probe_reference():
+    torch.set_num_threads(1)
+    return parity.render_with_grads("torch", parity.probe_scene(CPU, opaque=parity.PROBE_OPAQUE))
+
+
+def _render_with_thresholds(monkeypatch, t_threshold, alpha_min):
+    """The probe scene through the torch backend with other skip / stop thresholds."""
+    from gaussian_renderer import compositing
+
+    with monkeypatch.context() as m:
+        m.setattr(compositing, "T_THRESHOLD", t_threshold)
+        m.setattr(compositing, "ALPHA_MIN", alpha_min)
+        return parity.render_with_grads("torch", parity.probe_scene(CPU, opaque=parity.PROBE_OPAQUE))
+
+
+def test_probe_scene_exercises_the_stop_the_clamp_and_the_skip(probe_reference):
+    T = 1 - probe_reference["alpha"].double()
+    assert (T < 1e-3).any() and (T > 0.5).any()  # the opaque splats reach towards the stop, elsewhere not
+    scene = parity.probe_scene(CPU, opaque=parity.PROBE_OPAQUE)
+    assert scene["opacities"].max() > 0.99 and scene["opacities"].shape == (96,)
+
+
+@pytest.mark.parametrize("scale", [1 + 1e-3, 1 - 1e-3])
+def test_tolerances_pass_a_build_whose_decisions_flip(monkeypatch, probe_reference, scale):
+    """A correct GPU build flips a skip or stop decision where a value lies within ~1e-5 of the
+    threshold. Moving both thresholds by 1e-3 (~100x) flips more of them: the verdict passes."""
+    got = _render_with_thresholds(monkeypatch, 1e-4 * scale, scale / 255.0)
+    result = parity.compare_renders(got, probe_reference)
+    assert parity.parity_failure(result) is None, result
+    if scale < 1:  # these thresholds do flip decisions here: values beyond the tight bound
+        assert result["image_share_above_tight"] > 0 and result["image_max_abs"] > 1e-4
+
+
+def test_tolerances_pass_worst_case_flips_and_rounding(probe_reference):
+    """The derived worst case of a correct build: rounding noise of 3e-5 x V on every value, a
+    full skip + stop flip (0.0138 V) at 0.5 % of the values, 1e-3 relative gradient noise."""
+    ref = probe_reference
+    g = torch.Generator().manual_seed(0)
+    got = dict(ref)
+    scale = max(1.0, float(ref["image"].abs().max()))
+    noise = (torch.rand(ref["image"].shape, generator=g) * 2 - 1) * 3e-5 * scale
+    flips = torch.rand(ref["image"].shape, generator=g) < 0.005
+    got["image"] = ref["image"] + noise + flips * (0.0138 * scale)
+    got["alpha"] = ref["alpha"] + (torch.rand(ref["alpha"].shape, generator=g) < 0.005) * 0.0099
+    for k in [k for k in ref if k.startswith("grad_")]:
+        got[k] = ref[k] * (1 + 1e-3 * torch.randn(ref[k].shape, generator=g))
+    result = parity.compare_renders(got, ref)
+    assert 0 < result["image_share_above_tight"] <= 0.01
+    assert parity.parity_failure(result) is None, result
+
+
+def _wrong(ref, change):
+    got = dict(ref)
+    change(got)
+    return parity.parity_failure(parity.compare_renders(got, ref))
+
+
+def test_tolerances_fail_wrong_builds(monkeypatch, probe_reference):
+    ref = probe_reference
+    # no 1/255 skip: a faint veil over most pixels (each value off by well under the max bound)
+    no_skip = parity.compare_renders(_render_with_thresholds(monkeypatch, 1e-4, 0.0), ref)
+    assert no_skip["image_max_abs"] < 0.02
+    assert "more than" in parity.parity_failure(no_skip) and "of the values (> 1%)" in parity.parity_failure(no_skip)
+    # the skip at 2/255: rims wrong by more than any flip can be
+    assert "image differs from the torch backend by" in parity.parity_failure(
+        parity.compare_renders(_render_with_thresholds(monkeypatch, 1e-4, 2 / 255.0), ref))
+    # a small systematic error: 3e-4 on every covered value
+    covered = (ref["alpha"] > 0.1).expand_as(ref["image"])
+
+    def biased(got):
+        got["image"] = ref["image"] + 3e-4 * covered
+
+    assert "of the values" in _wrong(ref, biased)
+
+    def one_bad_pixel(got):
+        got["image"] = ref["image"].clone()
+        got["image"][0, 5, 7, 1] += 0.05
+
+    assert "by 0.05 (>" in _wrong(ref, one_bad_pixel)
+
+    def not_a_number(got):
+        got["alpha"] = ref["alpha"].clone()
+        got["alpha"][0, 3, 3, 0] = float("nan")
+
+    assert "its alpha differs" in _wrong(ref, not_a_number)
+
+    def scaled_gradient(got):
+        got["grad_means"] = ref["grad_means"] * 1.03
+
+    assert _wrong(ref, scaled_gradient).startswith("its gradient of means differs from the torch backend by 0.03")

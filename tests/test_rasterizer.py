@@ -505,3 +505,95 @@ def test_gsplat_matches_torch_backend(mode):
     torch.testing.assert_close(mg["means2d"][both], mt["means2d"][both], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(mg["depths"][both], mt["depths"][both])
     torch.testing.assert_close(mg["conics"][both], mt["conics"][both], rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# tile binning: offsets by binary search, int32 ids and keys
+
+
+def _binning_inputs(C=2, N=400, W=61, H=45, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means2d = torch.rand(C, N, 2, generator=g) * torch.tensor([W * 1.3, H * 1.3]) - 5
+    radii = torch.randint(0, 12, (C, N, 2), generator=g).to(torch.int32)
+    depths = torch.rand(C, N, generator=g)
+    depths[:, ::5] = 0.5  # equal depths keep the splat order
+    visible = torch.rand(C, N, generator=g) > 0.15
+    return means2d, radii, depths, visible, W, H
+
+
+@pytest.mark.parametrize("tile_size,capacity", [(8, None), (16, None), (8, 1000), (4, 20000)])
+def test_binning_offsets_counts_and_int32_ids(tile_size, capacity):
+    """Each tile's list (offsets, counts from the binary search over the sorted keys) holds exactly
+    the splats whose tile box covers it (a brute-force histogram), front to back; int32 ids and
+    keys give the same list as int64."""
+    from gaussian_renderer.tiles import bin_gaussians
+
+    means2d, radii, depths, visible, W, H = _binning_inputs()
+    C, N = depths.shape
+    out = bin_gaussians(means2d, radii, depths, visible, W, H, tile_size, capacity)
+    out32 = bin_gaussians(means2d, radii, depths, visible, W, H, tile_size, capacity, index_dtype=torch.int32)
+    assert out.flat.dtype == torch.int64 and out32.flat.dtype == torch.int32
+    assert torch.equal(out32.flat.long(), out.flat)
+    assert torch.equal(out32.counts, out.counts) and torch.equal(out32.offsets, out.offsets)
+    assert out.counts.dtype == out.offsets.dtype == torch.int64
+
+    tx, ty = -(-W // tile_size), -(-H // tile_size)
+    u, v = means2d[..., 0], means2d[..., 1]
+    rx, ry = radii[..., 0].float(), radii[..., 1].float()
+    x0 = torch.floor((u - rx) / tile_size).clamp(0, tx)
+    x1 = torch.ceil((u + rx) / tile_size).clamp(0, tx)
+    y0 = torch.floor((v - ry) / tile_size).clamp(0, ty)
+    y1 = torch.ceil((v + ry) / tile_size).clamp(0, ty)
+    lists = {}
+    for c in range(C):
+        for n in sorted(range(N), key=lambda n: (depths[c, n].item(), n)):  # front to back, stable
+            if not visible[c, n]:
+                continue
+            for y in range(int(y0[c, n]), int(y1[c, n])):
+                for x in range(int(x0[c, n]), int(x1[c, n])):
+                    lists.setdefault(c * tx * ty + y * tx + x, []).append(c * N + n)
+    total = sum(len(v) for v in lists.values())
+    assert out.n_isects == total or int(out.n_isects) == total
+    kept = out.counts.sum().item()
+    assert kept == (total if capacity is None else min(total, capacity))
+    assert torch.equal(out.offsets, torch.cumsum(out.counts, 0) - out.counts)
+    for t in range(C * tx * ty):
+        got = out.flat[out.offsets[t]:out.offsets[t] + out.counts[t]].tolist()
+        want = lists.get(t, [])
+        if capacity is None:
+            assert got == want, t
+        else:  # the farthest splats' pairs are dropped: a tile keeps a front prefix of its list
+            assert got == want[:len(got)], t
+    assert (out.flat[kept:] == C * N).all()  # padding: the dummy id
+
+
+def test_int32_index_bounds_without_huge_tensors():
+    """int32 ids and keys exactly while every id, key (and for the kernels, id x row width) is
+    at most 2^31 - 1; beyond, the Triton backend falls back to int64 and bin_gaussians refuses
+    int32 with one line naming the sizes (checked on stride-0 views: nothing large is allocated)."""
+    from gaussian_renderer.tiles import INT32_LIMIT, bin_gaussians, fits_int32
+    from gaussian_renderer.triton_backend import N_TABLE_COLS, isect_index_dtype
+
+    assert INT32_LIMIT == 2**31 - 1
+    assert fits_int32(INT32_LIMIT, 1) and fits_int32(1, INT32_LIMIT)
+    assert not fits_int32(INT32_LIMIT + 1, 1) and not fits_int32(1, INT32_LIMIT + 1)
+    # the kernels compute id * 10 (table row) and id * D (features) in the ids' dtype
+    limit_ids = INT32_LIMIT // N_TABLE_COLS
+    assert isect_index_dtype(limit_ids, 1000, 3) == torch.int32
+    assert isect_index_dtype(limit_ids + 1, 1000, 3) == torch.int64
+    assert isect_index_dtype(INT32_LIMIT // 32, 1000, 32) == torch.int32
+    assert isect_index_dtype(INT32_LIMIT // 32 + 1, 1000, 32) == torch.int64
+    assert isect_index_dtype(1000, INT32_LIMIT, 3) == torch.int32
+    assert isect_index_dtype(1000, INT32_LIMIT + 1, 3) == torch.int64
+    assert isect_index_dtype(100_000, 2 * 35 * 51, 4) == torch.int32  # the avatar: int32
+
+    N = INT32_LIMIT + 1  # C * N = 2^31 > 2^31 - 1: the dummy id does not fit
+    means2d = torch.zeros(1, 1, 2).expand(1, N, 2)
+    radii = torch.zeros(1, 1, 2, dtype=torch.int32).expand(1, N, 2)
+    depths = torch.zeros(1, 1).expand(1, N)
+    visible = torch.zeros(1, 1, dtype=torch.bool).expand(1, N)
+    with pytest.raises(ValueError, match=r"1 cameras x 2147483648 splats .* use index_dtype=torch.int64"):
+        bin_gaussians(means2d, radii, depths, visible, 16, 16, 16, index_dtype=torch.int32)
+    with pytest.raises(ValueError, match="index_dtype must be torch.int32 or torch.int64"):
+        bin_gaussians(means2d[:, :1], radii[:, :1], depths[:, :1], visible[:, :1], 16, 16, 16,
+                      index_dtype=torch.int16)
