@@ -104,7 +104,7 @@ def direct_metrics(folder: Path, lpips_model, mask_bg=None, metrics="gaussian-av
 
 def splits_of(results: dict) -> dict:
     """The per-split entries of results.json (without its metrics/lpips_net/protocol keys)."""
-    return {k: v for k, v in results.items() if k not in ("metrics", "lpips_net", "protocol")}
+    return {k: v for k, v in results.items() if k not in ("metrics", "lpips_net", "protocol", "region_metrics")}
 
 
 def assert_views_close(ours: dict, ref: dict):
