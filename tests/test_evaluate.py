@@ -144,7 +144,7 @@ def test_model_mode_latest_iteration_all_splits(tmp_path, lpips_alex, metrics):
 
     results = json.loads((model / "results.json").read_text())
     per_view = json.loads((model / "per_view.json").read_text())
-    assert list(results) == ["val", "test", "metrics", "lpips_net", "protocol"]
+    assert list(results) == ["val", "test", "metrics", "lpips_net", "protocol", "region_metrics"]
     assert (results["metrics"], results["lpips_net"]) == (metrics, "alex")
     assert results["protocol"] == "ga (--eval)"
     assert list(per_view) == ["val", "test"]
