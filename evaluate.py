@@ -54,6 +54,21 @@ full-image numbers, with everything outside the matte counting as a perfect matc
 background colour is the one the model was trained with (``background`` in
 ``MODEL/config.yaml`` when present, else white); it is also used to flatten RGBA images.
 
+Region metrics (``--regions``, default ``auto``): beside the full-frame numbers, PSNR/SSIM/LPIPS
+over the pixels of each region of the head (``face``, ``hair_scalp``, ``neck``, ``other``, and
+``head`` = face + hair_scalp): FLAME's region masks projected with each frame's own tracked FLAME
+mesh and camera, the region of a pixel being that of the front-most triangle covering it, pixels
+the mesh does not cover ``other`` (the table of masks per region and the rules:
+scene/data/regions.py; how each metric is taken over a region: utils/region_metrics.py). Each
+split entry of results.json then also holds ``"regions": {region: {"PSNR", "SSIM", "LPIPS",
+"n_images"}}``, the mean over the images where the region has pixels (a region absent from an
+image is skipped for it, not scored 0; ``n_images`` counts the others), per_view.json each image's
+``"regions"``, and a second table follows the full-frame one. results.json's top-level
+``region_metrics`` says what was done: ``"flame masks, tracked mesh"``, ``"off (--regions
+none)"`` or ``"skipped: <why>"`` (``auto`` skips, with one line saying why, a model folder without
+FLAME tracking or masks; ``flame`` makes that an error). The full-frame numbers are the same with
+or without regions.
+
 Identical images have infinite PSNR; it is written as ``null`` in JSON (``inf`` in tables).
 Errors a user can cause (no renders, missing GT, image size mismatch, missing LPIPS weights,
 two files of one frame such as ``x.png`` beside ``x.jpg`` in a renders, GT or mask folder) print
@@ -109,7 +124,8 @@ METRIC_SETS = {
 }
 DEFAULT_METRICS = "gaussian-avatars"
 # Top-level keys of results.json beside the per-split entries.
-RESULT_META_KEYS = ("metrics", "lpips_net", "protocol")
+RESULT_META_KEYS = ("metrics", "lpips_net", "protocol", "region_metrics")
+REGION_MODES = ("auto", "flame", "none")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,6 +384,7 @@ class Scorer:
         self.batch_size = max(1, int(batch_size))
         self.lpips_net = lpips_net or self.metric_set.default_lpips_net
         self.lpips = LPIPS(net=self.lpips_net).to(self.device)
+        self.region_seconds, self.region_images = 0.0, 0  # time spent labelling regions
 
     def describe(self) -> dict[str, str]:
         """``{"metrics": set name, "lpips_net": backbone}``, written beside the scores."""
@@ -394,11 +411,17 @@ class Scorer:
         return render, gt
 
     def score(self, pairs: list[Pair], background=WHITE, use_mask: bool = False,
-              desc: str = "") -> dict[str, dict[str, float]]:
+              desc: str = "", regions=None) -> dict[str, dict[str, float]]:
+        """``{image name: {"PSNR", "SSIM", "LPIPS"}}``; with ``regions`` (a ``FrameRegions``),
+        each image whose frame it knows also gets ``"regions": {region: {"PSNR", "SSIM",
+        "LPIPS"}}`` for the regions present in it."""
+        import time
+
         import torch
         from tqdm import tqdm
 
-        from utils.image_metrics import psnr, ssim
+        from utils.image_metrics import psnr, ssim_map
+        from utils.lpips import LPIPS
 
         out: dict[str, dict[str, float]] = {}
         with torch.no_grad(), tqdm(total=len(pairs), desc=desc, unit="img",
@@ -419,14 +442,64 @@ class Scorer:
                     r64, g64 = r64.to(self.device), g64.to(self.device)
                     r32, g32 = r64.float(), g64.float()
                     p = psnr(r64, g64, reduction="none")
-                    # float32 SSIM: 7x faster, error < 1e-6
-                    s = ssim(r32, g32, reduction="none", padding=self.metric_set.ssim_padding)
-                    lp = self.lpips(r32, g32, normalize=self.metric_set.lpips_normalize)
+                    # float32 SSIM: 7x faster, error < 1e-6. The maps are kept for the region
+                    # metrics; reduced here exactly as ssim() and LPIPS.forward() reduce them.
+                    s_map = ssim_map(r32, g32, padding=self.metric_set.ssim_padding)
+                    s = s_map.flatten(1).mean(dim=1)
+                    lp_maps = self.lpips.layer_maps(r32, g32, normalize=self.metric_set.lpips_normalize)
+                    lp = LPIPS.reduce(lp_maps)
                     for j, i in enumerate(g):
                         out[chunk[i].name] = {"PSNR": float(p[j]), "SSIM": float(s[j]),
                                               "LPIPS": float(lp[j])}
+                        if regions is not None:
+                            t0 = time.perf_counter()
+                            labels = regions.labels(chunk[i].name, tuple(r64.shape[-2:]))
+                            self.region_seconds += time.perf_counter() - t0
+                            if labels is not None:
+                                self.region_images += 1
+                                out[chunk[i].name]["regions"] = _region_scores(
+                                    labels.to(self.device), r64[j:j + 1], g64[j:j + 1],
+                                    s_map[j:j + 1], [m[j:j + 1] for m in lp_maps])
                 bar.update(len(chunk))
         return out
+
+
+def _region_scores(labels, render, gt, s_map, lp_maps) -> dict[str, dict[str, float]]:
+    """One image's metrics per region present in it (``labels`` (H, W); the rest (1, ...))."""
+    from scene.data.regions import region_pixel_masks
+    from utils.region_metrics import region_lpips, region_psnr, region_ssim
+
+    scores = {}
+    for name, mask in region_pixel_masks(labels).items():
+        if not bool(mask.any()):
+            continue  # absent from this image: skipped, not scored
+        m = mask[None]
+        scores[name] = {"PSNR": float(region_psnr(render, gt, m)[0]),
+                        "SSIM": float(region_ssim(s_map, m)[0]),
+                        "LPIPS": float(region_lpips(lp_maps, m)[0])}
+    return scores
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    """Mean of the finite-or-inf values (NaN: undefined for that image, left out)."""
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def summarize_regions(per_view: dict[str, dict]) -> dict[str, dict] | None:
+    """Per region, the mean over the images where it is present, with their count; None when no
+    image has region scores."""
+    from scene.data.regions import HEAD, REGIONS
+
+    views = [v["regions"] for v in per_view.values() if "regions" in v]
+    if not views:
+        return None
+    out = {}
+    for name in (HEAD, *REGIONS):
+        present = [v[name] for v in views if name in v]
+        out[name] = {k: _mean_or_none([p[k] for p in present]) for k in METRICS}
+        out[name]["n_images"] = len(present)
+    return out
 
 
 def summarize(per_view: dict[str, dict[str, float]]) -> dict:
@@ -434,6 +507,9 @@ def summarize(per_view: dict[str, dict[str, float]]) -> dict:
     summary = {k: (float(np.mean([v[k] for v in per_view.values()])) if n else None)
                for k in METRICS}
     summary["n_images"] = n
+    regions = summarize_regions(per_view)
+    if regions is not None:
+        summary["regions"] = regions
     return summary
 
 
@@ -483,6 +559,20 @@ def markdown_table(rows: Iterable[tuple[str, str, dict]], first_header: str = "m
     return "\n".join(lines)
 
 
+def region_table(rows: Iterable[tuple[str, str, dict]], first_header: str = "model") -> str:
+    """The region metrics of ``rows`` (whose summaries have ``regions``): one row per region."""
+    lines = [f"| {first_header} | split | region | PSNR ↑ | SSIM ↑ | LPIPS ↓ | images |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for name, split, r in rows:
+        for region, v in (r.get("regions") or {}).items():
+            count = str(v["n_images"])
+            if "n_models" in v:
+                count = f"{count} ({v['n_models']} models)"
+            lines.append(f"| {name} | {split} | {region} | {_fmt(v['PSNR'], 2)} | "
+                         f"{_fmt(v['SSIM'], 4)} | {_fmt(v['LPIPS'], 4)} | {count} |")
+    return "\n".join(lines)
+
+
 def mean_over_models(results: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """Per split, the unweighted mean over models of their per-split means."""
     splits: list[str] = []
@@ -496,18 +586,48 @@ def mean_over_models(results: dict[str, dict[str, dict]]) -> dict[str, dict]:
                        for k in METRICS}
         mean[split]["n_images"] = int(sum(e["n_images"] for e in entries))
         mean[split]["n_models"] = len(entries)
+        region_entries = [e["regions"] for e in entries if e.get("regions")]
+        if region_entries:
+            mean[split]["regions"] = {}
+            for region in region_entries[0]:
+                present = [e[region] for e in region_entries if e[region]["n_images"] > 0]
+                mean[split]["regions"][region] = {
+                    **{k: _mean_or_none([p[k] for p in present if p[k] is not None])
+                       for k in METRICS},
+                    "n_images": int(sum(p["n_images"] for p in present)), "n_models": len(present)}
     return mean
 
 
 # ----------------------------------------------------------------------------------------------
 # Modes
 # ----------------------------------------------------------------------------------------------
+def model_regions(model: Path, mode: str) -> tuple[dict | None, str]:
+    """``({split: FrameRegions}, region_metrics string)`` for ``--regions mode``; None when off or
+    not possible (``auto``: one line on stderr says why; ``flame``: an error)."""
+    if mode == "none":
+        return None, "off (--regions none)"
+    from scene.data.regions import model_frame_regions
+
+    sources, why = model_frame_regions(model)
+    if sources is None:
+        if mode == "flame":
+            raise UserFacingError(f"--regions flame: no region metrics for {model}: {why}; "
+                                  "evaluate with --regions auto or none")
+        print(f"note: region metrics skipped for {model}: {why}", file=sys.stderr)
+        return None, f"skipped: {why}"
+    return sources, "flame masks, tracked mesh"
+
+
 def evaluate_model(model: Path, scorer: Scorer, splits: list[str] | None,
-                   iteration: int | None, use_mask: bool) -> dict[str, dict]:
-    """Score a model folder; returns ``{split: summary}`` and writes results.json (that plus
-    ``metrics``, ``lpips_net``, ``protocol``), per_view.json and per_view.csv."""
+                   iteration: int | None, use_mask: bool, regions: str = "auto"
+                   ) -> tuple[dict[str, dict], str]:
+    """Score a model folder; returns ``({split: summary}, region_metrics)`` and writes
+    results.json (the summaries plus ``metrics``, ``lpips_net``, ``protocol``,
+    ``region_metrics``), per_view.json and per_view.csv. ``regions``: ``--regions`` (auto,
+    flame, none)."""
     if not model.is_dir():
         raise MissingFileError(f"model folder not found: {model}")
+    region_sources, region_note = model_regions(model, regions)
     background = read_background(model)
     if splits is None:
         splits = discover_splits(model)
@@ -532,14 +652,22 @@ def evaluate_model(model: Path, scorer: Scorer, splits: list[str] | None,
         if not pairs:
             print(f"note: {it_dir / 'renders'} holds no images; split '{split}' has no score",
                   file=sys.stderr)
-        views = scorer.score(pairs, background, use_mask, desc=f"{model.name}/{split}")
+        split_regions = None if region_sources is None else region_sources.get(split)
+        views = scorer.score(pairs, background, use_mask, desc=f"{model.name}/{split}",
+                             regions=split_regions)
+        unlabelled = sum("regions" not in v for v in views.values())
+        if region_sources is not None and unlabelled:
+            print(f"note: {unlabelled} of {len(views)} image(s) of {model / split} are not frames of "
+                  "the training subject (at its resolution): no region metrics for them",
+                  file=sys.stderr)
         per_view[split] = views
         results[split] = summarize(views)
     write_json(model / "results.json",
-               {**results, **scorer.describe(), "protocol": read_protocol(model)})
+               {**results, **scorer.describe(), "protocol": read_protocol(model),
+                "region_metrics": region_note})
     write_json(model / "per_view.json", per_view)
     write_csv(model / "per_view.csv", per_view)
-    return results
+    return results, region_note
 
 
 def evaluate_folders(renders: Path, gt: Path, masks: Path | None, scorer: Scorer,
@@ -582,6 +710,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fg: composite render and GT over the background with the GT matte")
     p.add_argument("--batch-size", type=int, default=2,
                    help="images per batch (default 2; VGG at 550x802 needs ~0.7 GB per image)")
+    p.add_argument("--regions", choices=list(REGION_MODES), default="auto",
+                   help="region metrics (face, hair_scalp, neck, other, head) from the FLAME masks "
+                        "projected with each frame's tracked mesh: auto (default: where the model "
+                        "folder has FLAME tracking and masks, else skipped with a note), flame "
+                        "(required: an error where unavailable), none")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p
 
@@ -607,6 +740,9 @@ def run(args: argparse.Namespace) -> None:
                f"LPIPS {scorer.lpips_net}; "
                f"{'foreground (GT matte)' if use_mask else 'full image'}")
 
+    if folder_mode and args.regions == "flame":
+        raise UserFacingError("--regions flame needs -m MODEL (the FLAME tracking of its subject); "
+                              "--renders/--gt folders have none")
     if folder_mode:
         summary, views = evaluate_folders(args.renders, args.gt, args.masks, scorer, use_mask)
         if args.json is not None:
@@ -617,9 +753,10 @@ def run(args: argparse.Namespace) -> None:
         return
 
     all_results: dict[str, dict] = {}
+    region_notes: dict[str, str] = {}
     for model in args.model_paths:
-        all_results[str(model)] = evaluate_model(model, scorer, args.split, args.iteration,
-                                                 use_mask)
+        all_results[str(model)], region_notes[str(model)] = evaluate_model(
+            model, scorer, args.split, args.iteration, use_mask, args.regions)
     rows = [(m, s, r) for m, res in all_results.items() for s, r in res.items()]
     mean = mean_over_models(all_results) if len(all_results) > 1 else None
     if mean:
@@ -631,10 +768,19 @@ def run(args: argparse.Namespace) -> None:
         protocol = "; ".join(f"{m}: {p or 'unknown'}" for m, p in protocols.items())
     print(f"{setting}; protocol: {protocol}")
     print()
+    print("full frame:")
     print(markdown_table(rows))
+    if any(r.get("regions") for _, _, r in rows):
+        print()
+        print("regions (FLAME masks projected with each frame's tracked mesh; head = face + "
+              "hair_scalp; scene/data/regions.py):")
+        print(region_table(rows))
+        if scorer.region_images:
+            print(f"note: region labels took {1000 * scorer.region_seconds / scorer.region_images:.1f} "
+                  f"ms/image ({scorer.region_images} images)", file=sys.stderr)
     if args.out is not None:
-        models = {m: {**res, **scorer.describe(), "protocol": protocols[m]}
-                  for m, res in all_results.items()}
+        models = {m: {**res, **scorer.describe(), "protocol": protocols[m],
+                      "region_metrics": region_notes[m]} for m, res in all_results.items()}
         write_json(args.out, {"models": models,
                               "mean": mean if mean is not None else mean_over_models(all_results),
                               **scorer.describe()})

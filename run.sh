@@ -51,6 +51,6 @@ echo "== $name: train"
 "$PYTHON" train.py -s "$subject" -m "$model" "${method[@]}" --eval "${resume[@]}" ${train_args[@]+"${train_args[@]}"}
 echo "== $name: render val and test"
 "$PYTHON" render.py -m "$model" --split val test --video --benchmark
-echo "== evaluate"
+echo "== evaluate (full frame, then the FLAME regions: head = face + hair_scalp, face, hair_scalp, neck, other)"
 "$PYTHON" evaluate.py -m "$model" --out "$OUTPUT_ROOT/results_all.json"
 echo "== done in $((SECONDS - start)) s (outputs under $OUTPUT_ROOT/)"

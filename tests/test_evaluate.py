@@ -104,7 +104,7 @@ def direct_metrics(folder: Path, lpips_model, mask_bg=None, metrics="gaussian-av
 
 def splits_of(results: dict) -> dict:
     """The per-split entries of results.json (without its metrics/lpips_net/protocol keys)."""
-    return {k: v for k, v in results.items() if k not in ("metrics", "lpips_net", "protocol")}
+    return {k: v for k, v in results.items() if k not in ("metrics", "lpips_net", "protocol", "region_metrics")}
 
 
 def assert_views_close(ours: dict, ref: dict):
@@ -144,7 +144,7 @@ def test_model_mode_latest_iteration_all_splits(tmp_path, lpips_alex, metrics):
 
     results = json.loads((model / "results.json").read_text())
     per_view = json.loads((model / "per_view.json").read_text())
-    assert list(results) == ["val", "test", "metrics", "lpips_net", "protocol"]
+    assert list(results) == ["val", "test", "metrics", "lpips_net", "protocol", "region_metrics"]
     assert (results["metrics"], results["lpips_net"]) == (metrics, "alex")
     assert results["protocol"] == "ga (--eval)"
     assert list(per_view) == ["val", "test"]

@@ -187,6 +187,12 @@ class LPIPS(nn.Module):
         ``normalize=True`` maps the inputs to ``[-1, 1]`` (``2 x - 1``) first, the LPIPS
         convention; ``False`` feeds them to the scaling layer unchanged (3DGS/GaussianAvatars).
         """
+        return self.reduce(self.layer_maps(x, y, normalize))
+
+    def layer_maps(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> list[torch.Tensor]:
+        """The per-layer distance maps ``w_l . (f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2``: one
+        ``(B, 1, h_l, w_l)`` tensor per tapped layer, at that layer's resolution. ``forward`` is
+        :meth:`reduce` of them; evaluate.py averages them over image regions instead."""
         if x.dim() != 4 or x.shape[1] != 3 or x.shape != y.shape:
             raise ValueError(
                 f"LPIPS expects two (B, 3, H, W) tensors of equal shape, got {tuple(x.shape)} "
@@ -197,11 +203,18 @@ class LPIPS(nn.Module):
         if normalize:
             both = both * 2.0 - 1.0
         feats = self.net(self.scaling_layer(both))
-        total = None
+        maps = []
         for feat, lin in zip(feats, self.lins):
             f = _unit_normalize(feat)
-            diff = (f[:b] - f[b:]).pow(2)
-            d = lin(diff).mean(dim=(2, 3)).squeeze(1)
+            maps.append(lin((f[:b] - f[b:]).pow(2)))
+        return maps
+
+    @staticmethod
+    def reduce(maps: list[torch.Tensor]) -> torch.Tensor:
+        """``(B,)`` LPIPS distances from :meth:`layer_maps`: the sum over layers of each map's mean."""
+        total = None
+        for m in maps:
+            d = m.mean(dim=(2, 3)).squeeze(1)
             total = d if total is None else total + d
         return total
 
