@@ -70,6 +70,8 @@ FLAME tracking or masks; ``flame`` makes that an error). The full-frame numbers 
 or without regions.
 
 Identical images have infinite PSNR; it is written as ``null`` in JSON (``inf`` in tables).
+A folder whose ``render.json`` (written by render.py) says its render did not finish (stopped or
+crashed part-way: rerunning the same render.py command finishes it) is refused, not scored.
 Errors a user can cause (no renders, missing GT, image size mismatch, missing LPIPS weights,
 two files of one frame such as ``x.png`` beside ``x.jpg`` in a renders, GT or mask folder) print
 one line naming the file(s) and the fix, and exit with status 2.
@@ -94,6 +96,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from utils.atomic import atomic_write, write_text_atomic  # noqa: E402
 from utils.errors import InputFileError, MissingFileError, UserFacingError  # noqa: E402
+from utils.render_manifest import unfinished_render  # noqa: E402
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 METRICS = ("PSNR", "SSIM", "LPIPS")
@@ -646,6 +649,9 @@ def evaluate_model(model: Path, scorer: Scorer, splits: list[str] | None,
             raise MissingFileError(f"split folder not found: {split_dir}: {RENDER_HINT} "
                                    f"(for split '{split}')")
         it_dir = find_iteration_dir(split_dir, iteration)
+        unfinished = unfinished_render(it_dir)
+        if unfinished:
+            raise UserFacingError(unfinished)
         pairs = match_pairs(it_dir / "renders", it_dir / "gt",
                             it_dir / "masks" if use_mask else None, strict_gt=True,
                             gt_hint="re-run render.py for this model (it writes gt/ beside renders/)")

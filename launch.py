@@ -124,7 +124,8 @@ def exit_meaning(stage: str, code: int) -> str:
         return f"killed by {signal.Signals(-code).name}"
     if stage == "train":
         return TRAIN_EXIT_MEANING.get(code, "failed")
-    return {0: "done", 2: "bad input", 130: "interrupted"}.get(code, "failed")
+    return {0: "done", 2: "bad input", 3: "stopped (the frames written are kept; it continues)",
+            130: "interrupted"}.get(code, "failed")
 
 
 def wait_for_exit(proc: subprocess.Popen, timeout: float | None = None, poll_s: float = 0.2) -> int | None:

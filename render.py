@@ -23,10 +23,22 @@
 - ``--half``: export the avatar with 16-bit network weights to ``OUTPUT/export_half/`` and
   report the PSNR between full- and half-precision renders of the val split.
 
-Rendering a split, target or orbit first deletes the ``*.png`` files an earlier run left in the
-``renders/``, ``gt/`` and ``masks/`` folders of that output folder (only those: other files and
-folders stay), so that evaluate.py scores exactly this run's frames (e.g. after a run with fewer
-``--max-frames``, or with ``--camera`` where no GT is written).
+Resuming: each output folder holds ``render.json`` (utils/render_manifest.py): the model (its
+checkpoint's content), the settings (backend, device) and every frame asked for. A rerun with the
+same model and settings keeps the frames an earlier run completed (each PNG is written atomically,
+the render last, so a present render is a complete frame) and renders the rest: a render stopped by
+SIGTERM/SIGUSR1 (exit 3, as a scheduler's preemption), Ctrl-C (exit 130), a crash or a kill ends,
+once rerun, with the very files of a straight render. Frames not asked for this time (e.g. after a
+run with more ``--max-frames``, or with ``--camera`` where no GT is written) are deleted, so that
+evaluate.py scores exactly this run's frames; with another model or settings every ``*.png`` of
+the folder's ``renders/``, ``gt/`` and ``masks/`` is deleted first (a line says why; other files and
+folders stay). evaluate.py refuses a folder whose render did not finish.
+
+PNGs are encoded and written by ``--write-workers`` threads (default: one per core, at most 4;
+0: on the main thread) while the next frame renders; the files are the same either way.
+
+Exit status: 0 done, 2 bad input (one line), 3 stopped by SIGTERM/SIGUSR1, 130 stopped by Ctrl-C
+(frames kept: the same command continues).
 """
 from __future__ import annotations
 
@@ -34,8 +46,9 @@ import argparse
 import sys
 
 from gaussian_renderer import backend_choices_text
-from scene.renderer import Renderer, RenderOptions
+from scene.renderer import Renderer, RenderOptions, RenderStopped
 from utils.errors import UserFacingError
+from utils.stop_signals import StopSignals
 
 SPLITS = ("train", "val", "test")
 
@@ -63,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flame", help="FLAME model pickle (default: the one training used)")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", help=f"rasterizer: {backend_choices_text()} (default: the training run's)")
+    p.add_argument("--write-workers", type=int, metavar="N",
+                   help="threads writing the PNGs while the next frame renders (default: one per CPU core, at most 4; "
+                        "0: on the main thread)")
     p.add_argument("--quiet", action="store_true")
     for split in SPLITS:
         p.add_argument(f"--skip_{split}", action="store_true",
@@ -90,7 +106,8 @@ def options_from_args(args: argparse.Namespace) -> RenderOptions:
     return RenderOptions(model_path=args.model_path, iteration=args.iteration, device=args.device,
                          backend=args.backend, flame=args.flame, source_path=args.source_path, camera=args.camera,
                          max_frames=args.max_frames, video=args.video, fps=args.fps, orbit_frames=args.orbit_frames,
-                         timestep=args.timestep, benchmark_frames=args.benchmark_frames, quiet=args.quiet)
+                         timestep=args.timestep, benchmark_frames=args.benchmark_frames, quiet=args.quiet,
+                         write_workers=args.write_workers)
 
 
 def main(argv=None) -> int:
@@ -99,19 +116,31 @@ def main(argv=None) -> int:
     if not (splits or args.target or args.orbit or args.benchmark or args.half):
         print("[render] nothing to render: every split is skipped (--skip_* / --split)", file=sys.stderr)
         return 0
+    if args.write_workers is not None and args.write_workers < 0:
+        print(f"error: --write-workers {args.write_workers}: give 0 (write on the main thread) or more threads",
+              file=sys.stderr)
+        return 2
     try:
-        renderer = Renderer(options_from_args(args))
-        if splits:
-            renderer.render_splits(splits)
-        if args.target and not args.orbit:
-            renderer.render_target(args.target)
-        if args.orbit:
-            renderer.render_orbit(args.target)
-        if args.benchmark:
-            renderer.benchmark()
-        if args.half:
-            renderer.export_half()
-        renderer.storage()
+        with StopSignals() as stop:
+            renderer = Renderer(options_from_args(args), stop=stop)
+            jobs = [lambda: renderer.render_splits(splits)] if splits else []
+            if args.target and not args.orbit:
+                jobs.append(lambda: renderer.render_target(args.target))
+            if args.orbit:
+                jobs.append(lambda: renderer.render_orbit(args.target))
+            if args.benchmark:
+                jobs.append(renderer.benchmark)
+            if args.half:
+                jobs.append(renderer.export_half)
+            for job in jobs:
+                if stop.received:  # between two jobs: the finished ones are complete on disk
+                    raise RenderStopped(f"[render] stopped by {stop.received} before all was rendered; run the same "
+                                        "command again to continue (what is finished is kept)", stop.exit_code)
+                job()
+            renderer.storage()  # a few file sizes: done even when a stop signal came after the last frame
+    except RenderStopped as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

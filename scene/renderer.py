@@ -9,10 +9,15 @@ evaluate.py scores (module docstring of render.py).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,12 +30,16 @@ from scene.data.protocols import protocol_splits, saved_protocol
 from scene.model.checkpoint import LoadedModel, load_avatar_components, load_model, save_avatar, storage_report
 from scene.rendering import measure_render_speed, render_avatar
 from utils.cli_common import describe_device, even_subset, pick_device
-from utils.errors import InputFileError
+from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png
 from utils.image_metrics import comparison_panel, psnr
+from utils.render_manifest import read_manifest, write_manifest
+from utils.stop_signals import StopSignals
 from utils.subject_ids import own_free_sequence
+from utils.write_pool import WritePool, default_write_workers
 
-__all__ = ["RenderOptions", "Renderer", "FRAME_SUBFOLDERS", "fresh_frame_folders", "reenactment_vertices"]
+__all__ = ["RenderOptions", "Renderer", "RenderStopped", "FrameWriteError", "FrameTask", "FRAME_SUBFOLDERS",
+           "fresh_frame_folders", "reenactment_vertices"]
 
 FRAME_SUBFOLDERS = ("renders", "gt", "masks")
 
@@ -51,6 +60,8 @@ class RenderOptions:
         orbit_frames, timestep: the turntable's length and timestep (None: the first training one).
         benchmark_frames: frames timed by :meth:`Renderer.benchmark`.
         quiet: no progress bars or log lines.
+        write_workers: threads that encode and write the PNGs while the next frame renders
+            (None: :func:`utils.write_pool.default_write_workers`; 0: on the main thread).
     """
 
     model_path: str
@@ -67,6 +78,7 @@ class RenderOptions:
     timestep: int | None = None
     benchmark_frames: int = 50
     quiet: bool = False
+    write_workers: int | None = None
 
 
 def fresh_frame_folders(out: Path, subfolders=FRAME_SUBFOLDERS) -> int:
@@ -83,6 +95,73 @@ def fresh_frame_folders(out: Path, subfolders=FRAME_SUBFOLDERS) -> int:
     return removed
 
 
+class RenderStopped(UserFacingError):
+    """A stop signal ended the render at a frame boundary; what it wrote is kept and a rerun of
+    the same command continues from there. ``exit_code``: 3 (SIGTERM/SIGUSR1) or 130 (SIGINT)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class FrameWriteError(UserFacingError):
+    """A frame's PNG could not be written (disk full, permissions)."""
+
+
+@dataclass
+class FrameTask:
+    """One frame of an output folder.
+
+    Attributes:
+        name: the file stem of its PNGs.
+        spec: a digest of what its pixels depend on besides the model and the render settings
+            (camera, size, motion, GT files): a frame already on disk is kept only if it is unchanged.
+        make: renders it on the main thread -> {subfolder: image}, each image (H, W, C) float in
+            [0, 1] on the CPU, a zero-argument loader of one (run by the writer: GT decoding), or
+            None (nothing to write). ``renders`` comes last.
+    """
+
+    name: str
+    spec: str
+    make: Callable[[], dict]
+
+
+def spec_digest(*parts) -> str:
+    """A short digest of tensors (dtype and values) and plain values (their repr)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            t = part.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()[:20]
+
+
+def write_frame(out: Path, name: str, outputs: dict) -> None:
+    """Write a frame's PNGs atomically, ``renders/<name>.png`` last: a present render means the
+    frame's GT and mask are complete too (what a resumed render relies on)."""
+    for sub in sorted(outputs, key=lambda k: k == "renders"):
+        image = outputs[sub]() if callable(outputs[sub]) else outputs[sub]
+        if image is None:
+            continue
+        path = out / sub / f"{name}.png"
+        try:
+            write_png(path, image, atomic=True)
+        except OSError as exc:
+            raise FrameWriteError(f"cannot write {path}: {exc}; free space or fix the folder's permissions, then run "
+                                  "the same render.py command again (the frames already written are kept)") from exc
+
+
+def remove_leftover_temporaries(folder: Path) -> None:
+    """Delete the temporary files of atomic writes a killed render left (``.<name>.*.tmp``)."""
+    for tmp in folder.glob(".*.tmp"):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink()
+
+
 def reenactment_vertices(model: LoadedModel, motion: dict) -> torch.Tensor:
     """FLAME vertices (B, V, 3) with the avatar's identity and the target's motion.
 
@@ -97,8 +176,11 @@ class Renderer:
     """A trained avatar loaded for rendering, and the jobs of render.py (splits, reenactment,
     orbits, videos, speed, storage, 16-bit export); viewer.py and export.py use it to render."""
 
-    def __init__(self, options: RenderOptions):
+    def __init__(self, options: RenderOptions, stop: StopSignals | None = None):
+        """``stop``: the stop-signal watch of the caller's whole run (render.py's); None: each
+        job of frames watches for stop signals while it runs."""
         self.options = options
+        self.stop = stop
         self.device = pick_device(options.device)
         self.model = load_model(options.model_path, options.iteration, flame_path=options.flame, device=self.device)
         self.model_dir = Path(options.model_path)
@@ -152,26 +234,134 @@ class Renderer:
     def render_frames(self, name: str, subject, frames: list, motion_fn, camera_frame=None) -> Path:
         """Render ``frames`` (CameraFrame list) into OUTPUT/<name>/ours_<it>/, with GT where it applies."""
         out = self.out_dir(name)
-        stale = fresh_frame_folders(out)
-        if stale:
-            self.log(f"[render] removed {stale} frame(s) of an earlier run from {out}")
-        names = []
-        for frame in tqdm(frames, desc=f"render {name}", disable=self.options.quiet, dynamic_ncols=True):
-            motion = motion_fn(frame.timestep)
-            verts = reenactment_vertices(self.model, motion)[0]
+        own_camera = camera_frame is None  # the target's own camera: its photo is the ground truth
+        motion_specs: dict[int, str] = {}  # one motion per timestep, shared by its cameras
+
+        def task(frame) -> FrameTask:
             cam = camera_frame or frame
-            image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], cam.viewmat, cam.K, cam.width, cam.height)
-            write_png(out / "renders" / f"{frame.image_name}.png", image)
-            if camera_frame is None:  # the target's own camera: its photo is the ground truth
-                write_png(out / "gt" / f"{frame.image_name}.png", subject.load_image(frame))
-                mask = subject.load_mask(frame)
-                if mask is not None:
-                    write_png(out / "masks" / f"{frame.image_name}.png", mask)
-            names.append(frame.image_name)
+            if frame.timestep not in motion_specs:
+                motion = motion_fn(frame.timestep)
+                motion_specs[frame.timestep] = spec_digest(*(motion[k] for k in MOTION_KEYS))
+            spec = spec_digest(motion_specs[frame.timestep], cam.viewmat, cam.K, cam.width, cam.height,
+                               *((str(frame.image_path), str(frame.mask_path)) if own_camera else ()))
+
+            def make() -> dict:
+                motion = motion_fn(frame.timestep)
+                verts = reenactment_vertices(self.model, motion)[0]
+                image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], cam.viewmat, cam.K, cam.width,
+                                    cam.height)
+                outputs = {}
+                if own_camera:  # decoded by the writer, off the main thread
+                    outputs["gt"] = lambda: subject.load_image(frame)
+                    outputs["masks"] = lambda: subject.load_mask(frame)
+                outputs["renders"] = image.cpu()
+                return outputs
+            return FrameTask(frame.image_name, spec, make)
+
+        names, changed = self.render_job(out, [task(f) for f in frames], FRAME_SUBFOLDERS, desc=f"render {name}")
         self.log(f"[render] {len(names)} frames -> {out}")
         if self.options.video and names:
-            self.write_videos(out, names)
+            self.write_videos(out, names, only_missing=not changed)
         return out
+
+    # -- a job of frames: resumable, written on a pool --------------------------------------------
+
+    @cached_property
+    def model_identity(self) -> dict:
+        """What identifies the rendered model: its checkpoint (iteration, the digest of every file
+        but the training state), its config and FLAME files."""
+        h = hashlib.sha256()
+        for path in sorted(p for p in self.model.folder.iterdir() if p.is_file() and p.name != "training_state.pt"):
+            h.update(path.name.encode() + b"\0")
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        return {"iteration": self.model.iteration, "checkpoint_sha256": h.hexdigest(),
+                "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+                "flame": str(self.options.flame or self.model.extra.get("flame_model")),
+                "flame_masks": str(self.model.extra.get("flame_masks"))}
+
+    def render_settings(self) -> dict:
+        """Everything besides the model and the frames that can change a rendered pixel."""
+        return {"backend": self.backend.name, "device": self.device.type, "torch": torch.__version__}
+
+    def prepare_output(self, out: Path, manifest: dict) -> list[str]:
+        """Make ``out`` hold only frames of ``manifest`` that an earlier run of this very model and
+        settings completed (the rest of its frame PNGs removed, with a line saying why); returns
+        the names of those frames."""
+        subfolders = manifest["subfolders"]
+        for sub in subfolders:
+            (out / sub).mkdir(parents=True, exist_ok=True)
+            remove_leftover_temporaries(out / sub)
+        old = read_manifest(out)
+        differs = None if old is not None else [f"no readable {out.name}/render.json"]
+        if old is not None:
+            differs = [f"model {k}" for k in manifest["model"] if old.get("model", {}).get(k) != manifest["model"][k]]
+            differs += [f"setting {k}" for k in manifest["settings"]
+                        if old.get("settings", {}).get(k) != manifest["settings"][k]]
+        if differs:
+            removed = fresh_frame_folders(out, subfolders)
+            if removed:
+                self.log(f"[render] removed {removed} file(s) of an earlier run from {out}: it is not this render "
+                         f"({', '.join(differs)})")
+            return []
+        wanted, previous = manifest["frames"], old["frames"]
+        kept = [n for n in wanted if previous.get(n) == wanted[n] and (out / "renders" / f"{n}.png").is_file()]
+        keep = set(kept)
+        removed = 0
+        for sub in subfolders:
+            for png in (out / sub).glob("*.png"):
+                if png.stem not in keep and png.is_file() and not png.is_symlink():
+                    png.unlink()
+                    removed += 1
+        if removed:
+            self.log(f"[render] removed {removed} file(s) from {out} of frames not asked for this time or changed")
+        if kept:
+            self.log(f"[render] {out}: {len(kept)} of {len(wanted)} frames were written by an earlier run of this "
+                     f"model and settings and are kept; rendering the other {len(wanted) - len(kept)}")
+        return kept
+
+    def render_job(self, out: Path, tasks: list[FrameTask], subfolders, desc: str) -> tuple[list[str], bool]:
+        """Render ``tasks`` into ``out`` in order, the PNGs written by a :class:`WritePool`,
+        skipping the frames an earlier, stopped run of the same model and settings wrote.
+
+        Every way it ends leaves a state a rerun resumes from exactly: the manifest is written
+        first, each frame's PNGs atomically (its render last); a stop signal ends it at a frame
+        boundary (:class:`RenderStopped`) once the queued frames are written.
+
+        Returns (the frame names in order, whether anything was rendered or removed).
+        """
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{out}: two frames share a name")
+        manifest = {"model": self.model_identity, "settings": self.render_settings(),
+                    "subfolders": sorted(subfolders), "frames": {t.name: t.spec for t in tasks}}
+        previous = read_manifest(out)
+        kept = set(self.prepare_output(out, manifest))
+        todo = [t for t in tasks if t.name not in kept]
+        finished_before = (not todo and previous is not None and previous.get("complete") is True
+                           and all(previous.get(k) == v for k, v in manifest.items()))
+        if not finished_before:
+            write_manifest(out, {**manifest, "complete": False})
+        workers = default_write_workers() if self.options.write_workers is None else self.options.write_workers
+        with (contextlib.nullcontext(self.stop) if self.stop is not None else StopSignals()) as stop:
+            with WritePool(workers) as pool:
+                bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, disable=self.options.quiet,
+                           dynamic_ncols=True)
+                for task in todo:
+                    if stop.received:
+                        break
+                    pool.submit(write_frame, out, task.name, task.make())
+                    bar.update(1)
+                bar.close()
+            done = sum((out / "renders" / f"{n}.png").is_file() for n in names)
+            if done < len(names):
+                raise RenderStopped(f"[render] stopped by {stop.received}: {done} of {len(names)} frames written to "
+                                    f"{out}; run the same command again to continue from there", stop.exit_code)
+        if not finished_before:
+            write_manifest(out, {**manifest, "complete": True})
+        return names, not finished_before
 
     def motion_from(self, subject, fine_tuned=None):
         """timestep -> FLAME motion dict (1, ...) of ``subject`` (fine-tuned values when given)."""
@@ -287,44 +477,55 @@ class Renderer:
                 raise InputFileError(f"--timestep {t} is not a timestep of {self.subject.root}")
             motion_fn, name, timesteps = self.motion_from(self.subject, self.fine_tuned), "orbit", [t] * n
         cams = self.orbit_cameras(len(timesteps), reference)
-        stale = fresh_frame_folders(self.out_dir(name), ("renders",))
-        if stale:
-            self.log(f"[render] removed {stale} frame(s) of an earlier run from {self.out_dir(name)}")
-        out = self.out_dir(name) / "renders"
-        names = []
-        for i, (t, view) in enumerate(tqdm(list(zip(timesteps, cams)), desc="orbit", disable=self.options.quiet)):
+        out = self.out_dir(name)
+
+        def task(i: int, t: int, view: torch.Tensor) -> FrameTask:
+            def make() -> dict:
+                motion = motion_fn(t)
+                verts = reenactment_vertices(self.model, motion)[0]
+                image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], view, reference.K,
+                                    reference.width, reference.height)
+                return {"renders": image.cpu()}
             motion = motion_fn(t)
-            verts = reenactment_vertices(self.model, motion)[0]
-            image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], view, reference.K, reference.width, reference.height)
-            write_png(out / f"{i:05d}.png", image)
-            names.append(f"{i:05d}")
-        self.log(f"[render] orbit of {len(names)} frames -> {out}")
+            spec = spec_digest(*(motion[k] for k in MOTION_KEYS), view, reference.K, reference.width, reference.height)
+            return FrameTask(f"{i:05d}", spec, make)
+
+        tasks = [task(i, t, view) for i, (t, view) in enumerate(zip(timesteps, cams))]
+        names, changed = self.render_job(out, tasks, ("renders",), desc="orbit")
+        self.log(f"[render] orbit of {len(names)} frames -> {out / 'renders'}")
         if self.options.video:
-            self.write_videos(out.parent, names)
+            self.write_videos(out, names, only_missing=not changed)
 
     # -- videos ---------------------------------------------------------------------------------
 
-    def write_videos(self, out: Path, names: list[str]) -> None:
-        """render.mp4 of all frames in order, and compare.mp4 (render | GT | error) where GT exists."""
+    def write_videos(self, out: Path, names: list[str], only_missing: bool = False) -> None:
+        """render.mp4 of all frames in order, and compare.mp4 (render | GT | error) where GT exists;
+        each written to a temporary file renamed into place (a stopped run leaves no half video).
+        ``only_missing``: skip the videos already there (the frames did not change)."""
         import imageio.v2 as imageio
 
         def even(a: np.ndarray) -> np.ndarray:  # H.264 in yuv420p needs even sizes
             return a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2]
 
         has_gt = all((out / "gt" / f"{n}.png").is_file() for n in names)
-        videos = {"render.mp4": []}
-        if has_gt:
-            videos["compare.mp4"] = []
-        for n in names:
-            render = read_rgb(out / "renders" / f"{n}.png")
-            videos["render.mp4"].append(even(to_uint8(render)))
-            if has_gt:
-                gt = read_rgb(out / "gt" / f"{n}.png")
-                videos["compare.mp4"].append(even(to_uint8(comparison_panel(render, gt))))
-        for file, frames in videos.items():
-            with imageio.get_writer(out / file, fps=self.options.fps, codec="libx264", quality=8, macro_block_size=1) as w:
-                for f in frames:
-                    w.append_data(f)
+        files = [file for file in ("render.mp4", "compare.mp4")[:2 if has_gt else 1]
+                 if not (only_missing and (out / file).is_file())]
+        if not files:
+            return
+        # Streamed frame by frame: at NeRSemble's size a split's frames do not fit in memory.
+        with contextlib.ExitStack() as stack:
+            writers = {file: stack.enter_context(imageio.get_writer(
+                out / f".{file}.partial.mp4", fps=self.options.fps, codec="libx264", quality=8, macro_block_size=1))
+                for file in files}
+            for n in names:
+                render = read_rgb(out / "renders" / f"{n}.png")
+                if "render.mp4" in writers:
+                    writers["render.mp4"].append_data(even(to_uint8(render)))
+                if "compare.mp4" in writers:
+                    gt = read_rgb(out / "gt" / f"{n}.png")
+                    writers["compare.mp4"].append_data(even(to_uint8(comparison_panel(render, gt))))
+        for file in files:
+            os.replace(out / f".{file}.partial.mp4", out / file)
             self.log(f"[render] video {out / file}")
 
     # -- speed and storage ----------------------------------------------------------------------

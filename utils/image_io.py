@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from utils.atomic import atomic_write
 from utils.errors import InputFileError, MissingFileError
 
 __all__ = [
@@ -301,11 +302,15 @@ class ImageCache:
         }
 
 
-def write_png(path: Path, image) -> None:
+def write_png(path: Path, image, atomic: bool = False) -> None:
     """Save a float image in [0, 1] as an 8-bit PNG (creating folders).
 
     Args:
         image: (H, W, 3) colour or (H, W, 1) / (H, W) grey, torch tensor or numpy array.
+        atomic: write a temporary file beside ``path`` and rename it over ``path``
+            (:func:`utils.atomic.atomic_write`), so that a present file is always complete, even
+            after a kill mid-write (render.py's outputs, which a resumed render keeps). The bytes
+            are those of the plain write.
     """
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -314,4 +319,9 @@ def write_png(path: Path, image) -> None:
         arr = arr[..., 0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, format="PNG")  # uint8 (H, W) -> L, (H, W, 3) -> RGB
+    picture = Image.fromarray(arr)  # uint8 (H, W) -> L, (H, W, 3) -> RGB
+    if atomic:
+        with atomic_write(path, "wb") as fh:
+            picture.save(fh, format="PNG")
+    else:
+        picture.save(path, format="PNG")
