@@ -162,35 +162,34 @@ def _trainer(tiny, model, *sets, quiet=True):
 
 @pytest.fixture
 def clusterings(monkeypatch):
-    """How often the trainer ran the expression clustering."""
+    """The trainer's calls of the quadratic distances ("distances") and the clustering ("spectral")."""
     calls = []
-    real = trainer_module.cluster_expressions
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "cluster_expressions", counting)
+    for name, tag in (("expression_distances", "distances"), ("cluster_timesteps", "spectral")):
+        real = getattr(trainer_module, name)
+        monkeypatch.setattr(trainer_module, name,
+                            lambda *a, _real=real, _tag=tag, **k: calls.append(_tag) or _real(*a, **k))
     return calls
 
 
 def test_expression_classes_shared_across_output_folders(tiny, tmp_path, cache_dir, clusterings):
     first = _trainer(tiny, tmp_path / "a", "sampling.n_classes=2")
-    assert len(clusterings) == 1
+    assert clusterings == ["distances", "spectral"]
     labels = json.loads((tmp_path / "a/clusters.json").read_text())["labels"]
     shared = list((cache_dir / "subjects/expression_classes").glob("*.json"))
     assert len(shared) == 1 and json.loads(shared[0].read_text())["labels"] == labels
     # The same subject and settings in another folder: from the cache, meshes not even kept.
     second = _trainer(tiny, tmp_path / "b", "sampling.n_classes=2")
-    assert len(clusterings) == 1
+    assert clusterings == ["distances", "spectral"]
     assert second.sequence._expr_offsets is None
     assert json.loads((tmp_path / "b/clusters.json").read_text())["labels"] == labels
     assert first.sampler.frame_classes.tolist() == second.sampler.frame_classes.tolist()
-    # Another setting or another seed: clustered again.
-    _trainer(tiny, tmp_path / "c", "sampling.n_classes=3")
+    # Another number of classes or another seed: clustered again from the cached distances.
+    third = _trainer(tiny, tmp_path / "c", "sampling.n_classes=3")
     _trainer(tiny, tmp_path / "d", "sampling.n_classes=2", "run.seed=5")
-    assert len(clusterings) == 3
+    assert clusterings == ["distances", "spectral", "spectral", "spectral"]
+    assert third.sampler.n_classes == 3 and third.sequence._expr_offsets is None
     assert len(list((cache_dir / "subjects/expression_classes").glob("*.json"))) == 3
+    assert len(list((cache_dir / "subjects/expression_distances").glob("*.npy"))) == 1
     # Expression meshes kept for the clustering are released once it is done.
     assert first.sequence._expr_offsets is None
 
@@ -201,7 +200,7 @@ def test_expression_classes_missed_when_the_parameters_change(tiny, tmp_path, ca
     shutil.copytree(Path(tiny["subject"]).parent, copy)
     copied = {**tiny, "subject": copy / Path(tiny["subject"]).name}
     _trainer(copied, tmp_path / "b", "sampling.n_classes=2")  # the same content elsewhere: a hit
-    assert len(clusterings) == 1
+    assert clusterings == ["distances", "spectral"]
     # One training timestep's expression changes: a miss.
     npz = sorted((copy / "SEQ_EXP-0/flame_param").glob("*.npz"))[0]
     with np.load(npz) as f:
@@ -209,15 +208,15 @@ def test_expression_classes_missed_when_the_parameters_change(tiny, tmp_path, ca
     data["expr"][0, 0] += 0.25
     np.savez(npz, **data)
     _trainer(copied, tmp_path / "c", "sampling.n_classes=2")
-    assert len(clusterings) == 2
+    assert clusterings == ["distances", "spectral"] * 2
 
 
 def test_clustering_reuses_the_precomputed_meshes(tiny, tmp_path, cache_dir, monkeypatch):
     seen, evaluations = [], []
-    real_cluster = trainer_module.cluster_expressions
+    real_distances = trainer_module.expression_distances
     real_forward = trainer_module.FlameSequence._forward
-    monkeypatch.setattr(trainer_module, "cluster_expressions",
-                        lambda offsets, *a, **k: seen.append(offsets) or real_cluster(offsets, *a, **k))
+    monkeypatch.setattr(trainer_module, "expression_distances",
+                        lambda offsets, *a, **k: seen.append(offsets) or real_distances(offsets, *a, **k))
     monkeypatch.setattr(trainer_module.FlameSequence, "_forward",
                         lambda self, p: evaluations.append(len(p["expr"])) or real_forward(self, p))
     t = _trainer(tiny, tmp_path / "a", "sampling.n_classes=2")
@@ -257,7 +256,7 @@ def test_resume_skips_the_file_checks_and_keeps_its_classes(tiny, tmp_path, cach
     shutil.rmtree(cache_dir)  # even without the subject cache the run folder keeps its classes
     resumed = Trainer(TrainRequest(model_path=str(tmp_path / "a"), resume=True, quiet=True,
                                    overrides=[{"optim": {"iterations": 3}}]))
-    assert resumed.sampler.frame_classes.tolist() == classes and len(clusterings) == 1
+    assert resumed.sampler.frame_classes.tolist() == classes and clusterings == ["distances", "spectral"]
     assert len(header_reads) == 2 * n  # the cache was gone: checked again
     Trainer(TrainRequest(model_path=str(tmp_path / "a"), resume=True, quiet=True,
                          overrides=[{"optim": {"iterations": 3}}]))

@@ -1,9 +1,9 @@
-"""What a training start-up derives from a subject, kept across runs: expression classes and
-file-check manifests.
+"""What a training start-up derives from a subject, kept across runs: expression distances and
+classes, file-check manifests.
 
 Every seed, ablation, launch subject and resume of a subject would otherwise redo the same
 start-up work (at NeRSemble's size: a quadratic expression clustering, tens of thousands of PNG
-headers). Results are stored as small JSON files under ``cache_root()/subjects/<kind>/<key>.json``
+headers). Results are stored as JSON or ``.npy`` files under ``cache_root()/subjects/<kind>/<key>.*``
 (:func:`utils.cache_dir.cache_root`: ``$AVATAR_CACHE_DIR``, else ``<repo>/.cache``), where the key
 is a digest of everything the result depends on (the content, never a folder name), so one
 cache serves every output folder and every copy of a subject, and a changed input simply misses.
@@ -76,10 +76,27 @@ class SubjectCache:
 
     def write(self, kind: str, key: str, doc: dict) -> Optional[Path]:
         """Store ``doc`` atomically; on a file-system error warn once and return None."""
-        path = self.path(kind, key)
+        return self._write(self.path(kind, key), "w", lambda f: json.dump(doc, f))
+
+    def array_path(self, kind: str, key: str) -> Path:
+        """Where the array ``kind``/``key`` lives (``.npy``)."""
+        return self.root / kind / f"{key}.npy"
+
+    def read_array(self, kind: str, key: str) -> Optional[np.ndarray]:
+        """The stored array, or None when it is missing or unreadable."""
         try:
-            with atomic_write(path) as f:
-                json.dump(doc, f)
+            return np.load(self.array_path(kind, key), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+
+    def write_array(self, kind: str, key: str, array: np.ndarray) -> Optional[Path]:
+        """Store ``array`` as ``.npy`` atomically; on a file-system error warn once, return None."""
+        return self._write(self.array_path(kind, key), "wb", lambda f: np.save(f, np.asarray(array)))
+
+    def _write(self, path: Path, mode: str, dump) -> Optional[Path]:
+        try:
+            with atomic_write(path, mode) as f:
+                dump(f)
         except OSError as exc:
             if not self._warned:
                 print(f"[data] warning: cannot write the start-up cache {path} ({exc.strerror or exc}); "

@@ -17,7 +17,9 @@ Pipeline:
   5. :func:`save_clusters` / :func:`load_clusters` - cache of step 3, keyed on the training
      timesteps and the settings (:func:`cluster_settings`: a digest of the expressions, the
      clustering settings and :data:`CLUSTER_CODE_VERSION`), so that one entry serves every run of
-     a subject (the trainer keeps it in :class:`scene.data.subject_cache.SubjectCache`).
+     a subject (the trainer keeps it in :class:`scene.data.subject_cache.SubjectCache`), and the
+     distances of step 2 (the quadratic part) under :func:`distance_cache_key`, which leaves out
+     seed and number of classes: every seed and ablation of a subject shares them.
 
 Step 2 has a plain reference (:func:`timestep_distance_matrix`, on the CPU) and the fast path the
 trainer uses (:func:`expression_distance_matrix`: on the run's device, in cache-sized blocks, with
@@ -49,6 +51,8 @@ __all__ = [
     "UniformFrameSampler",
     "UniformSampler",
     "cluster_cache_key",
+    "distance_cache_key",
+    "expression_distances",
     "cluster_settings",
     "clusters_document",
     "CLUSTER_CODE_VERSION",
@@ -267,9 +271,8 @@ def cluster_timesteps(distance, n_classes: int = 16, seed: int = 0, duplicate_to
 # ----------------------------------------------------------------------------- samplers
 
 
-def cluster_expressions(expression_offsets: torch.Tensor, vertex_masks: dict, n_classes: int, seed: int,
-                        progress: bool = False) -> np.ndarray:
-    """Expression classes of timesteps (the paper's class-balanced sampling).
+def expression_distances(expression_offsets: torch.Tensor, vertex_masks: dict, progress: bool = False) -> torch.Tensor:
+    """The paper's expression distance between timesteps, on the offsets' device.
 
     Args:
         expression_offsets: (T, V, 3) each timestep's mesh with expression, jaw and eyes (no global
@@ -279,13 +282,24 @@ def cluster_expressions(expression_offsets: torch.Tensor, vertex_masks: dict, n_
             without it) and weights the "eye_region" twice (:func:`timestep_distance_matrix`).
         progress: a progress bar over the distance blocks.
     Returns:
-        (T,) class labels (:func:`cluster_timesteps`).
+        (T, T) float32 on the CPU.
     """
     n_vertices = expression_offsets.shape[1]
     face = vertex_masks["face"].cpu() if "face" in vertex_masks else torch.ones(n_vertices, dtype=torch.bool)
     eye = vertex_masks["eye_region"].cpu() if "eye_region" in vertex_masks else torch.zeros(n_vertices, dtype=torch.bool)
-    distance = expression_distance_matrix(expression_offsets, face, eye, progress=progress)
-    return cluster_timesteps(distance, n_classes=n_classes, seed=seed)
+    return expression_distance_matrix(expression_offsets, face, eye, progress=progress)
+
+
+def cluster_expressions(expression_offsets: torch.Tensor, vertex_masks: dict, n_classes: int, seed: int,
+                        progress: bool = False) -> np.ndarray:
+    """Expression classes of timesteps (the paper's class-balanced sampling): the spectral
+    clusters (:func:`cluster_timesteps`) of :func:`expression_distances` (same arguments).
+
+    Returns:
+        (T,) class labels.
+    """
+    return cluster_timesteps(expression_distances(expression_offsets, vertex_masks, progress), n_classes=n_classes,
+                             seed=seed)
 
 
 class ClassBalancedSampler:
@@ -448,6 +462,19 @@ def cluster_settings(n_classes: int, seed: int, inputs_digest: str) -> Dict[str,
     """
     return {"n_classes": int(n_classes), "seed": int(seed), "eye_weight": 2.0, "duplicate_tol": 1e-12,
             "code": CLUSTER_CODE_VERSION, "inputs": inputs_digest}
+
+
+def distance_cache_key(timesteps: Sequence[int], inputs_digest: str) -> str:
+    """Key of the (T, T) :func:`expression_distances` of ``timesteps`` (in that order): seed and
+    number of classes do not enter, so every seed and ablation of a subject shares them.
+
+    Args:
+        timesteps: the training timesteps, in the rows' order.
+        inputs_digest: as :func:`cluster_settings`.
+    """
+    payload = {"distances": CLUSTER_CODE_VERSION, "eye_weight": 2.0, "inputs": inputs_digest,
+               "timesteps": [int(t) for t in np.asarray(timesteps).reshape(-1)]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def cluster_cache_key(timesteps: Sequence[int], meta: Dict[str, Any]) -> str:

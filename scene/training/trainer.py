@@ -36,8 +36,9 @@ from scene.model.avatar import GaussianAvatar, build_context, masks_needed
 from scene.model.checkpoint import build_flame, load_avatar_components, save_avatar
 from scene.model.components import LossContext
 from scene.rendering import render_avatar
-from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, cluster_cache_key, cluster_expressions,
-                                          cluster_settings, clusters_document, load_clusters, save_clusters)
+from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, cluster_cache_key, cluster_settings,
+                                          cluster_timesteps, clusters_document, distance_cache_key,
+                                          expression_distances, load_clusters, save_clusters)
 from scene.training.densification import BindingAwareDensification
 from scene.training.losses import photometric_loss
 from scene.training.optimizer_ops import make_splat_optimizers
@@ -169,17 +170,17 @@ class Trainer:
                                       None if self.subject.static_offset is None else self.subject.static_offset.to(self.device),
                                       trainable=cfg.optim.train_flame)
         self.train_rows = sorted({self.subject.timestep_row[f.timestep] for f in self.train_frames})
-        # Expression classes from an earlier run of these expressions, if any: then the clustering
-        # needs no expression meshes.
-        self._classes = None
+        # Expression classes, or at least their distances, from an earlier run of these expressions:
+        # then the clustering needs no expression meshes.
+        self._classes, self._distances = None, None
         if cfg.sampling.class_balanced:
             self._cluster_timesteps, self._cluster_meta = self._cluster_settings()
-            self._classes = self._cached_timestep_classes()
+            self._classes, self._distances = self._cached_timestep_classes()
         if not cfg.optim.train_flame:  # fine-tuned parameters change every step: nothing to cache
             self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
                      f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
-            self.sequence.precompute(keep_expression_offsets=cfg.sampling.class_balanced and self._classes is None,
-                                     progress=not request.quiet)
+            need_meshes = cfg.sampling.class_balanced and self._classes is None and self._distances is None
+            self.sequence.precompute(keep_expression_offsets=need_meshes, progress=not request.quiet)
         # Timestep rows as device tensors, sliced per step: a host-built index would be a copy.
         self.row_index = torch.arange(self.sequence.num_timesteps, device=self.device)
 
@@ -320,9 +321,11 @@ class Trainer:
             + [x for name in ("face", "eye_region") for x in (name, self.flame.vertex_masks.get(name, "none"))])
         return timesteps, cluster_settings(self.cfg.sampling.n_classes, self.cfg.run.seed, inputs)
 
-    def _cached_timestep_classes(self) -> list[int] | None:
-        """The classes of an earlier run of the same expressions and settings: this run's own
-        OUTPUT/clusters.json (a resume keeps its classes), else the subject cache; None if neither."""
+    def _cached_timestep_classes(self) -> tuple[list[int] | None, torch.Tensor | None]:
+        """(classes, distances) from earlier runs of the same expressions: the classes of the same
+        settings from this run's own OUTPUT/clusters.json (a resume keeps its classes) or the subject
+        cache, else the (T, T) distances from the subject cache (any seed or number of classes);
+        None for what neither holds."""
         timesteps, meta = self._cluster_timesteps, self._cluster_meta
         shared = self.subject_cache.path("expression_classes", cluster_cache_key(timesteps, meta))
         for path in (self.model_dir / "clusters.json", shared):
@@ -330,27 +333,36 @@ class Trainer:
             if cached is not None:
                 if path == shared:
                     self.log(f"[train] expression classes from the subject cache ({path})")
-                return [int(v) for v in cached[0]]
-        return None
+                return [int(v) for v in cached[0]], None
+        key = distance_cache_key(timesteps, meta["inputs"])
+        distances = self.subject_cache.read_array("expression_distances", key)
+        if distances is None or distances.shape != (len(timesteps), len(timesteps)) or distances.dtype != np.float32:
+            return None, None
+        self.log(f"[train] expression distances from the subject cache "
+                 f"({self.subject_cache.array_path('expression_distances', key)})")
+        return None, torch.from_numpy(distances)
 
     def _timestep_classes(self) -> list[int]:
         """Spectral clusters of the training timesteps' expressions (cached in OUTPUT/clusters.json
-        and in the subject cache, which every run of these expressions and settings reads)."""
+        and in the subject cache, with their distances, for every run of these expressions)."""
         timesteps, meta = self._cluster_timesteps, self._cluster_meta
-        labels = self._classes
+        labels, distances = self._classes, self._distances
+        n_classes = self.cfg.sampling.n_classes
         if labels is None:
-            n_classes = self.cfg.sampling.n_classes
-            self.log(f"[train] clustering {len(timesteps)} training timesteps into {n_classes} expression classes "
-                     f"on {self.device.type}")
-            rows = torch.tensor(self.train_rows, device=self.device)
-            offsets = self.sequence.expression_offsets(rows)  # precompute's meshes when it kept them
-            self.sequence.release_expression_offsets()
-            labels = cluster_expressions(offsets, self.flame.vertex_masks, n_classes, self.cfg.run.seed,
-                                         progress=not self.request.quiet)
-            labels = [int(v) for v in labels]
-            del offsets
+            if distances is None:
+                self.log(f"[train] expression distances of {len(timesteps)} training timesteps on {self.device.type}")
+                rows = torch.tensor(self.train_rows, device=self.device)
+                offsets = self.sequence.expression_offsets(rows)  # precompute's meshes when it kept them
+                self.sequence.release_expression_offsets()
+                distances = expression_distances(offsets, self.flame.vertex_masks, progress=not self.request.quiet)
+                del offsets
+                self.subject_cache.write_array("expression_distances", distance_cache_key(timesteps, meta["inputs"]),
+                                               distances.numpy())
+            self.log(f"[train] clustering {len(timesteps)} training timesteps into {n_classes} expression classes")
+            labels = [int(v) for v in cluster_timesteps(distances, n_classes=n_classes, seed=self.cfg.run.seed)]
             self.subject_cache.write("expression_classes", cluster_cache_key(timesteps, meta),
                                      clusters_document(labels, timesteps, meta))
+        self._distances = None
         if load_clusters(self.model_dir / "clusters.json", timesteps, meta) is None:
             save_clusters(self.model_dir / "clusters.json", labels, timesteps, meta)
         return list(labels)
