@@ -24,7 +24,8 @@ Phases are timed by wrapping the start-up functions by name (those that do not e
 under test are simply not listed): ``distances`` and ``spectral`` are the expression clustering's
 two steps, ``clustering`` the rest of it (cache look-up, expression meshes); ``other`` is the
 rest of the start-up (model build, optimisers, config save).
-Peak RSS is the child's ``ru_maxrss`` at the first step. The table is printed at the end; ``--json``
+Peak RSS is the child's ``ru_maxrss`` at the first step, ``CPU s`` its user + system CPU time
+until then (on a shared machine a steadier figure than the wall time). The table is printed at the end; ``--json``
 also writes it. Every size reuses its subject under ``--work`` (built once).
 """
 from __future__ import annotations
@@ -175,8 +176,8 @@ def child(args) -> None:
             finally:
                 seconds[phase] = seconds.get(phase, 0.0) + time.time() - start
                 if phase == "first step":
-                    first_step_end.append(time.time())
-                    first_step_end.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                    usage = resource.getrusage(resource.RUSAGE_SELF)
+                    first_step_end.extend([time.time(), usage.ru_maxrss, usage.ru_utime + usage.ru_stime])
 
         setattr(owner, name, timed)
 
@@ -196,8 +197,8 @@ def child(args) -> None:
         if phase in seconds:
             seconds[parent] -= seconds[phase]
     seconds["other"] = max(0.0, total - sum(seconds.values()))
-    print("BENCH " + json.dumps({"first_step_s": total, "peak_rss_mb": first_step_end[1] / 1024.0,
-                                 "phases": seconds}))
+    print("BENCH " + json.dumps({"first_step_s": total, "cpu_s": first_step_end[2],
+                                 "peak_rss_mb": first_step_end[1] / 1024.0, "phases": seconds}))
 
 
 def run_child(subject: Path, flame: Path, model: Path, cache: Path, configs: list, seed: int, resume: bool) -> dict:
@@ -221,10 +222,11 @@ def run_child(subject: Path, flame: Path, model: Path, cache: Path, configs: lis
 
 def table(rows: list) -> str:
     phases = list(dict.fromkeys(p for p, _ in PHASES if any(p in r["phases"] for r in rows))) + ["other"]
-    head = ["frames", "mode", "first step s", "peak RSS MB"] + phases
+    head = ["frames", "mode", "first step s", "CPU s", "peak RSS MB"] + phases
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"{r['frames']:,}", r["mode"], f"{r['first_step_s']:.1f}", f"{r['peak_rss_mb']:.0f}"]
+        cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else "-"
+        cells = [f"{r['frames']:,}", r["mode"], f"{r['first_step_s']:.1f}", cpu, f"{r['peak_rss_mb']:.0f}"]
         cells += [f"{r['phases'][p]:.2f}" if p in r["phases"] else "-" for p in phases]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
