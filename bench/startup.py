@@ -54,6 +54,7 @@ PHASES = [
     ("distances", "scene.training.class_balance:timestep_distance_matrix"),
     ("distances", "scene.training.class_balance:expression_distance_matrix"),
     ("spectral", "scene.training.class_balance:cluster_timesteps"),
+    ("spectral", "scene.training.trainer:cluster_timesteps"),
     ("frame loader", "scene.training.trainer:frame_loader_for"),
     ("load checkpoint", "scene.training.trainer:Trainer._load_latest_readable"),
     ("first step", "scene.training.trainer:Trainer.training_step"),

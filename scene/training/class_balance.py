@@ -159,8 +159,9 @@ def expression_distance_matrix(
         displacements: (T, V, 3) from :func:`expression_displacements`, on any device.
         face_vertex_idx, eye_vertex_idx, eye_weight: as :func:`timestep_distance_matrix`.
         max_block_elements: bound on the (b, b, S) difference block of one coordinate (4 bytes
-            each; about four such blocks are alive at a time). None: 2^20 on the CPU (a block stays
-            in the cache), 2^24 on a GPU (fewer, larger kernels).
+            each; about four such blocks are alive at a time). None: 2^22 on the CPU (64 MiB in
+            all; smaller blocks mean more, shorter parallel operations, which cost more than they
+            save on a busy CPU: 2^20 took 2.4x the CPU time there), 2^24 on a GPU.
         progress: a tqdm bar over the blocks.
     Returns:
         (T, T) float32 on the CPU: :func:`timestep_distance_matrix`'s values to float rounding
@@ -178,7 +179,7 @@ def expression_distance_matrix(
     w = w.to(device)
     S = sel.numel()
     if max_block_elements is None:
-        max_block_elements = 1 << (24 if device.type == "cuda" else 20)
+        max_block_elements = 1 << (24 if device.type == "cuda" else 22)
     b = max(1, min(T, math.isqrt(max(1, max_block_elements // S))))
     starts = list(range(0, T, b))
     out = torch.zeros(T, T, dtype=torch.float32, device=device)
