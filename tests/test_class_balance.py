@@ -8,8 +8,11 @@ import torch
 from scene.training.class_balance import (
     ClassBalancedSampler,
     UniformFrameSampler,
+    cluster_cache_key,
+    cluster_settings,
     cluster_timesteps,
     expression_displacements,
+    expression_distance_matrix,
     load_clusters,
     save_clusters,
     timestep_distance_matrix,
@@ -148,3 +151,59 @@ def test_per_frame_labels_and_next_method():
     assert abs((draws == 3).mean() - 0.5) < 0.03
     u = UniformFrameSampler(3, seed=0)
     assert sorted([u.next() for _ in range(3)]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("block", [1, 97, 4096, 1 << 20, None])
+def test_blocked_distance_equals_the_dense_reference(block):
+    g = torch.Generator().manual_seed(1)
+    T, V = 53, 70
+    disp = torch.randn(T, V, 3, generator=g) * 0.01
+    face = torch.rand(V, generator=g) < 0.6
+    eye = torch.rand(V, generator=g) < 0.1
+    dense = timestep_distance_matrix(disp, face, eye)
+    fast = expression_distance_matrix(disp, face, eye, max_block_elements=block)
+    assert fast.dtype == torch.float32 and fast.device.type == "cpu"
+    assert torch.allclose(fast, dense, rtol=1e-6, atol=0)
+    assert torch.equal(fast, fast.T) and (fast.diagonal() == 0).all()
+    # Blocks change nothing: every entry is the same sum whatever the block size.
+    assert torch.equal(fast, expression_distance_matrix(disp, face, eye, max_block_elements=10 ** 9))
+
+
+def test_blocked_distance_gives_the_reference_classes():
+    disp, truth = _groups([30, 5, 12, 3], V=40, seed=4)
+    disp = disp + 2e-3 * torch.randn(disp.shape, generator=torch.Generator().manual_seed(5))  # overlapping groups
+    face, eye = list(range(30)), list(range(30, 40))
+    dense = cluster_timesteps(timestep_distance_matrix(disp, face, eye), n_classes=6, seed=0)
+    fast = cluster_timesteps(expression_distance_matrix(disp, face, eye, max_block_elements=500), n_classes=6, seed=0)
+    assert (dense == fast).all() and len(set(dense.tolist())) == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the distances on the GPU")
+def test_distance_on_the_gpu_matches_the_cpu_reference():
+    g = torch.Generator().manual_seed(2)
+    disp = torch.randn(300, 200, 3, generator=g) * 0.01
+    face, eye = torch.arange(150), torch.arange(120, 180)
+    dense = timestep_distance_matrix(disp, face, eye)
+    fast = expression_distance_matrix(disp.cuda(), face, eye, max_block_elements=1 << 16)
+    assert fast.device.type == "cpu"
+    assert torch.allclose(fast, dense, rtol=1e-5, atol=1e-8)
+    assert (cluster_timesteps(fast, 8) == cluster_timesteps(dense, 8)).all()
+
+
+def test_distance_progress_bar(capsys):
+    disp = torch.randn(20, 10, 3)
+    expression_distance_matrix(disp, list(range(10)), [0], max_block_elements=300, progress=True)
+    err = capsys.readouterr().err
+    assert "expression distances" in err and "block" in err
+    expression_distance_matrix(disp, list(range(10)), [0], max_block_elements=300)
+    assert capsys.readouterr().err == ""
+
+
+def test_cluster_settings_key_every_input():
+    ts = [0, 1, 2]
+    base = cluster_cache_key(ts, cluster_settings(16, 0, "a" * 64))
+    assert base == cluster_cache_key(ts, cluster_settings(16, 0, "a" * 64))
+    assert base != cluster_cache_key(ts, cluster_settings(8, 0, "a" * 64))
+    assert base != cluster_cache_key(ts, cluster_settings(16, 1, "a" * 64))
+    assert base != cluster_cache_key(ts, cluster_settings(16, 0, "b" * 64))
+    assert base != cluster_cache_key([0, 1, 3], cluster_settings(16, 0, "a" * 64))

@@ -45,3 +45,23 @@ def test_an_unrecognised_folder_gets_the_default_readers_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MissingFileError, match="transforms"):
         datasets.load_sequence(tmp_path / "empty")
+
+
+def test_progress_reaches_loaders_that_take_it(tiny, tmp_path, monkeypatch, capsys):
+    """``progress`` goes to the NeRSemble loader (bars on stderr); a format whose loader has no
+    such argument is called without it."""
+    datasets.load_subject(tiny["subject"], progress=True)
+    assert "reading transforms_train.json" in capsys.readouterr().err
+    monkeypatch.setattr(datasets, "FORMATS", dict(datasets.FORMATS))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "my_format.txt").write_text("x")
+    calls = []
+
+    def load(path, resolution_scale=1.0):  # an older loader: no progress argument
+        calls.append(resolution_scale)
+        return datasets.FORMATS["nersemble"].load_subject(tiny["subject"])
+
+    datasets.register_format(datasets.DatasetFormat("mine", lambda p: (p / "my_format.txt").is_file(), load, load))
+    assert datasets.load_subject(mine, resolution_scale=0.5, progress=True).frames["train"]
+    assert calls == [0.5]

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.cache_dir import cache_root
 from utils.errors import InputFileError, MissingFileError
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "lpips_weights_path", "state_dict_digest", "WEIGHT_SHA256", "NETS", "FETCH_HINT",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NETS = ("alex", "vgg")
 FETCH_HINT = "run `python scripts/fetch_lpips_weights.py` once to fetch and convert them"
 
@@ -56,8 +56,7 @@ _NET_ALIASES = {"alex": "alex", "alexnet": "alex", "vgg": "vgg", "vgg16": "vgg"}
 
 def lpips_cache_dir() -> Path:
     """``$AVATAR_CACHE_DIR/lpips`` if the variable is set, else ``<repo>/.cache/lpips``."""
-    root = os.environ.get("AVATAR_CACHE_DIR")
-    return (Path(root).expanduser() if root else REPO_ROOT / ".cache") / "lpips"
+    return cache_root() / "lpips"
 
 
 def lpips_weights_path(net: str) -> Path:

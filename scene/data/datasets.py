@@ -15,6 +15,7 @@ format registers itself with :func:`register_format`; nothing else changes.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,15 @@ def dataset_format(path: str | os.PathLike) -> DatasetFormat:
     return FORMATS[DEFAULT_FORMAT]
 
 
-def load_subject(path: str | os.PathLike, **kwargs) -> Subject:
-    """A training subject in any registered format (keyword arguments as the format's loader)."""
-    return dataset_format(path).load_subject(path, **kwargs)
+def load_subject(path: str | os.PathLike, progress: bool = False, **kwargs) -> Subject:
+    """A training subject in any registered format (keyword arguments as the format's loader).
+
+    ``progress``: progress bars while loading, passed to loaders that take a ``progress``
+    argument (the NeRSemble one does; a format's loader without it loads silently)."""
+    loader = dataset_format(path).load_subject
+    if progress and "progress" in inspect.signature(loader).parameters:
+        kwargs["progress"] = True
+    return loader(path, **kwargs)
 
 
 def load_sequence(path: str | os.PathLike, **kwargs) -> Subject:

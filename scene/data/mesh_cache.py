@@ -8,10 +8,10 @@ parameters are being fine-tuned the cache cannot be used and meshes are computed
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from flame_model import FLAME, MOTION_KEYS
 from scene.model.binding import triangle_displacements
-
 
 
 class FlameSequence(torch.nn.Module):
@@ -41,6 +41,7 @@ class FlameSequence(torch.nn.Module):
         )
         self._verts: torch.Tensor | None = None
         self._expr_disp: torch.Tensor | None = None
+        self._expr_offsets: torch.Tensor | None = None
 
     @property
     def num_timesteps(self) -> int:
@@ -72,17 +73,50 @@ class FlameSequence(torch.nn.Module):
         return self.flame.canonical_vertices(self.shape, static_offset=offset)[0]
 
     @torch.no_grad()
-    def precompute(self, batch: int = 64) -> None:
-        """Fill the caches of posed vertices (T, V, 3) and per-triangle displacements (T, F)."""
+    def precompute(self, batch: int = 64, keep_expression_offsets: bool = False, progress: bool = False) -> bool:
+        """Fill the caches of posed vertices (T, V, 3) and per-triangle displacements (T, F).
+
+        Args:
+            batch: timesteps per FLAME evaluation.
+            keep_expression_offsets: also keep each timestep's expression mesh minus the canonical
+                one (T, V, 3), which the displacements are computed from, for
+                :meth:`expression_offsets` (the expression clustering) until
+                :meth:`release_expression_offsets`.
+            progress: a tqdm bar over the batches.
+        Returns:
+            False without doing anything when the parameters are being fine-tuned: the caches would
+            never be read (:meth:`vertices` and :meth:`triangle_displacement` compute on the fly).
+        """
+        if self.trainable:
+            return False
         faces = self.flame.faces
         canonical = self.canonical_vertices()
-        verts, disp = [], []
-        for start in range(0, self.num_timesteps, batch):
+        verts, disp, offsets = [], [], []
+        starts = range(0, self.num_timesteps, batch)
+        for start in tqdm(starts, desc="FLAME meshes", unit="batch", disable=not progress, leave=False):
             rows = torch.arange(start, min(start + batch, self.num_timesteps), device=canonical.device)
             verts.append(self._forward(self.row_params(rows)))
-            disp.append(triangle_displacements(self.expression_vertices(rows), canonical, faces))
+            expression = self.expression_vertices(rows)
+            disp.append(triangle_displacements(expression, canonical, faces))
+            if keep_expression_offsets:
+                offsets.append(expression - canonical)
         self._verts = torch.cat(verts)
         self._expr_disp = torch.cat(disp)
+        self._expr_offsets = torch.cat(offsets) if keep_expression_offsets else None
+        return True
+
+    @torch.no_grad()
+    def expression_offsets(self, rows: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """(B, V, 3) expression meshes (:meth:`expression_vertices`) minus the canonical mesh of
+        rows (B,): from :meth:`precompute`'s kept copy when there is one, else computed in batches."""
+        if self._expr_offsets is not None:
+            return self._expr_offsets[rows]
+        parts = [self.expression_vertices(rows[i:i + batch]) for i in range(0, len(rows), batch)]
+        return torch.cat(parts) - self.canonical_vertices()
+
+    def release_expression_offsets(self) -> None:
+        """Drop the copy :meth:`precompute` kept (``keep_expression_offsets``)."""
+        self._expr_offsets = None
 
     def triangle_displacement(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, F) displacement of each triangle between the expression mesh and the canonical one."""

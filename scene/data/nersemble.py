@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from scene.data.cameras import opengl_c2w_to_opencv_w2c, scale_intrinsics, scaled_size
 from scene.data.subject import FLAME_TIMESTEP_KEYS, CameraFrame, Subject
@@ -201,7 +202,8 @@ class _Missing:
 
 
 def _parse_split(
-    json_path: Path, split: str, resolution_scale: float, files: _Files, missing: List[_Missing]
+    json_path: Path, split: str, resolution_scale: float, files: _Files, missing: List[_Missing],
+    progress: bool = False,
 ) -> List[CameraFrame]:
     """Parse one ``transforms_*.json`` into frames; missing files are appended to ``missing``."""
     data = _read_json(json_path)
@@ -218,7 +220,8 @@ def _parse_split(
     c2ws: List[np.ndarray] = []
     intrinsics: List[Tuple[float, float, float, float, float, float]] = []
     partial: List[dict] = []
-    for i, rec in enumerate(records):
+    bar = tqdm(records, desc=f"reading {json_path.name}", unit="frame", disable=not progress, leave=False)
+    for i, rec in enumerate(bar):
         where = f"frames[{i}]"
         if not isinstance(rec, dict):
             raise InputFileError(f"{json_path}: {where} must be a JSON object, got {type(rec).__name__}")
@@ -384,11 +387,11 @@ def _offsets(arr: np.ndarray, path: Path, key: str, n_vertices: Optional[int] = 
     return arr.reshape(v, 3).astype(np.float32)
 
 
-def _load_timestep_params(timesteps: List[int], paths: Dict[int, Path]) -> Dict[str, torch.Tensor]:
+def _load_timestep_params(timesteps: List[int], paths: Dict[int, Path], progress: bool = False) -> Dict[str, torch.Tensor]:
     """Load and stack the per-timestep FLAME parameters over ``timesteps`` (rows in that order)."""
     stacks: Dict[str, List[np.ndarray]] = {k: [] for k in FLAME_TIMESTEP_KEYS}
     dyn: List[Optional[np.ndarray]] = []
-    for t in timesteps:
+    for t in tqdm(timesteps, desc="reading FLAME parameters", unit="timestep", disable=not progress, leave=False):
         path = paths[t]
         with _open_npz(path) as f:
             for key, n in FLAME_TIMESTEP_KEYS.items():
@@ -448,11 +451,13 @@ def _build(
     resolution_scale: float,
     image_cache_bytes: int,
     union_all: bool,
+    progress: bool = False,
 ) -> Subject:
     """Parse ``split_files`` (name -> JSON), validate, load FLAME, build the Subject.
 
     ``union_all``: also expose ``frames["all"]`` = the concatenation of the splits (first
     occurrence of each image wins), for driving sequences without a ``transforms.json``.
+    ``progress``: tqdm bars over the frame records and the FLAME files.
     """
     resolution_scale = _check_scale(resolution_scale)
     if image_cache_bytes is None or image_cache_bytes < 0:
@@ -461,7 +466,7 @@ def _build(
     missing: List[_Missing] = []
     frames: Dict[str, List[CameraFrame]] = {}
     for split, json_path in split_files.items():
-        frames[split] = _parse_split(json_path, split, resolution_scale, files, missing)
+        frames[split] = _parse_split(json_path, split, resolution_scale, files, missing, progress)
     if missing:
         _raise_missing(root, missing)
     if union_all:
@@ -488,7 +493,7 @@ def _build(
                     f"(frames[{g.frame_index}] of {g.json_path}); a timestep has exactly one FLAME file"
                 )
     timesteps = sorted(flame_paths)
-    flame = _load_timestep_params(timesteps, flame_paths)
+    flame = _load_timestep_params(timesteps, flame_paths, progress)
 
     canonical_path = root / CANONICAL_FILENAME
     canonical = _load_canonical(canonical_path) if canonical_path.is_file() else {}
@@ -545,6 +550,7 @@ def load_subject(
     resolution_scale: float = 1.0,
     splits: Sequence[str] = DEFAULT_SPLITS,
     image_cache_bytes: int = DEFAULT_CACHE_BYTES,
+    progress: bool = False,
 ) -> Subject:
     """Load a NeRSemble subject folder (single sequence or union).
 
@@ -555,6 +561,8 @@ def load_subject(
             ``new_w / w`` and ``new_h / h``. 0.5 halves the resolution.
         splits: which ``transforms_<split>.json`` to read; each must exist (it may hold no frames).
         image_cache_bytes: budget of the decoded-image LRU cache (0 disables caching).
+        progress: tqdm bars over the frame records and the FLAME files (tens of thousands at
+            NeRSemble's size).
 
     Raises:
         MissingFileError: folder / JSON / image / mask / FLAME file missing.
@@ -570,7 +578,7 @@ def load_subject(
     if isinstance(splits, str):
         splits = (splits,)
     split_files = {s: root / f"transforms_{s}.json" for s in dict.fromkeys(splits)}
-    return _build(root, split_files, resolution_scale, image_cache_bytes, union_all=False)
+    return _build(root, split_files, resolution_scale, image_cache_bytes, union_all=False, progress=progress)
 
 
 def load_sequence(

@@ -17,7 +17,7 @@ import torch
 
 from scene.data.cameras import cameras_extent as _cameras_extent
 from scene.data.cameras import focal_to_fov
-from utils.image_io import ImageCache, check_image_header, load_mask_uint8, load_rgb_uint8, uint8_to_float
+from utils.image_io import ImageCache, load_mask_uint8, load_rgb_uint8, uint8_to_float
 
 __all__ = ["CameraFrame", "Subject", "FLAME_TIMESTEP_KEYS"]
 
@@ -216,15 +216,29 @@ class Subject:
         key = ("rgb", str(frame.image_path), size)
         return self.image_cache.get_uint8(key, lambda: load_rgb_uint8(frame.image_path, size=size, expected_size=orig))
 
-    def check_files(self, frames: Sequence[CameraFrame], progress: bool = False) -> None:
-        """Read the header of every frame's image and mask once (size, format), so that a missing,
-        corrupt or wrong-size file is named now rather than when a training step reaches it."""
-        from tqdm import tqdm
-        for frame in tqdm(frames, desc="checking images", unit="frame", disable=not progress, leave=False):
+    def check_files(self, frames: Sequence[CameraFrame], progress: bool = False, masks: bool = True,
+                    cache=None) -> bool:
+        """Read the header of every frame's image (and mask, with ``masks``) once (size, format),
+        so that a missing, corrupt or wrong-size file is named now rather than when a training
+        step reaches it.
+
+        Args:
+            frames: the frames whose files will be read.
+            progress: a tqdm bar over the files.
+            masks: check the masks too (False where they are never read, as in training).
+            cache: a :class:`scene.data.subject_cache.SubjectCache`: skip the headers when the
+                same files passed before and none changed since (:mod:`scene.data.file_checks`).
+        Returns:
+            True when headers were read, False when the cache said nothing changed.
+        """
+        from scene.data.file_checks import check_image_files
+        items = []
+        for frame in frames:
             orig = (frame.orig_width, frame.orig_height) if frame.orig_width else None
-            check_image_header(frame.image_path, orig)
-            if frame.mask_path is not None:
-                check_image_header(frame.mask_path, orig)
+            items.append((frame.image_path, orig))
+            if masks and frame.mask_path is not None:
+                items.append((frame.mask_path, orig))
+        return check_image_files(items, cache=cache, progress=progress, what="images and masks" if masks else "images")
 
     def load_mask(self, frame: CameraFrame) -> Optional[torch.Tensor]:
         """The frame's foreground matte as ``(height, width, 1)`` float32 in [0, 1], or None."""

@@ -15,12 +15,21 @@ Pipeline:
   4. :class:`ClassBalancedSampler` - the infinite frame-index stream; :class:`UniformFrameSampler`
      is the ablation with the same interface.
   5. :func:`save_clusters` / :func:`load_clusters` - cache of step 3, keyed on the training
-     timesteps and the settings.
+     timesteps and the settings (:func:`cluster_settings`: a digest of the expressions, the
+     clustering settings and :data:`CLUSTER_CODE_VERSION`), so that one entry serves every run of
+     a subject (the trainer keeps it in :class:`scene.data.subject_cache.SubjectCache`), and the
+     distances of step 2 (the quadratic part) under :func:`distance_cache_key`, which leaves out
+     seed and number of classes: every seed and ablation of a subject shares them.
+
+Step 2 has a plain reference (:func:`timestep_distance_matrix`, on the CPU) and the fast path the
+trainer uses (:func:`expression_distance_matrix`: on the run's device, in cache-sized blocks, with
+progress); they agree to float rounding, and the classes are the same.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -28,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from utils.atomic import atomic_write
 
@@ -35,11 +45,17 @@ __all__ = [
     "cluster_expressions",
     "expression_displacements",
     "timestep_distance_matrix",
+    "expression_distance_matrix",
     "cluster_timesteps",
     "ClassBalancedSampler",
     "UniformFrameSampler",
     "UniformSampler",
     "cluster_cache_key",
+    "distance_cache_key",
+    "expression_distances",
+    "cluster_settings",
+    "clusters_document",
+    "CLUSTER_CODE_VERSION",
     "save_clusters",
     "load_clusters",
 ]
@@ -100,14 +116,7 @@ def timestep_distance_matrix(
         dist(i, j) = sum_v w_v |D_i,v - D_j,v| / sum_v w_v over the selected vertices.
     """
     T, V, _ = displacements.shape
-    face = _vertex_index(face_vertex_idx, V)
-    eye = _vertex_index(eye_vertex_idx, V)
-    sel = torch.unique(torch.cat([face, eye]))
-    if sel.numel() == 0:
-        raise ValueError("no face/eye vertices selected for the expression distance")
-    w = torch.ones(sel.numel(), dtype=torch.float32)
-    w[torch.isin(sel, eye)] = float(eye_weight)
-    w = w / w.sum()
+    sel, w = _selection_weights(V, face_vertex_idx, eye_vertex_idx, eye_weight)
     D = displacements.detach().to(torch.float32).cpu().index_select(1, sel)  # (T, S, 3)
     S = sel.numel()
     rows = max(1, int(max_chunk_elements // max(1, T * S * 3)))
@@ -121,6 +130,75 @@ def timestep_distance_matrix(
         out[i0:, i0:i1] = block.t()
     out.fill_diagonal_(0.0)
     return out
+
+
+def _selection_weights(n_vertices: int, face_vertex_idx, eye_vertex_idx, eye_weight: float):
+    """(S,) selected vertex indices (face and eye regions) and (S,) float32 weights summing to 1."""
+    face = _vertex_index(face_vertex_idx, n_vertices)
+    eye = _vertex_index(eye_vertex_idx, n_vertices)
+    sel = torch.unique(torch.cat([face, eye]))
+    if sel.numel() == 0:
+        raise ValueError("no face/eye vertices selected for the expression distance")
+    w = torch.ones(sel.numel(), dtype=torch.float32)
+    w[torch.isin(sel, eye)] = float(eye_weight)
+    return sel, w / w.sum()
+
+
+def expression_distance_matrix(
+    displacements: torch.Tensor,
+    face_vertex_idx,
+    eye_vertex_idx,
+    eye_weight: float = 2.0,
+    max_block_elements: Optional[int] = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """:func:`timestep_distance_matrix` on the displacements' device, in square blocks of bounded
+    memory, with a progress bar: the fast path for thousands of timesteps.
+
+    Args:
+        displacements: (T, V, 3) from :func:`expression_displacements`, on any device.
+        face_vertex_idx, eye_vertex_idx, eye_weight: as :func:`timestep_distance_matrix`.
+        max_block_elements: bound on the (b, b, S) difference block of one coordinate (4 bytes
+            each; about four such blocks are alive at a time). None: 2^22 on the CPU (64 MiB in
+            all; smaller blocks mean more, shorter parallel operations, which cost more than they
+            save on a busy CPU: 2^20 took 2.4x the CPU time there), 2^24 on a GPU.
+        progress: a tqdm bar over the blocks.
+    Returns:
+        (T, T) float32 on the CPU: :func:`timestep_distance_matrix`'s values to float rounding
+        (the per-vertex length is summed coordinate by coordinate, sqrt(dx^2 + dy^2 + dz^2),
+        rather than by ``norm``: 2-3x faster on the CPU, within a few 1e-7 relative).
+
+    Only blocks on and above the diagonal are computed (the matrix is symmetric), so T^2 / 2
+    pairs in all; the coordinates are split so that each operation runs over contiguous memory.
+    """
+    T, V, _ = displacements.shape
+    device = displacements.device
+    sel, w = _selection_weights(V, face_vertex_idx, eye_vertex_idx, eye_weight)
+    # (3, T, S): one contiguous (T, S) plane per coordinate.
+    X = displacements.detach().to(torch.float32).index_select(1, sel.to(device)).permute(2, 0, 1).contiguous()
+    w = w.to(device)
+    S = sel.numel()
+    if max_block_elements is None:
+        max_block_elements = 1 << (24 if device.type == "cuda" else 22)
+    b = max(1, min(T, math.isqrt(max(1, max_block_elements // S))))
+    starts = list(range(0, T, b))
+    out = torch.zeros(T, T, dtype=torch.float32, device=device)
+    n_blocks = len(starts) * (len(starts) + 1) // 2
+    with torch.no_grad(), tqdm(total=n_blocks, desc="expression distances", unit="block", disable=not progress,
+                               leave=False) as bar:
+        for i0 in starts:
+            rows = X[:, i0:i0 + b, None]  # (3, bi, 1, S)
+            for j0 in starts:
+                if j0 < i0:
+                    continue
+                diff = rows - X[:, None, j0:j0 + b]  # (3, bi, bj, S)
+                length = diff[0].square_().add_(diff[1].square_()).add_(diff[2].square_()).sqrt_()
+                block = length.mul_(w).sum(-1)  # (bi, bj)
+                out[i0:i0 + b, j0:j0 + b] = block
+                out[j0:j0 + b, i0:i0 + b] = block.t()
+                bar.update(1)
+    out.fill_diagonal_(0.0)
+    return out.cpu()
 
 
 # ----------------------------------------------------------------------------- clustering
@@ -194,22 +272,35 @@ def cluster_timesteps(distance, n_classes: int = 16, seed: int = 0, duplicate_to
 # ----------------------------------------------------------------------------- samplers
 
 
-def cluster_expressions(expression_offsets: torch.Tensor, vertex_masks: dict, n_classes: int, seed: int) -> np.ndarray:
-    """Expression classes of timesteps (the paper's class-balanced sampling).
+def expression_distances(expression_offsets: torch.Tensor, vertex_masks: dict, progress: bool = False) -> torch.Tensor:
+    """The paper's expression distance between timesteps, on the offsets' device.
 
     Args:
         expression_offsets: (T, V, 3) each timestep's mesh with expression, jaw and eyes (no global
-            pose or neck) minus the canonical mesh.
+            pose or neck) minus the canonical mesh, on any device: the distances are computed there
+            (:func:`expression_distance_matrix`).
         vertex_masks: FLAME's vertex masks; the distance looks at the "face" region (every vertex
             without it) and weights the "eye_region" twice (:func:`timestep_distance_matrix`).
+        progress: a progress bar over the distance blocks.
     Returns:
-        (T,) class labels (:func:`cluster_timesteps`).
+        (T, T) float32 on the CPU.
     """
     n_vertices = expression_offsets.shape[1]
     face = vertex_masks["face"].cpu() if "face" in vertex_masks else torch.ones(n_vertices, dtype=torch.bool)
     eye = vertex_masks["eye_region"].cpu() if "eye_region" in vertex_masks else torch.zeros(n_vertices, dtype=torch.bool)
-    distance = timestep_distance_matrix(expression_offsets, face, eye)
-    return cluster_timesteps(distance, n_classes=n_classes, seed=seed)
+    return expression_distance_matrix(expression_offsets, face, eye, progress=progress)
+
+
+def cluster_expressions(expression_offsets: torch.Tensor, vertex_masks: dict, n_classes: int, seed: int,
+                        progress: bool = False) -> np.ndarray:
+    """Expression classes of timesteps (the paper's class-balanced sampling): the spectral
+    clusters (:func:`cluster_timesteps`) of :func:`expression_distances` (same arguments).
+
+    Returns:
+        (T,) class labels.
+    """
+    return cluster_timesteps(expression_distances(expression_offsets, vertex_masks, progress), n_classes=n_classes,
+                             seed=seed)
 
 
 class ClassBalancedSampler:
@@ -356,13 +447,42 @@ UniformSampler = UniformFrameSampler  # short alias
 # ----------------------------------------------------------------------------- cache
 
 _CACHE_VERSION = 1
+#: Version of the classes computed from given inputs: bump it whenever a change of this module
+#: would give other classes for the same expressions (the cache keys include it).
+CLUSTER_CODE_VERSION = 2
+
+
+def cluster_settings(n_classes: int, seed: int, inputs_digest: str) -> Dict[str, Any]:
+    """The ``meta`` of a content-keyed cache entry: everything the labels depend on.
+
+    Args:
+        n_classes, seed: the clustering's settings.
+        inputs_digest: a digest of the expressions clustered (FLAME model, identity and the
+            training timesteps' expression, jaw and eye parameters), e.g. from
+            :func:`scene.data.subject_cache.content_digest`.
+    """
+    return {"n_classes": int(n_classes), "seed": int(seed), "eye_weight": 2.0, "duplicate_tol": 1e-12,
+            "code": CLUSTER_CODE_VERSION, "inputs": inputs_digest}
+
+
+def distance_cache_key(timesteps: Sequence[int], inputs_digest: str) -> str:
+    """Key of the (T, T) :func:`expression_distances` of ``timesteps`` (in that order): seed and
+    number of classes do not enter, so every seed and ablation of a subject shares them.
+
+    Args:
+        timesteps: the training timesteps, in the rows' order.
+        inputs_digest: as :func:`cluster_settings`.
+    """
+    payload = {"distances": CLUSTER_CODE_VERSION, "eye_weight": 2.0, "inputs": inputs_digest,
+               "timesteps": [int(t) for t in np.asarray(timesteps).reshape(-1)]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def cluster_cache_key(timesteps: Sequence[int], meta: Dict[str, Any]) -> str:
     """sha256 over the sorted training timesteps and the settings in ``meta``.
 
     ``meta`` must hold ``n_classes`` and should hold everything else the labels depend on
-    (seed, eye weight, subject folder, ...); it must be JSON-serialisable.
+    (:func:`cluster_settings`); it must be JSON-serialisable.
     """
     if "n_classes" not in meta:
         raise ValueError("cluster cache meta must include 'n_classes'")
@@ -374,11 +494,10 @@ def cluster_cache_key(timesteps: Sequence[int], meta: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def save_clusters(path, labels, timesteps, meta: Dict[str, Any]) -> None:
-    """Write the cluster labels as JSON, atomically (:func:`utils.atomic.atomic_write`).
+def clusters_document(labels, timesteps, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The JSON document :func:`save_clusters` writes and :func:`load_clusters` reads.
 
     Args:
-        path: target .json file (folders are created).
         labels: (T,) class per timestep.
         timesteps: (T,) timestep values the labels belong to.
         meta: settings dict (see :func:`cluster_cache_key`).
@@ -387,13 +506,19 @@ def save_clusters(path, labels, timesteps, meta: Dict[str, Any]) -> None:
     timesteps = [int(t) for t in np.asarray(timesteps).reshape(-1)]
     if len(labels) != len(timesteps):
         raise ValueError("labels and timesteps must have the same length")
-    doc = {
+    return {
         "version": _CACHE_VERSION,
         "key": cluster_cache_key(timesteps, meta),
         "timesteps": timesteps,
         "labels": labels,
         "meta": meta,
     }
+
+
+def save_clusters(path, labels, timesteps, meta: Dict[str, Any]) -> None:
+    """Write :func:`clusters_document` as JSON, atomically (:func:`utils.atomic.atomic_write`);
+    folders are created."""
+    doc = clusters_document(labels, timesteps, meta)
     with atomic_write(path) as f:
         json.dump(doc, f)
 

@@ -31,12 +31,14 @@ from scene.data.datasets import load_subject
 from scene.data.frame_loader import frame_loader_for
 from scene.data.mesh_cache import FlameSequence
 from scene.data.protocols import protocol_splits, saved_protocol
+from scene.data.subject_cache import SubjectCache, content_digest
 from scene.model.avatar import GaussianAvatar, build_context, masks_needed
 from scene.model.checkpoint import build_flame, load_avatar_components, save_avatar
 from scene.model.components import LossContext
 from scene.rendering import render_avatar
-from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, cluster_expressions, load_clusters,
-                                          save_clusters)
+from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, cluster_cache_key, cluster_settings,
+                                          cluster_timesteps, clusters_document, distance_cache_key,
+                                          expression_distances, load_clusters, save_clusters)
 from scene.training.densification import BindingAwareDensification
 from scene.training.losses import photometric_loss
 from scene.training.optimizer_ops import make_splat_optimizers
@@ -142,7 +144,11 @@ class Trainer:
         self._cameras: dict = {}
 
         self.subject = load_subject(self.source, resolution_scale=cfg.run.resolution_scale,
-                                    image_cache_bytes=int(cfg.run.image_cache_gb * (1 << 30)))
+                                    image_cache_bytes=int(cfg.run.image_cache_gb * (1 << 30)),
+                                    progress=not request.quiet)
+        # What start-up derives from the subject (file checks, expression classes), kept for every
+        # later run of it: resumes, seeds, ablations (scene/data/subject_cache.py).
+        self.subject_cache = SubjectCache()
         splits = protocol_splits(self.subject, self.protocol)
         self.train_frames = splits["train"]
         if not self.train_frames:
@@ -150,9 +156,11 @@ class Trainer:
         # Training-time evaluation covers the union's held-out frames; the paper protocol's test
         # split (the FREE sequence) is rendered and scored by render.py / evaluate.py.
         self.eval_splits = {s: even_subset(splits[s], cfg.run.eval_max_frames) for s in ("val", "test") if splits[s]}
-        # A missing, corrupt or wrong-size image is named now, not at the iteration that meets it.
-        self.subject.check_files(self.train_frames + [f for fs in self.eval_splits.values() for f in fs],
-                                 progress=not request.quiet)
+        # A missing, corrupt or wrong-size image is named now, not at the iteration that meets it;
+        # masks are never read in training. Skipped when the same files passed and none changed.
+        if not self.subject.check_files(self.train_frames + [f for fs in self.eval_splits.values() for f in fs],
+                                        progress=not request.quiet, masks=False, cache=self.subject_cache):
+            self.log("[train] images unchanged since their last check")
 
         self.flame = build_flame(cfg.model, {}, flame_path, masks_path).to(self.device)
         self._require_masks()
@@ -161,12 +169,20 @@ class Trainer:
                                       self.subject.shape.to(self.device),
                                       None if self.subject.static_offset is None else self.subject.static_offset.to(self.device),
                                       trainable=cfg.optim.train_flame)
-        self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
-                 f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
-        self.sequence.precompute()
+        self.train_rows = sorted({self.subject.timestep_row[f.timestep] for f in self.train_frames})
+        # Expression classes, or at least their distances, from an earlier run of these expressions:
+        # then the clustering needs no expression meshes.
+        self._classes, self._distances = None, None
+        if cfg.sampling.class_balanced:
+            self._cluster_timesteps, self._cluster_meta = self._cluster_settings()
+            self._classes, self._distances = self._cached_timestep_classes()
+        if not cfg.optim.train_flame:  # fine-tuned parameters change every step: nothing to cache
+            self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
+                     f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
+            need_meshes = cfg.sampling.class_balanced and self._classes is None and self._distances is None
+            self.sequence.precompute(keep_expression_offsets=need_meshes, progress=not request.quiet)
         # Timestep rows as device tensors, sliced per step: a host-built index would be a copy.
         self.row_index = torch.arange(self.sequence.num_timesteps, device=self.device)
-        self.train_rows = sorted({self.subject.timestep_row[f.timestep] for f in self.train_frames})
 
         # The training timesteps' tracked FLAME parameters: data-driven set-up of components
         # (the feature lines' jaw bases), from the subject's files, not fine-tuned values.
@@ -290,23 +306,66 @@ class Trainer:
         frame_labels = [labels[self.train_rows.index(r)] for r in frame_timesteps]
         return ClassBalancedSampler(frame_labels, seed=seed)
 
-    def _timestep_classes(self) -> list[int]:
-        """Spectral clusters of the training timesteps' expressions, cached in OUTPUT/clusters.json."""
-        n_classes = self.cfg.sampling.n_classes
+    def _cluster_settings(self) -> tuple[list[int], dict]:
+        """(training timesteps, :func:`cluster_settings`): the labels depend on the FLAME model and
+        masks, the identity and the training timesteps' expression, jaw and eye parameters (the
+        subject's tracked values: clustering precedes any fine-tuning), and the settings."""
         timesteps = [self.subject.timesteps[r] for r in self.train_rows]
-        cache = self.model_dir / "clusters.json"
-        meta = {"n_classes": n_classes, "seed": self.cfg.run.seed, "source": str(Path(self.source).resolve())}
-        cached = load_clusters(cache, timesteps, meta)
-        if cached is not None:
-            return [int(v) for v in cached[0]]
-        self.log(f"[train] clustering {len(timesteps)} training timesteps into {n_classes} expression classes")
-        rows = torch.tensor(self.train_rows, device=self.device)
-        with torch.no_grad():
-            disp = torch.cat([self.sequence.expression_vertices(rows[i:i + 64]) for i in range(0, len(rows), 64)])
-            disp = disp - self.sequence.canonical_vertices()
-        labels = cluster_expressions(disp.cpu(), self.flame.vertex_masks, n_classes, self.cfg.run.seed)
-        save_clusters(cache, labels, timesteps, meta)
-        return list(np.asarray(labels))
+        flame = self.subject.flame
+        static_offset = self.subject.static_offset
+        inputs = content_digest(
+            ["expression classes", timesteps]
+            + [flame[k][self.train_rows].float() for k in ("expr", "jaw_pose", "eyes_pose")]
+            + [self.subject.shape.float(), "none" if static_offset is None else static_offset.float()]
+            + [x for name, buffer in sorted(self.flame.named_buffers()) for x in (name, buffer)]
+            + [x for name in ("face", "eye_region") for x in (name, self.flame.vertex_masks.get(name, "none"))])
+        return timesteps, cluster_settings(self.cfg.sampling.n_classes, self.cfg.run.seed, inputs)
+
+    def _cached_timestep_classes(self) -> tuple[list[int] | None, torch.Tensor | None]:
+        """(classes, distances) from earlier runs of the same expressions: the classes of the same
+        settings from this run's own OUTPUT/clusters.json (a resume keeps its classes) or the subject
+        cache, else the (T, T) distances from the subject cache (any seed or number of classes);
+        None for what neither holds."""
+        timesteps, meta = self._cluster_timesteps, self._cluster_meta
+        shared = self.subject_cache.path("expression_classes", cluster_cache_key(timesteps, meta))
+        for path in (self.model_dir / "clusters.json", shared):
+            cached = load_clusters(path, timesteps, meta)
+            if cached is not None:
+                if path == shared:
+                    self.log(f"[train] expression classes from the subject cache ({path})")
+                return [int(v) for v in cached[0]], None
+        key = distance_cache_key(timesteps, meta["inputs"])
+        distances = self.subject_cache.read_array("expression_distances", key)
+        if distances is None or distances.shape != (len(timesteps), len(timesteps)) or distances.dtype != np.float32:
+            return None, None
+        self.log(f"[train] expression distances from the subject cache "
+                 f"({self.subject_cache.array_path('expression_distances', key)})")
+        return None, torch.from_numpy(distances)
+
+    def _timestep_classes(self) -> list[int]:
+        """Spectral clusters of the training timesteps' expressions (cached in OUTPUT/clusters.json
+        and in the subject cache, with their distances, for every run of these expressions)."""
+        timesteps, meta = self._cluster_timesteps, self._cluster_meta
+        labels, distances = self._classes, self._distances
+        n_classes = self.cfg.sampling.n_classes
+        if labels is None:
+            if distances is None:
+                self.log(f"[train] expression distances of {len(timesteps)} training timesteps on {self.device.type}")
+                rows = torch.tensor(self.train_rows, device=self.device)
+                offsets = self.sequence.expression_offsets(rows)  # precompute's meshes when it kept them
+                self.sequence.release_expression_offsets()
+                distances = expression_distances(offsets, self.flame.vertex_masks, progress=not self.request.quiet)
+                del offsets
+                self.subject_cache.write_array("expression_distances", distance_cache_key(timesteps, meta["inputs"]),
+                                               distances.numpy())
+            self.log(f"[train] clustering {len(timesteps)} training timesteps into {n_classes} expression classes")
+            labels = [int(v) for v in cluster_timesteps(distances, n_classes=n_classes, seed=self.cfg.run.seed)]
+            self.subject_cache.write("expression_classes", cluster_cache_key(timesteps, meta),
+                                     clusters_document(labels, timesteps, meta))
+        self._distances = None
+        if load_clusters(self.model_dir / "clusters.json", timesteps, meta) is None:
+            save_clusters(self.model_dir / "clusters.json", labels, timesteps, meta)
+        return list(labels)
 
     def _tensorboard(self):
         try:
