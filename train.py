@@ -19,7 +19,6 @@ Every way a run ends leaves a state it resumes from exactly (exit codes):
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from flame_model import DEFAULT_FLAME_MODEL_PATH
@@ -28,6 +27,7 @@ from scene.data.protocols import PROTOCOLS
 from scene.training.trainer import EXIT_INTERRUPTED, EXIT_USER_ERROR, Trainer, TrainingStopped, TrainRequest
 from utils.config import parse_assignment
 from utils.errors import InputFileError, UserFacingError
+from utils.stop_signals import StopSignals
 
 
 class RefusedFlag(argparse.Action):
@@ -109,29 +109,12 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
                         allow_changes=args.allow_changes, quiet=args.quiet)
 
 
-class StopsOutsideTheLoop:
-    """SIGTERM / SIGUSR1 (a scheduler's stop) outside the training loop, for the life of the
-    process: one that comes while the run starts is passed on to the trainer (it stops, saved, at
-    its first step boundary); one that comes after the last step finds nothing left to save, and
-    the run still ends as done (exit 0) instead of being killed by it."""
-
-    NAMES = ("SIGTERM", "SIGUSR1")
-
-    def __init__(self):
-        self.received: str | None = None
-
-    def install(self) -> "StopsOutsideTheLoop":
-        for name in self.NAMES:
-            signal.signal(getattr(signal, name), self._record)
-        return self
-
-    def _record(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
-
-
-def main(argv=None, stops: StopsOutsideTheLoop | None = None) -> int:
-    """``stops``: the process's handlers for stop signals outside the loop (the command line
-    installs them first thing; callers inside another program leave its handlers alone)."""
+def main(argv=None, stops: StopSignals | None = None) -> int:
+    """``stops``: the process's handlers for stop signals outside the training loop (the command
+    line installs them for the life of the process; a caller inside another program leaves its
+    handlers alone). One that came while the run started is passed on to the trainer (it stops,
+    saved, at its first step boundary); one that comes after the last step finds nothing left to
+    save, and the run still ends as done (exit 0) instead of being killed by it."""
     args = parse_args(argv)
     try:
         trainer = Trainer(request_from_args(args))
@@ -150,4 +133,4 @@ def main(argv=None, stops: StopsOutsideTheLoop | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(stops=StopsOutsideTheLoop().install()))
+    sys.exit(main(stops=StopSignals().install()))

@@ -71,8 +71,8 @@ def test_stop_signal_saves_at_the_step_boundary_and_resume_is_bit_exact(tiny, st
 @pytest.fixture
 def stops():
     """train.py's handlers for stop signals outside the loop, as its command line installs them."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield train.StopsOutsideTheLoop().install()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    yield train.StopSignals().install()
     for sig, handler in previous.items():
         signal.signal(sig, handler)
 

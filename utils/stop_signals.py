@@ -41,13 +41,23 @@ class StopSignals:
         if self.received is None:
             self.received = name
 
-    def __enter__(self) -> "StopSignals":
+    def request(self, name: str) -> None:
+        """Record a stop that came another way (a key of :data:`STOP_EXIT_CODES`: e.g. a signal
+        received by an outer ``StopSignals`` before this one was installed)."""
+        if self.received is None:
+            self.received = name
+
+    def install(self) -> "StopSignals":
+        """Install the handlers (what ``with`` does on entry); for a whole process, never undone."""
         if threading.current_thread() is threading.main_thread():
             for name in STOP_EXIT_CODES:
                 sig = getattr(signal, name, None)
                 if sig is not None:
                     self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
+
+    def __enter__(self) -> "StopSignals":
+        return self.install()
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

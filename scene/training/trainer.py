@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, MissingFileError, UserFacingError
 from utils.image_metrics import comparison_panel, psnr, ssim
 from utils.phase_timer import DISABLED, PhaseTimer
+from utils.stop_signals import STOP_EXIT_CODES, StopSignals
 
 __all__ = ["TrainRequest", "Trainer", "TrainingStopped", "NonFiniteStep", "position_lr", "RESUMABLE_CHANGES",
            "splat_learning_rates", "EXIT_CRASHED", "EXIT_USER_ERROR", "EXIT_PREEMPTED", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "STOP_SIGNALS"]
@@ -89,7 +89,7 @@ RESUMABLE_CHANGES = ("optim.iterations", "run.device", "run.backend", "run.eval_
                      "run.divergence_factor")
 
 EXIT_CRASHED, EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
-STOP_SIGNALS = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_PREEMPTED, "SIGUSR1": EXIT_PREEMPTED}
+STOP_SIGNALS = STOP_EXIT_CODES  # {"SIGINT": EXIT_INTERRUPTED, "SIGTERM"/"SIGUSR1": EXIT_PREEMPTED}
 
 
 class TrainingStopped(Exception):
@@ -211,7 +211,7 @@ class Trainer:
             "flame_masks": self.flame_paths[1], "eval": self.protocol != "none", "protocol": self.protocol,
             "runtime": self.runtime,
             "schedule_iterations": self.schedule_iterations, "resume_history": history})
-        self._stop_signal: str | None = None
+        self._stop = StopSignals()  # the stop signals of the training loop (installed by train())
         self._updating = False
         self._loss_ema: float | None = None
 
@@ -562,37 +562,18 @@ class Trainer:
         """Stop at the next step boundary, saved, as if ``signal_name`` (a key of
         :data:`STOP_SIGNALS`) had arrived during training: for a stop that came while the run was
         starting, before :meth:`train` had its handlers up."""
-        self._stop_signal = signal_name
-
-    def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if name == "SIGINT" and self._stop_signal == "SIGINT":
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
-        self._stop_signal = name
-
-    def _install_signal_handlers(self) -> dict:
-        previous = {}
-        try:
-            for name in STOP_SIGNALS:
-                sig = getattr(signal, name, None)
-                if sig is not None:
-                    previous[sig] = signal.signal(sig, self._on_signal)
-        except ValueError:  # not the main thread: leave the process's handlers alone
-            pass
-        return previous
+        self._stop.request(signal_name)
 
     def train(self) -> dict:
         """Run the remaining steps. Raises TrainingStopped (state saved) on a stop signal or a
         non-finite step; any other exception saves the last consistent state first."""
-        previous = self._install_signal_handlers()
         try:
-            return self._train_loop()
+            with self._stop:
+                return self._train_loop()
         finally:
             self.loader.close()
             if self.writer is not None:
                 self.writer.flush()  # the last evaluation's scalars and images
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def _train_loop(self) -> dict:
         cfg = self.cfg
@@ -644,10 +625,10 @@ class Trainer:
                 if step % cfg.run.save_interval == 0 or step == total:
                     self.save(step)
                 bar.update(1)
-                if self._stop_signal is not None and step < total:  # after the last step: done, not stopped
+                if self._stop.received is not None and step < total:  # after the last step: done, not stopped
                     path = self.save_consistent()
-                    raise TrainingStopped(f"stopped by {self._stop_signal} at iteration {self.step}: saved {path}; "
-                                          "continue with --resume", STOP_SIGNALS[self._stop_signal])
+                    raise TrainingStopped(f"stopped by {self._stop.received} at iteration {self.step}: saved {path}; "
+                                          "continue with --resume", self._stop.exit_code)
         except NonFiniteStep as exc:
             bar.close()
             path = self.save_consistent()
