@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", help=f"rasterizer: {backend_choices_text()} (default: the training run's)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="decoders and projection as torch.compile graphs: fewer kernel launches per frame (pays on a "
+                        "GPU); the first frame compiles (minutes on a small CPU)")
     for split in SPLITS:
         p.add_argument(f"--skip_{split}", action="store_true",
                        help=f"GaussianAvatars' flag: do not render the {split} split (with any --skip_*, the splits "
@@ -90,7 +93,8 @@ def options_from_args(args: argparse.Namespace) -> RenderOptions:
     return RenderOptions(model_path=args.model_path, iteration=args.iteration, device=args.device,
                          backend=args.backend, flame=args.flame, source_path=args.source_path, camera=args.camera,
                          max_frames=args.max_frames, video=args.video, fps=args.fps, orbit_frames=args.orbit_frames,
-                         timestep=args.timestep, benchmark_frames=args.benchmark_frames, quiet=args.quiet)
+                         timestep=args.timestep, benchmark_frames=args.benchmark_frames, quiet=args.quiet,
+                         compile=args.compile)
 
 
 def main(argv=None) -> int:

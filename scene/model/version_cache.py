@@ -44,10 +44,19 @@ class DerivedTensor:
         return True
 
     def get(self, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The value for the current ``sources`` (computed without autograd: a constant of the frame)."""
+        """The value for the current ``sources`` (computed without autograd: a constant of the frame).
+
+        A new value of the old one's shape, dtype and device is written into the old tensor, so
+        the value keeps its address: a captured CUDA graph that reads it sees the new value once
+        the cache was asked again outside the graph (:class:`scene.rendering.GraphedAvatarRenderer`
+        asks before every replay). Keep a ``clone()`` to hold on to a value."""
         if not self._fresh(sources):
             with torch.no_grad():
                 value = compute()
+                old = self._value
+                if (old is not None and old.shape == value.shape and old.dtype == value.dtype
+                        and old.device == value.device):
+                    value = old.copy_(value)
             self._key = [(t.detach(), t._version) for t in sources]
             self._value = value
             self.computed += 1
