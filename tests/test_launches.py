@@ -32,10 +32,11 @@ COMPILE_PROBLEM = compile_problem("cpu")
 needs_compile = pytest.mark.skipif(COMPILE_PROBLEM is not None, reason=f"torch.compile cannot run here: {COMPILE_PROBLEM}")
 
 # Kernel launches of one Triton frame of small_avatar() with a fixed capacity (bench/launch_count.py's
-# count), measured when the ceilings were set (docs/BENCHMARKS.md): eager 545, compiled 48. The
-# ceilings leave a little room; a change that adds launches to the frame must raise them knowingly.
-EAGER_CEILING = 560
-COMPILED_CEILING = 60
+# count), measured when the ceilings were set: eager 555, compiled 120, the full avatar's counts too
+# (they depend on neither the splat count nor the image size; docs/BENCHMARKS.md). The ceilings
+# leave a little room; a change that adds launches to the frame must raise them knowingly.
+EAGER_CEILING = 570
+COMPILED_CEILING = 130
 
 
 def _canonical(avatar) -> torch.Tensor:
@@ -138,8 +139,11 @@ def test_compiled_frame_gives_the_same_image_and_makes_no_sync():
     assert audit.syncs == []
 
 
+@pytest.mark.slow
 @needs_compile
 def test_compiled_decoders_pass_gradients_like_eager():
+    """run.compile's training path: the compiled decoders' gradients are the eager ones (compiling
+    the backward takes minutes on a small CPU)."""
     avatar, verts = small_avatar()
     f = avatar_frame()
     camera_center = -f["viewmat"][:3, :3].T @ f["viewmat"][:3, 3]
@@ -147,7 +151,8 @@ def test_compiled_decoders_pass_gradients_like_eager():
     for compile in (False, True):
         avatar.zero_grad(set_to_none=True)
         s = frame_splats(avatar, verts, camera_center, f["expr"], f["jaw_pose"], compile=compile)
-        (s["colors"].sum() + s["opacities"].sum() + s["means"].square().sum()).backward()
+        (s["colors"].sum() + s["opacities"].sum() + s["means"].square().sum() + s["quats"].sum()
+         + s["scales"].sum()).backward()
         grads.append({n: p.grad.clone() for n, p in avatar.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and "gaussians.params.xyz" in grads[0]
     for name in grads[0]:
@@ -262,7 +267,6 @@ def test_training_capacity_reruns_an_overflowing_step_to_the_same_result(tiny, t
         _steps(toy, 3)
     finally:
         unregister_backend("capacity_toy")
-    assert toy.isect_reruns == 1 and calls[2] == 1 and calls[3] > 1 and len(calls) == 6
     reference = _trainer(tiny, tmp_path / "torch", "torch")
     _steps(reference, 5)
     assert reference.isect_capacity is None and reference.isect_reruns == 0
@@ -270,3 +274,4 @@ def test_training_capacity_reruns_an_overflowing_step_to_the_same_result(tiny, t
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert toy.isect_reruns == 1 and calls[2] == 1 and calls[3] > 1 and len(calls) == 6
