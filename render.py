@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="threads writing the PNGs while the next frame renders (default: one per CPU core, at most 4; "
                         "0: on the main thread)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="decoders and projection as torch.compile graphs: fewer kernel launches per frame (pays on a "
+                        "GPU); the first frame compiles (minutes on a small CPU)")
     for split in SPLITS:
         p.add_argument(f"--skip_{split}", action="store_true",
                        help=f"GaussianAvatars' flag: do not render the {split} split (with any --skip_*, the splits "
@@ -107,7 +110,7 @@ def options_from_args(args: argparse.Namespace) -> RenderOptions:
                          backend=args.backend, flame=args.flame, source_path=args.source_path, camera=args.camera,
                          max_frames=args.max_frames, video=args.video, fps=args.fps, orbit_frames=args.orbit_frames,
                          timestep=args.timestep, benchmark_frames=args.benchmark_frames, quiet=args.quiet,
-                         write_workers=args.write_workers)
+                         write_workers=args.write_workers, compile=args.compile)
 
 
 def main(argv=None) -> int:

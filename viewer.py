@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", help=f"rasterizer: {backend_choices_text()} (default: the training run's)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="decoders and projection as torch.compile graphs: fewer kernel launches per frame (pays on a "
+                        "GPU); the first frame, and each new render size, compiles")
     return p.parse_args(argv)
 
 
@@ -57,7 +60,8 @@ def options_from_args(args: argparse.Namespace) -> ViewerOptions:
     """The :class:`ViewerOptions` the command line asks for."""
     return ViewerOptions(model_path=args.model_path, targets=list(args.target), resolution=args.resolution,
                          host=args.host, port=args.port, iteration=args.iteration, flame=args.flame,
-                         source_path=args.source_path, device=args.device, backend=args.backend, quiet=args.quiet)
+                         source_path=args.source_path, device=args.device, backend=args.backend, quiet=args.quiet,
+                         compile=args.compile)
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,11 @@ Registered as the ``torch`` backend: the reference (any device, float32 and floa
 """
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -45,6 +49,34 @@ class SplatInputs:
     rgb: torch.Tensor | None
 
 
+# Set by compiled_projection(): prepare_splats then projects through a torch.compile'd graph.
+_COMPILED_PROJECTION: ContextVar[bool] = ContextVar("compiled_projection", default=False)
+
+
+@contextmanager
+def compiled_projection(enabled: bool = True) -> Iterator[None]:
+    """Within the block (this thread or task), :func:`prepare_splats` runs the projection
+    (covariances + EWA) as one ``torch.compile`` graph (``fullgraph``: no break, no host sync):
+    a few fused kernels instead of ~170 small ones. Same results within float rounding. The
+    caller checks that compiling works here (``scene.rendering.compile_problem``)."""
+    token = _COMPILED_PROJECTION.set(enabled)
+    try:
+        yield
+    finally:
+        _COMPILED_PROJECTION.reset(token)
+
+
+def _project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d) -> dict:
+    """:func:`projection.project_gaussians` of the splats' covariances (arguments as there)."""
+    covars = quat_scale_to_covar(quats, scales)
+    return project_gaussians(means, covars, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
+
+
+@functools.cache
+def _compiled_project():
+    return torch.compile(_project, fullgraph=True)
+
+
 def prepare_splats(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
     near_plane, far_plane, sh_degree, backgrounds, render_mode, eps2d,
@@ -52,8 +84,8 @@ def prepare_splats(
     """Project the splats and build their per-camera features (arguments as ``rasterize_torch``)."""
     C, N = viewmats.shape[0], means.shape[0]
     opac = opacities if opacities.dim() == 2 else opacities.unsqueeze(0).expand(C, N)
-    covars = quat_scale_to_covar(quats, scales)
-    proj = project_gaussians(means, covars, opac, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
+    project = _compiled_project() if _COMPILED_PROJECTION.get() else _project
+    proj = project(means, quats, scales, opac, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
     if proj["means2d"].requires_grad:
         proj["means2d"].retain_grad()
 

@@ -86,6 +86,10 @@ class RunConfig:
     # divergence_factor x its running mean (0: off): one host-device sync per step.
     check_finite: bool = True
     divergence_factor: float = 10.0
+    # The decoders and the projection as torch.compile graphs (scene.rendering.render_avatar's
+    # `compile`): fewer, fused kernels per step; the first step (and each new splat count after
+    # densification) compiles. Off: on the CPU demo it does not pay (docs/BENCHMARKS.md).
+    compile: bool = False
 
 
 @dataclass

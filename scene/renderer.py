@@ -28,7 +28,7 @@ from gaussian_renderer import select_backend
 from scene.data.datasets import load_sequence, load_subject
 from scene.data.protocols import protocol_splits, saved_protocol
 from scene.model.checkpoint import LoadedModel, load_avatar_components, load_model, save_avatar, storage_report
-from scene.rendering import measure_render_speed, render_avatar
+from scene.rendering import check_compile, measure_render_speed, render_avatar
 from utils.cli_common import describe_device, even_subset, pick_device
 from utils.errors import InputFileError, UserFacingError
 from utils.image_io import read_rgb, to_uint8, write_png
@@ -59,6 +59,7 @@ class RenderOptions:
         video, fps: also write mp4 videos at this rate.
         orbit_frames, timestep: the turntable's length and timestep (None: the first training one).
         benchmark_frames: frames timed by :meth:`Renderer.benchmark`.
+        compile: decoders and projection as ``torch.compile`` graphs (``render_avatar``'s option).
         quiet: no progress bars or log lines.
         write_workers: threads that encode and write the PNGs while the next frame renders
             (None: :func:`utils.write_pool.default_write_workers`; 0: on the main thread).
@@ -79,6 +80,7 @@ class RenderOptions:
     benchmark_frames: int = 50
     quiet: bool = False
     write_workers: int | None = None
+    compile: bool = False
 
 
 def fresh_frame_folders(out: Path, subfolders=FRAME_SUBFOLDERS) -> int:
@@ -188,6 +190,8 @@ class Renderer:
         self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
         self.backend = select_backend(options.backend or cfg.run.backend, self.device)
         self.log(f"[render] device {describe_device(self.device)}; {self.backend.describe()}")
+        if options.compile:
+            check_compile(self.device, "--compile")
         self._subject = None
         self.fine_tuned = None
         ft = self.model.folder / "flame_params.pt"
@@ -227,7 +231,8 @@ class Renderer:
     @torch.no_grad()
     def render(self, vertices, expr, jaw, viewmat, K, width, height):
         return render_avatar(self.model.avatar, vertices, expr, jaw, viewmat.to(self.device), K.to(self.device),
-                             width, height, self.background, backend=self.backend.name).image
+                             width, height, self.background, backend=self.backend.name,
+                             compile=self.options.compile).image
 
     # -- frames with ground truth ---------------------------------------------------------------
 
@@ -284,7 +289,8 @@ class Renderer:
 
     def render_settings(self) -> dict:
         """Everything besides the model and the frames that can change a rendered pixel."""
-        return {"backend": self.backend.name, "device": self.device.type, "torch": torch.__version__}
+        return {"backend": self.backend.name, "device": self.device.type, "torch": torch.__version__,
+                "compile": bool(self.options.compile)}  # compiled arithmetic may differ in the last bits
 
     def prepare_output(self, out: Path, manifest: dict) -> list[str]:
         """Make ``out`` hold only frames of ``manifest`` that an earlier run of this very model and
@@ -538,7 +544,8 @@ class Renderer:
         verts = reenactment_vertices(self.model, motion)[0]
         speed = measure_render_speed(avatar, verts, motion["expr"][0], motion["jaw_pose"][0],
                                      frame.viewmat.to(self.device), frame.K.to(self.device), frame.width, frame.height,
-                                     self.background, self.backend.name, frames=self.options.benchmark_frames)
+                                     self.background, self.backend.name, frames=self.options.benchmark_frames,
+                                     compile=self.options.compile)
         result = {"device": describe_device(self.device), "backend": self.backend.name,
                   "backend_reason": self.backend.reason, "width": frame.width, "height": frame.height,
                   "splats": len(avatar.gaussians), **speed}

@@ -1,13 +1,17 @@
 """Render an avatar for one camera and one set of FLAME vertices (train, eval and render.py)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from dataclasses import dataclass
 
 import torch
 
 from gaussian_renderer import rasterize
+from gaussian_renderer.torch_backend import compiled_projection
 from scene.model.avatar import GaussianAvatar
+from utils.errors import UserFacingError
 from utils.phase_timer import DISABLED, PhaseTimer
 
 
@@ -32,6 +36,56 @@ def raster_size(avatar: GaussianAvatar, width: int, height: int) -> tuple[int, i
     return max(1, width // scale), max(1, height // scale)
 
 
+def compile_problem(device: torch.device | str) -> str | None:
+    """None when ``torch.compile`` (inductor) can build kernels for ``device``, else why not (one
+    line): on the CPU it compiles C++ (a compiler such as g++ on the PATH, or $CXX), on CUDA
+    Triton kernels (the triton package)."""
+    kind = torch.device(device).type
+    try:
+        if kind == "cuda":
+            import triton  # noqa: F401
+        elif kind == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            get_cpp_compiler()
+        else:
+            return f"torch.compile is not set up for '{kind}' devices here"
+    except Exception as exc:  # the compiler search raises its own error types
+        lines = str(exc).strip().splitlines()
+        what = "a C++ compiler (g++, or $CXX)" if kind == "cpu" else "the triton package"
+        return f"torch.compile on {kind} needs {what}: {lines[0] if lines else type(exc).__name__}"
+    return None
+
+
+def check_compile(device: torch.device | str, where: str) -> None:
+    """Raise a one-line :class:`UserFacingError` when ``where`` (the option that asked for it,
+    e.g. "--compile") cannot compile on ``device``."""
+    problem = compile_problem(device)
+    if problem is not None:
+        raise UserFacingError(f"{where}: {problem}; run without it")
+
+
+def _splats(avatar: GaussianAvatar, vertices, camera_center, expr, jaw_pose, canonical_means) -> dict:
+    return avatar.splats(vertices, camera_center, expr, jaw_pose, canonical_means=canonical_means)
+
+
+@functools.cache
+def _compiled_splats():
+    # One compiled function for every avatar: dynamo keys its graphs on what it guards (the
+    # avatar, its components' settings, tensor shapes), so a new avatar or splat count recompiles.
+    return torch.compile(_splats, fullgraph=True)
+
+
+def frame_splats(avatar: GaussianAvatar, vertices: torch.Tensor, camera_center: torch.Tensor, expr: torch.Tensor,
+                 jaw_pose: torch.Tensor, compile: bool = False) -> dict:
+    """The decoders of one frame: :meth:`GaussianAvatar.splats` (arguments and result as there),
+    with ``compile`` as one ``torch.compile`` graph (``fullgraph``: no break, no host sync). The
+    canonical positions enter the graph as an input: without autograd they come from the
+    geometry's per-version cache, Python state that no graph holds."""
+    if not compile:
+        return avatar.splats(vertices, camera_center, expr, jaw_pose)
+    return _compiled_splats()(avatar, vertices, camera_center, expr, jaw_pose, avatar.canonical_splat_positions())
+
+
 def render_avatar(
     avatar: GaussianAvatar,
     vertices: torch.Tensor,
@@ -45,6 +99,7 @@ def render_avatar(
     backend: str = "auto",
     timer: PhaseTimer = DISABLED,
     isect_capacity: int | None = None,
+    compile: bool = False,
 ) -> RenderResult:
     """Render the avatar posed by ``vertices`` (V, 3) from one camera.
 
@@ -63,11 +118,16 @@ def render_avatar(
         isect_capacity: None, or (backend "triton") the fixed length of the rasterizer's
             intersection list: the whole call then makes no host-device sync and can be captured
             in a CUDA graph (:class:`GraphedAvatarRenderer`); see ``gaussian_renderer.rasterize``.
+        compile: run the decoders (``avatar.splats``) and the rasterizer's projection as
+            ``torch.compile`` graphs (fused kernels: far fewer launches per frame; no graph break
+            and no host sync, so a capture stays possible). The first frame (and a new image size or
+            splat count) compiles, which takes seconds to minutes; results equal the eager
+            frame's within float rounding. Check :func:`compile_problem` first.
     """
     # Camera centre -R^T t of the rigid world-to-camera map (no linalg.inv: it syncs on CUDA).
     camera_center = -viewmat[:3, :3].T @ viewmat[:3, 3]
     with timer("decoders"):
-        splats = avatar.splats(vertices, camera_center, expr, jaw_pose)
+        splats = frame_splats(avatar, vertices, camera_center, expr, jaw_pose, compile)
     if "colors" in splats:
         colors, degree = splats["colors"], None
     else:
@@ -82,7 +142,7 @@ def render_avatar(
     # Tiles of 8 px waste fewer pixel-splat pairs on the CPU for millimetre-sized splats (the
     # images are identical for any tile size); CUDA kernels (gsplat) are tuned for 16.
     tile_size = 16 if vertices.is_cuda else 8
-    with timer("rasterization"):
+    with timer("rasterization"), (compiled_projection() if compile else contextlib.nullcontext()):
         rgb, alpha, meta = rasterize(
             splats["means"], splats["quats"], splats["scales"], splats["opacities"], colors,
             viewmat[None], K[None], raster_w, raster_h,
@@ -119,20 +179,23 @@ class GraphedAvatarRenderer:
 
     ``image`` and ``alpha`` are the renderer's own buffers, the same tensors on every call and
     overwritten by the next one: clone them to keep a frame. The graph reads the avatar's
-    parameters in place, so optimiser steps show in later frames; when any of its tensors is
-    replaced (densification, ``.to()``, loading), the next call captures a new graph.
+    parameters in place, so optimiser steps show in later frames (the canonical positions, which
+    the avatar keeps per parameter version, are brought up to date in place before each replay);
+    when any of its tensors is replaced (densification, ``.to()``, loading), the next call captures
+    a new graph. ``compile``: the captured frame's decoders and projection are compiled graphs
+    (:func:`render_avatar`'s option), fewer and fused kernels in the CUDA graph.
     """
 
     FRAME_KEYS = ("vertices", "expr", "jaw_pose", "viewmat", "K")
 
     def __init__(self, avatar: GaussianAvatar, width: int, height: int, background: torch.Tensor,
-                 headroom: float = 1.5, check_overflow: bool = True):
+                 headroom: float = 1.5, check_overflow: bool = True, compile: bool = False):
         """background (3,) on the CUDA device the frames will be rendered on."""
         if not background.is_cuda:
             raise ValueError(f"GraphedAvatarRenderer needs CUDA tensors (CUDA graphs), got a background on "
                              f"'{background.device}'; use render_avatar on this device")
         self.avatar, self.width, self.height, self.background = avatar, width, height, background
-        self.headroom, self.check_overflow = headroom, check_overflow
+        self.headroom, self.check_overflow, self.compile = headroom, check_overflow, compile
         self.device = background.device
         self.image = torch.zeros(height, width, 3, device=self.device)
         raster_w, raster_h = raster_size(avatar, width, height)  # alpha comes at the rasterized size
@@ -150,7 +213,7 @@ class GraphedAvatarRenderer:
     def _render(self, inputs: dict, capacity: int | None) -> RenderResult:
         return render_avatar(self.avatar, inputs["vertices"], inputs["expr"], inputs["jaw_pose"], inputs["viewmat"],
                              inputs["K"], self.width, self.height, self.background, backend="triton",
-                             isect_capacity=capacity)
+                             isect_capacity=capacity, compile=self.compile)
 
     def _capture(self, frame: dict, capacity: int) -> None:
         inputs = {k: v.detach().to(self.device, torch.float32).clone() for k, v in frame.items()}
@@ -192,6 +255,7 @@ class GraphedAvatarRenderer:
         """vertices (V, 3), expr (n_expr,), jaw_pose (3,), viewmat (4, 4), K (3, 3) ->
         image (H, W, 3), alpha (H, W, 1)."""
         frame = self._frame((vertices, expr, jaw_pose, viewmat, K))
+        self.avatar.canonical_splat_positions()  # the geometry's per-version values, refreshed in place
         if self._graph is None or self._baked != self._read_tensors():
             pairs = self._render(frame, None).meta["n_isects"]  # an int: the one sync of a capture
             self._capture(frame, max(1024, int(pairs * self.headroom)))
@@ -207,7 +271,7 @@ class GraphedAvatarRenderer:
 @torch.no_grad()
 def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor,
                          viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, background: torch.Tensor,
-                         backend: str, frames: int = 50, warmup: int = 5) -> dict:
+                         backend: str, frames: int = 50, warmup: int = 5, compile: bool = False) -> dict:
     """Speed of :func:`render_avatar` (the product's path, decoders included) for one frame.
 
     The frame rate is timed with no synchronisation inside the loop (as a viewer would run);
@@ -215,10 +279,11 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: t
     Returns {"fps", "ms_per_frame", "ms_decoders", "ms_rasterization", "frames_timed"}; on CUDA
     with the Triton backend also the same frame replayed as a CUDA graph
     (:class:`GraphedAvatarRenderer`): "fps_cuda_graph", "ms_per_frame_cuda_graph", "isect_capacity".
+    ``compile``: :func:`render_avatar`'s option (the warm-up compiles).
     """
     def render(timer=DISABLED):
         return render_avatar(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, background,
-                             backend=backend, timer=timer)
+                             backend=backend, timer=timer, compile=compile)
 
     sync = (lambda: torch.cuda.synchronize(vertices.device)) if vertices.is_cuda else (lambda: None)
     for _ in range(max(warmup, 1)):
@@ -236,7 +301,7 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: t
     result = {"fps": 1.0 / seconds, "ms_per_frame": 1000.0 * seconds, "ms_decoders": phases.get("decoders", 0.0),
               "ms_rasterization": phases.get("rasterization", 0.0), "frames_timed": frames}
     if vertices.is_cuda and backend == "triton":
-        graphed = GraphedAvatarRenderer(avatar, width, height, background, check_overflow=False)
+        graphed = GraphedAvatarRenderer(avatar, width, height, background, check_overflow=False, compile=compile)
         graphed(vertices, expr, jaw_pose, viewmat, K)  # capture
         sync()
         start = time.perf_counter()

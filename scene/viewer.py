@@ -58,6 +58,7 @@ class ViewerOptions:
     device: str = "auto"
     backend: str | None = None
     quiet: bool = False
+    compile: bool = False  # decoders and projection as torch.compile graphs (render_avatar's option)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class AvatarViewer:
         self.options = args = options
         self.renderer = Renderer(RenderOptions(model_path=args.model_path, iteration=args.iteration, device=args.device,
                                                backend=args.backend, flame=args.flame, source_path=args.source_path,
-                                               quiet=True))
+                                               quiet=True, compile=args.compile))
         self.device = self.renderer.device
         self.initial_height = args.resolution or (720 if self.device.type == "cuda" else 256)
         if not 16 <= self.initial_height <= 4096:

@@ -33,11 +33,20 @@ def _has_mask_index(args) -> bool:
 
 
 class SyncAudit(TorchDispatchMode):
-    """``with SyncAudit() as audit: ...`` then ``audit.syncs``: the offending calls, in order."""
+    """``with SyncAudit() as audit: ...`` then ``audit.syncs``: the offending calls, in order.
+
+    A ``torch.compile`` graph runs inside the audit (its fused kernels are no ATen calls; the
+    ATen operators it calls, matrix products and the like, are audited): a ``fullgraph``
+    compile holds no host sync of its own, since dynamo refuses data-dependent sizes and scalar
+    reads in one graph (they are graph breaks)."""
 
     def __init__(self):
         super().__init__()
         self.syncs: list[str] = []
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True  # else torch.compile refuses to run under the mode
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -166,18 +166,23 @@ class GaussianAvatar(torch.nn.Module):
         return self.geometry.canonical_vertices
 
     def splats(self, vertices: torch.Tensor, camera_center: torch.Tensor, expr: torch.Tensor,
-               jaw_pose: torch.Tensor) -> dict:
+               jaw_pose: torch.Tensor, canonical_means: torch.Tensor | None = None) -> dict:
         """World-space splats of one frame.
 
         Args:
             vertices: (V, 3) posed mesh; camera_center: (3,) world position of the camera.
             expr: (n_expr,) expression coefficients; jaw_pose: (3,) axis-angle.
+            canonical_means: None, or (N, 3) :meth:`canonical_splat_positions`, when the caller
+                has them already (a compiled frame takes them as an input: their per-version
+                cache is Python the graph cannot hold).
         Returns:
             dict with means (N, 3), quats (N, 4), scales (N, 3), opacities (N,), and either
             colors (N, 3) or sh (N, K, 3) with sh_degree (the active degree); plus delta (N,), the
             opacity-logit offsets (zeros without expression-dependent opacity).
         """
         geometry = self.geometry(vertices, self.gaussians, camera_center)
+        if canonical_means is not None:
+            geometry.provide_canonical_means(canonical_means)
         out = {"means": geometry.means, "quats": geometry.quats, "scales": geometry.scales}
         out.update(self.color(geometry))
         logit = self.gaussians.params["opacity"]
@@ -187,7 +192,8 @@ class GaussianAvatar(torch.nn.Module):
         return out
 
     def canonical_splat_positions(self) -> torch.Tensor:
-        """(N, 3) splat centres on the canonical mesh."""
+        """(N, 3) splat centres on the canonical mesh (without autograd the geometry may keep them
+        until the splats change: ``flame_bound`` does)."""
         return self.geometry.canonical_positions(self.gaussians)
 
     def canonical_world_scales(self) -> torch.Tensor:

@@ -138,6 +138,11 @@ class SplatGeometry:
             self._canonical_means = self._canonical_means_fn()
         return self._canonical_means
 
+    def provide_canonical_means(self, canonical_means: torch.Tensor) -> None:
+        """Use ``canonical_means`` (N, 3), which the caller already has (a value the geometry's own
+        ``canonical_positions`` gave for these splats), instead of computing them on first use."""
+        self._canonical_means = canonical_means
+
     def canonical_view_dirs(self) -> torch.Tensor:
         """(N, 3) unit directions from the camera to each splat, in the canonical frame."""
         return self._canonical_view_fn()

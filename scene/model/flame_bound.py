@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from scene.model.binding import canonical_view_dirs, local_to_world, triangle_frames
+from scene.model.binding import canonical_view_dirs, local_to_world, local_to_world_positions, triangle_frames
 from scene.model.components import BuildContext, GeometryComponent, LossContext, SplatGeometry
 from scene.model.gaussian_model import BoundGaussians
 from scene.model.registry import GEOMETRY, ComponentConfig
+from scene.model.version_cache import DerivedTensor
 from utils.config import check_range
 
 __all__ = ["FlameBoundGeometry", "splat_regularisers"]
@@ -52,17 +53,32 @@ class FlameBoundGeometry(GeometryComponent):
         self.register_buffer("canonical_rot", rot)
         self.register_buffer("canonical_scale", scale)
         self.register_buffer("canonical_origin", origin)
+        self._canonical_means = DerivedTensor()  # canonical_positions() without autograd
 
     def initial_splats(self) -> BoundGaussians:
         return BoundGaussians.spread_over_triangles(self.canonical_vertices, self.faces,
                                                     self.cfg.init_splats_per_triangle)
 
     def canonical_positions(self, gaussians: BoundGaussians) -> torch.Tensor:
-        """(N, 3) splat centres on the canonical mesh."""
+        """(N, 3) splat centres on the canonical mesh: k_c R_c mu' + T_c of the canonical frames.
+
+        They depend on the splats' local positions and binding alone, so without autograd
+        (rendering, evaluation) they are computed once per version of those tensors and of the
+        canonical frames (:class:`DerivedTensor`: an optimiser step, densification or loading
+        makes a new version) and every later frame reuses them; with autograd (training) they are
+        computed each call, so that gradients reach the positions.
+        """
         g = gaussians
-        means, _, _ = local_to_world(self.canonical_rot, self.canonical_scale, self.canonical_origin,
-                                     g.binding, g.params["xyz"], g.params["rotation"], g.params["log_scale"])
-        return means
+        xyz = g.params["xyz"]
+
+        def compute() -> torch.Tensor:
+            return local_to_world_positions(self.canonical_rot, self.canonical_scale, self.canonical_origin,
+                                            g.binding, xyz)
+
+        if torch.is_grad_enabled() and xyz.requires_grad:
+            return compute()
+        sources = (xyz, g.binding, self.canonical_rot, self.canonical_scale, self.canonical_origin)
+        return self._canonical_means.get(sources, compute)
 
     def canonical_world_scales(self, gaussians: BoundGaussians) -> torch.Tensor:
         return self.canonical_scale[gaussians.binding, None] * torch.exp(gaussians.params["log_scale"])

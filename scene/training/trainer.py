@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from flame_model import DEFAULT_FLAME_MODEL_PATH
 from gaussian_renderer import select_backend
+from gaussian_renderer.registry import get_backend
 from scene.config import OptimConfig, TrainConfig, config_differences, load_saved_config, resolve_config, save_config
 from scene.data.datasets import load_subject
 from scene.data.frame_loader import frame_loader_for
@@ -34,7 +35,7 @@ from scene.data.subject_cache import SubjectCache, content_digest
 from scene.model.avatar import GaussianAvatar, build_context, masks_needed
 from scene.model.checkpoint import build_flame, load_avatar_components, save_avatar
 from scene.model.components import LossContext
-from scene.rendering import render_avatar
+from scene.rendering import check_compile, render_avatar
 from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, cluster_cache_key, cluster_settings,
                                           cluster_timesteps, clusters_document, distance_cache_key,
                                           expression_distances, load_clusters, save_clusters)
@@ -50,6 +51,7 @@ from utils.phase_timer import DISABLED, PhaseTimer
 from utils.stop_signals import STOP_EXIT_CODES, StopSignals
 
 __all__ = ["TrainRequest", "Trainer", "TrainingStopped", "NonFiniteStep", "position_lr", "RESUMABLE_CHANGES",
+           "isect_capacity_for",
            "splat_learning_rates", "EXIT_CRASHED", "EXIT_USER_ERROR", "EXIT_PREEMPTED", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "STOP_SIGNALS"]
 
 
@@ -86,7 +88,7 @@ class TrainRequest:
 RESUMABLE_CHANGES = ("optim.iterations", "run.device", "run.backend", "run.eval_interval", "run.eval_max_frames",
                      "run.save_interval", "run.keep_checkpoints", "run.log_interval", "run.image_cache_gb",
                      "run.loader_workers", "run.prefetch_frames", "run.device_image_cache_gb", "run.check_finite",
-                     "run.divergence_factor")
+                     "run.divergence_factor", "run.compile")
 
 EXIT_CRASHED, EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 STOP_SIGNALS = STOP_EXIT_CODES  # {"SIGINT": EXIT_INTERRUPTED, "SIGTERM"/"SIGUSR1": EXIT_PREEMPTED}
@@ -120,8 +122,30 @@ def position_lr(cfg: TrainConfig, step: int, extent: float, schedule: int) -> fl
     return lr * extent
 
 
+#: Intersection capacity over the previous step's (tile, splat) pairs (backends that take one).
+ISECT_HEADROOM = 1.25
+
+
+def isect_capacity_for(pairs: int, headroom: float = ISECT_HEADROOM) -> int:
+    """The intersection capacity for ``pairs`` (tile, splat) pairs: ``pairs x headroom`` rounded up
+    to a bucket, 2^k or 1.5 x 2^k (at least 1024), so that the capacity, and what is sized by it,
+    changes only when the count moves by a good part of itself."""
+    need = max(1024, math.ceil(pairs * headroom))
+    power = 1 << (need - 1).bit_length()  # the power of two >= need
+    return power * 3 // 4 if power * 3 // 4 >= need else power
+
+
 class Trainer:
-    """Everything one training run holds: data, avatar, optimisers, schedule, checkpoints."""
+    """Everything one training run holds: data, avatar, optimisers, schedule, checkpoints.
+
+    With a backend that takes an intersection capacity (the registry's ``takes_isect_capacity``:
+    Triton), a step renders with a fixed-length (tile, splat) list sized from the previous step's
+    count (:func:`isect_capacity_for`), so its forward pass never waits for the device; the count
+    and the overflow are read with the step's one read-back (the finite check), and a step whose
+    pairs did not fit is run again with a capacity that holds them, before anything is updated:
+    the result is that of a step with enough capacity. ``isect_capacity`` is the next step's
+    (None: the first step sizes its list exactly, one sync); ``isect_reruns`` counts re-runs.
+    """
 
     def __init__(self, request: TrainRequest):
         self.request = request
@@ -134,6 +158,11 @@ class Trainer:
         self.schedule_iterations = int(extra.get("schedule_iterations", cfg.optim.iterations))
         self.device = pick_device(cfg.run.device)
         self.backend = select_backend(cfg.run.backend, self.device)
+        self.takes_capacity = get_backend(self.backend.name).takes_isect_capacity
+        self.isect_capacity: int | None = None
+        self.isect_reruns = 0
+        if cfg.run.compile:
+            check_compile(self.device, "run.compile")
         self.runtime = {"device": describe_device(self.device), "backend": self.backend.name,
                         "backend_reason": self.backend.reason}
         seed_everything(cfg.run.seed)
@@ -384,7 +413,7 @@ class Trainer:
             cam = self._cameras[key] = (frame.viewmat.to(self.device), frame.K.to(self.device))
         return cam
 
-    def render_frame(self, frame, step: int, timer: PhaseTimer = DISABLED):
+    def render_frame(self, frame, step: int, timer: PhaseTimer = DISABLED, isect_capacity: int | None = None):
         """Render a subject frame as the avatar is at ``step`` of the schedule (its hooks set first)."""
         self.avatar.set_step(step, self.schedule_iterations)
         row = self.subject.timestep_row[frame.timestep]
@@ -394,12 +423,14 @@ class Trainer:
             p = self.sequence.row_params(rows)
             viewmat, K = self._camera(frame)
         return render_avatar(self.avatar, verts, p["expr"][0], p["jaw_pose"][0], viewmat, K, frame.width, frame.height,
-                             self.background, backend=self.backend.name, timer=timer), row
+                             self.background, backend=self.backend.name, timer=timer, isect_capacity=isect_capacity,
+                             compile=self.cfg.run.compile), row
 
     def training_step(self, step: int) -> dict:
         """One iteration. Returns device tensors (loss, l1, psnr, penalty) and host facts (splats,
-        densification events). The only wait for the GPU is the finite check before the update
-        (``run.check_finite``); the loop reads the returned tensors only at its logging interval."""
+        densification events). The only wait for the GPU is the read-back before the update (the
+        finite check, ``run.check_finite``, and with a capacity the step's intersection count);
+        the loop reads the returned tensors only at its logging interval."""
         cfg, o, timer = self.cfg, self.cfg.optim, self.timer
         for group in self.optimizers["xyz"].param_groups:
             group["lr"] = position_lr(cfg, step, self.extent, self.schedule_iterations)
@@ -407,21 +438,38 @@ class Trainer:
         frame = self.train_frames[index]
         with timer("data"):
             gt = self.loader.get(index)
-        result, row = self.render_frame(frame, step, timer)
-        image = result.image
-        with timer("loss"):
-            loss, l1, d_ssim = photometric_loss(image, gt, o.lambda_dssim)
-            rows = self.row_index[row:row + 1]
-            terms = self.avatar.losses(LossContext(
-                step, result.splats, result.meta, self.avatar.gaussians.params, self.avatar.gaussians.binding,
-                triangle_displacement=lambda: self.sequence.triangle_displacement(rows)[0],
-                features=result.features, gt=gt))
-            for term in terms.values():
-                loss = loss + term
-        with timer("backward"):
-            loss.backward()
-        if cfg.run.check_finite:
-            self._check_finite(step, {"loss": loss, "l1": l1, "d_ssim": d_ssim, **terms})
+        while True:
+            capacity = self.isect_capacity if self.takes_capacity else None
+            result, row = self.render_frame(frame, step, timer, capacity)
+            image = result.image
+            with timer("loss"):
+                loss, l1, d_ssim = photometric_loss(image, gt, o.lambda_dssim)
+                rows = self.row_index[row:row + 1]
+                terms = self.avatar.losses(LossContext(
+                    step, result.splats, result.meta, self.avatar.gaussians.params, self.avatar.gaussians.binding,
+                    triangle_displacement=lambda: self.sequence.triangle_displacement(rows)[0],
+                    features=result.features, gt=gt))
+                for term in terms.values():
+                    loss = loss + term
+            with timer("backward"):
+                loss.backward()
+            named = {"loss": loss, "l1": l1, "d_ssim": d_ssim, **terms}
+            pairs = result.meta["n_isects"] if self.takes_capacity else None
+            values, pairs = self._read_back(named if cfg.run.check_finite else None, pairs)
+            if pairs is not None:
+                fits = capacity is None or pairs <= capacity
+                # Grow at once; shrink only when far too large, so the list's size seldom changes.
+                wanted = isect_capacity_for(pairs)
+                if self.isect_capacity is None or wanted > self.isect_capacity or 4 * wanted <= self.isect_capacity:
+                    self.isect_capacity = wanted
+                if not fits:  # pairs were dropped: run the step again with room for them, nothing updated
+                    for opt in self._all_optimizers():
+                        opt.zero_grad(set_to_none=True)
+                    self.isect_reruns += 1
+                    continue
+            break
+        if values is not None:
+            self._judge_finite(step, values)
 
         self._updating = True  # from here an exception would leave a half-updated state
         with torch.no_grad():
@@ -443,14 +491,28 @@ class Trainer:
         return [p.grad for opt in self._all_optimizers() for group in opt.param_groups for p in group["params"]
                 if p.grad is not None]
 
-    def _check_finite(self, step: int, terms: dict) -> None:
-        """Raise NonFiniteStep before the update when a loss term or gradient is not finite, or the
-        loss exceeds ``run.divergence_factor`` x its running mean. One host-device sync per step
-        (as AMP's grad scaler does); ``run.check_finite=false`` removes it."""
+    def _read_back(self, terms: dict | None, pairs) -> tuple[dict | None, int | None]:
+        """The step's one host-device sync: the loss ``terms`` and the gradient norm (None: no
+        finite check) and the intersection count ``pairs`` (a 0-dim tensor or int; None: none), read
+        together. Returns ({name: float} or None, pairs as an int or None)."""
+        pairs_tensor = pairs if torch.is_tensor(pairs) else None
+        if terms is None:
+            return None, (int(pairs_tensor) if pairs_tensor is not None else pairs)
         grads = self._trainable_grads()
         grad_norm = torch.stack([torch.linalg.vector_norm(g) for g in grads]).sum() if grads else torch.zeros(())
-        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [grad_norm.float()]).tolist()
-        named = dict(zip(list(terms) + ["gradient norm"], values))
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [grad_norm.float()])
+        if pairs_tensor is None:
+            host = values.tolist()
+        else:  # float64: exact for any count of pairs
+            host = torch.cat([values.double(), pairs_tensor.double().reshape(1)]).tolist()
+            pairs = int(host.pop())
+        return dict(zip(list(terms) + ["gradient norm"], host)), pairs
+
+    def _judge_finite(self, step: int, named: dict) -> None:
+        """Raise NonFiniteStep before the update when a loss term or the gradient norm (``named``,
+        read by :meth:`_read_back`: one host-device sync per step, as AMP's grad scaler does;
+        ``run.check_finite=false`` removes it) is not finite, or the loss exceeds
+        ``run.divergence_factor`` x its running mean."""
         bad = [k for k, v in named.items() if not math.isfinite(v)]
         loss = named["loss"]
         factor = self.cfg.run.divergence_factor
