@@ -106,13 +106,15 @@ def test_training_computes_canonical_positions_with_their_gradient():
 # compiled decoders and projection
 
 
-def test_compile_problem_is_one_line_when_there_is_no_compiler(monkeypatch):
+def test_compile_problem_is_one_line_when_there_is_no_compiler():
     import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-compiler-xyz"))
-    problem = compile_problem("cpu")
-    assert problem is not None and "C++ compiler" in problem and "\n" not in problem
-    with pytest.raises(UserFacingError, match=r"^--compile: torch.compile on cpu needs a C\+\+ compiler"):
-        check_compile("cpu", "--compile")
+    # inductor's own patch: monkeypatch would delete the config entry on the way out (later
+    # compiles in this process then fail)
+    with inductor_config.patch({"cpp.cxx": (None, "no-such-compiler-xyz")}):
+        problem = compile_problem("cpu")
+        assert problem is not None and "C++ compiler" in problem and "\n" not in problem
+        with pytest.raises(UserFacingError, match=r"^--compile: torch.compile on cpu needs a C\+\+ compiler"):
+            check_compile("cpu", "--compile")
 
 
 @needs_compile
