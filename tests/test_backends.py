@@ -461,8 +461,14 @@ def test_the_package_import_graph_has_no_cycles():
 
 @pytest.fixture(scope="module")
 def probe_reference():
+    """The probe scene's reference, on one thread for the module's tests (the thread count is put
+    back after them: later tests in this process compare bits with other processes)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return parity.render_with_grads("torch", parity.probe_scene(CPU, opaque=parity.PROBE_OPAQUE))
+    try:
+        yield parity.render_with_grads("torch", parity.probe_scene(CPU, opaque=parity.PROBE_OPAQUE))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _render_with_thresholds(monkeypatch, t_threshold, alpha_min):

@@ -75,9 +75,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def inodes(folder: Path) -> dict[str, int]:
-    """relative path -> inode of every PNG (a rewritten file gets a new one: atomic rename)."""
-    return {str(p.relative_to(folder)): p.stat().st_ino for p in folder.rglob("*.png")}
+def inodes(folder: Path) -> dict[str, tuple[int, int]]:
+    """relative path -> (inode, mtime in ns) of every PNG: a kept file keeps both; a rewritten one
+    (written beside and renamed over) has a new mtime, even where the file system hands the freed
+    inode number to it again."""
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*.png")}
 
 
 @pytest.fixture(scope="module")

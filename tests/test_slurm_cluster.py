@@ -168,10 +168,6 @@ class ClusterEvents(threading.Thread):
             except Exception as exc:  # a slow controller: try again at the next round
                 print(f"[cluster events] release: {exc}", flush=True)
             for name in ("requeued", "timelimit", "preempted", "cancel_running"):
-                # A preemption requeues the job beside it too: only once the others have had theirs.
-                if name == "preempted" and any(self.done.get(n) != "done" for n in ("requeued", "timelimit",
-                                                                                  "cancel_running")):
-                    continue
                 if name not in self.done and (self.out / name / "checkpoints" / FIRST_CHECKPOINT).is_dir():
                     pid = train_process(self.out / name)
                     if pid is not None:
@@ -220,12 +216,26 @@ class ClusterEvents(threading.Thread):
 
     def preempted(self, job, pid):
         # A job of the urgent partition that needs both GPUs of the node: SLURM requeues gpu jobs
-        # (the one running beside this one too, which then resumes like any requeued job).
-        with self.neighbours:
-            slurm(self.env, "sbatch", "-p", "urgent", "--gres=gpu:2", "-o", "/dev/null", "--wrap", "sleep 3")
-            deadline = time.time() + 90
-            while Path(f"/proc/{pid}").exists() and time.time() < deadline:  # until the preemption is done
+        # (the one running beside this one too, which then resumes like any requeued job). Held at
+        # its checkpoint (a slow step) until the other jobs have had their events, so that the
+        # preemption meets no other scenario half done; SLURM's SIGCONT and SIGTERM release it.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.time() + 600
+            while any(self.done.get(n) != "done" for n in ("requeued", "timelimit", "cancel_running")):
+                if time.time() > deadline:
+                    raise AssertionError(f"the other scenarios never ended: {self.done}")
                 time.sleep(0.2)
+            with self.neighbours:
+                slurm(self.env, "sbatch", "-p", "urgent", "--gres=gpu:2", "-o", "/dev/null", "--wrap", "sleep 3")
+                deadline = time.time() + 120
+                while Path(f"/proc/{pid}").exists() and time.time() < deadline:  # until the preemption is done
+                    time.sleep(0.2)
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     def cancel_running(self, job, pid):
         slurm(self.env, "scancel", job)
