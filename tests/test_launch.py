@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flame_fixtures import write_small_flame  # noqa: E402
 from subject_fixtures import write_fake_subject  # noqa: E402
-from test_train import SMALL_SCHEDULE, checkpoint_tensors  # noqa: E402
+from test_train import SMALL_SCHEDULE, assert_same_checkpoint  # noqa: E402
 
 CONFIGS = SMALL_SCHEDULE[:4]  # --config tensorial.yaml --config demo.yaml
 TRAIN_OPTIONS = [*SMALL_SCHEDULE[4:], "--iterations", "60", "--set", "run.save_interval=10"]
@@ -128,12 +127,7 @@ def test_stopped_job_is_requeued_and_resumes_bit_exact(launched, name, tmp_path)
     args = ["-s", launched["subjects"][name], "-m", tmp_path / "straight", "--flame", launched["flame"],
             *CONFIGS, *TRAIN_OPTIONS]
     assert train.main(list(map(str, args))) == 0
-    a = checkpoint_tensors(tmp_path / "straight" / "checkpoints" / FINAL)
-    b = checkpoint_tensors(model / "checkpoints" / FINAL)
-    assert a.keys() == b.keys()
-    for key in a:
-        same = a[key] == b[key] if isinstance(a[key], bytes) else torch.equal(a[key], b[key])
-        assert same, key
+    assert_same_checkpoint(tmp_path / "straight" / "checkpoints" / FINAL, model / "checkpoints" / FINAL)
 
 
 @pytest.mark.slow
@@ -221,16 +215,23 @@ def test_status_without_a_launch_is_one_error(tmp_path):
     assert "launch.json" in line
 
 
-def test_slurm_job_array_asks_for_a_gpu_requeue_and_the_warning_signal(tmp_path, monkeypatch):
-    """The submission through submitit, with stand-ins for sbatch and srun."""
+def stand_in_slurm(tmp_path: Path, monkeypatch, job_id: int) -> Path:
+    """sbatch and srun stand-ins on the PATH: sbatch keeps the script it is given (returned path)
+    and answers ``job_id``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job {job_id}"\n')
     for tool in ("srun", "sbatch"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # what launch.py sets; restored afterwards
+    return tmp_path / "submitted.sh"
+
+
+def test_slurm_job_array_asks_for_a_gpu_requeue_and_the_warning_signal(tmp_path, monkeypatch):
+    """The submission through submitit, with stand-ins for sbatch and srun."""
+    stand_in_slurm(tmp_path, monkeypatch, 4242)
     for name in ("s1", "s2"):
         stub_subject(tmp_path / name)
     import launch
@@ -253,14 +254,7 @@ def test_slurm_job_array_asks_for_a_gpu_requeue_and_the_warning_signal(tmp_path,
 
 def test_slurm_cpu_jobs_ask_for_no_gpu(tmp_path, monkeypatch):
     """--gpus 0 (a partition without GPUs): no GPU in the request, and no limit on tasks at once."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 7"\n')
-    for tool in ("srun", "sbatch"):
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+    stand_in_slurm(tmp_path, monkeypatch, 7)
     import launch
     stub_subject(tmp_path / "s1")
     root = tmp_path / "out"

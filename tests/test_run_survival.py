@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_train import REPO, SMALL_SCHEDULE, checkpoint_tensors, run_cli  # noqa: E402
+from test_train import REPO, SMALL_SCHEDULE, assert_same_checkpoint, checkpoint_tensors, run_cli  # noqa: E402
 
 import train  # noqa: E402
 from utils.checkpoint import CheckpointWriteError, write_checkpoint  # noqa: E402
@@ -23,14 +23,6 @@ from utils.checkpoint import CheckpointWriteError, write_checkpoint  # noqa: E40
 
 def _common(tiny, model):
     return list(map(str, ["-s", tiny["subject"], "-m", model, "--flame", tiny["flame"], *SMALL_SCHEDULE]))
-
-
-def _assert_same_checkpoint(a_dir: Path, b_dir: Path) -> None:
-    a, b = checkpoint_tensors(a_dir), checkpoint_tensors(b_dir)
-    assert a.keys() == b.keys()
-    for key in a:
-        same = a[key] == b[key] if isinstance(a[key], bytes) else torch.equal(a[key], b[key])
-        assert same, key
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +57,7 @@ def test_stop_signal_saves_at_the_step_boundary_and_resume_is_bit_exact(tiny, st
     assert _run_with_event(argv, 13, lambda t: os.kill(os.getpid(), sig)) == code
     assert (model / "checkpoints/iteration_0000013").is_dir()
     assert train.main(["-m", str(model), "--resume", "--quiet"]) == 0
-    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+    assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
 
 
 @pytest.fixture
@@ -91,7 +83,7 @@ def test_a_stop_while_the_run_starts_saves_at_the_first_step(tiny, straight, tmp
     assert sorted(p.name for p in (model / "checkpoints").iterdir()) == ["iteration_0000001"]
     monkeypatch.undo()
     assert train.main(["-m", str(model), "--resume", "--quiet"]) == 0
-    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+    assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
 
 
 def test_a_stop_after_the_last_step_ends_the_run_as_done(tiny, straight, tmp_path, stops, monkeypatch):
@@ -109,14 +101,14 @@ def test_a_stop_after_the_last_step_ends_the_run_as_done(tiny, straight, tmp_pat
     monkeypatch.setattr(train.Trainer, "train", run)
     assert train.main(argv, stops=stops) == 0
     assert stops.received == "SIGUSR1"
-    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+    assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
 
 
 def test_a_stop_during_the_last_step_ends_the_run_as_done(tiny, straight, tmp_path):
     model = tmp_path / "m"
     argv = _common(tiny, model) + ["--iterations", "30", "--set", "run.save_interval=10"]
     assert _run_with_event(argv, 30, lambda t: os.kill(os.getpid(), signal.SIGUSR1)) == 0
-    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+    assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
 
 
 def test_sigusr1_to_a_running_process_exits_3_with_a_checkpoint(tiny, tmp_path):
@@ -159,7 +151,7 @@ def test_error_mid_run_saves_the_last_consistent_state(tiny, straight, tmp_path)
     assert code == 2
     assert (model / "checkpoints/iteration_0000011").is_dir() and not (model / "checkpoints/iteration_0000012").exists()
     assert train.main(["-m", str(model), "--resume", "--quiet"]) == 0
-    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+    assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
 
 
 def test_non_finite_loss_stops_before_the_update_and_keeps_a_good_state(tiny, tmp_path):
@@ -213,7 +205,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny, straight
     assert train.main(["-m", str(model), "--resume", "--quiet"]) == 0  # continues from 20, redoes 21..30
     err = capsys.readouterr().err
     assert "iteration 30 cannot be read" in err and "previous" in err
-    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+    assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
 
 
 class _Payload:
@@ -268,7 +260,7 @@ def test_resume_with_more_iterations_keeps_the_planned_schedule(tiny, straight, 
     trainer = train.Trainer(train.request_from_args(args))
     assert trainer.schedule_iterations == 30
     trainer.train()
-    _assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
+    assert_same_checkpoint(straight, model / "checkpoints/iteration_0000030")
     final_lr = trainer.cfg.optim.position_lr_final * trainer.extent
     assert trainer.optimizers["xyz"].param_groups[0]["lr"] == pytest.approx(final_lr)
 

@@ -15,6 +15,7 @@ SLURM's requeue hold.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flame_fixtures import write_small_flame  # noqa: E402
 from subject_fixtures import write_fake_subject  # noqa: E402
 from test_launch import one_error_line, train_process  # noqa: E402
-from test_train import checkpoint_tensors  # noqa: E402
+from test_train import assert_same_checkpoint  # noqa: E402
 
 LOCAL_SLURM = REPO / "scripts" / "local_slurm.sh"
 SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/tmp/avatar-slurm"))
@@ -129,6 +129,20 @@ def pending_signal(pid: int, sig: int) -> bool:
     return any(mask & (1 << (sig - 1)) for mask in masks)
 
 
+@contextlib.contextmanager
+def held(pid: int):
+    """``pid`` stopped (SIGSTOP) inside the block and continued after, unless it has ended (SLURM
+    sends SIGCONT with its own signals, so a held process may go on and end meanwhile)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 class ClusterEvents(threading.Thread):
     """Does to each job of the gpu launch what its scenario says, once its train.py has written
     the first checkpoint (each in a thread of its own: the time limit takes a while), and releases
@@ -195,12 +209,7 @@ class ClusterEvents(threading.Thread):
     def timelimit(self, job, pid):
         # Hold train.py still (a slow step), bring the time limit within SLURM's warning lead, and
         # let it go on once SLURM's SIGUSR1 waits for it.
-        with self.neighbours:
-            self._timelimit(job, pid)
-
-    def _timelimit(self, job, pid):
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with self.neighbours, held(pid):
             limit = math.floor(elapsed_minutes(self.env, job)) + 3  # 120-180 s left: within the 180 s lead
             slurm(self.env, "scontrol", "update", f"JobId={job}", f"TimeLimit={limit}")
             deadline = time.time() + 150
@@ -208,19 +217,13 @@ class ClusterEvents(threading.Thread):
                 if time.time() > deadline:
                     raise AssertionError("SLURM's time-limit warning (SIGUSR1) never reached train.py")
                 time.sleep(0.2)
-        finally:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
     def preempted(self, job, pid):
         # A job of the urgent partition that needs both GPUs of the node: SLURM requeues gpu jobs
         # (the one running beside this one too, which then resumes like any requeued job). Held at
         # its checkpoint (a slow step) until the other jobs have had their events, so that the
         # preemption meets no other scenario half done; SLURM's SIGCONT and SIGTERM release it.
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with held(pid):
             deadline = time.time() + 600
             while any(self.done.get(n) != "done" for n in ("requeued", "timelimit", "cancel_running")):
                 if time.time() > deadline:
@@ -231,11 +234,6 @@ class ClusterEvents(threading.Thread):
                 deadline = time.time() + 120
                 while Path(f"/proc/{pid}").exists() and time.time() < deadline:  # until the preemption is done
                     time.sleep(0.2)
-        finally:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
     def cancel_running(self, job, pid):
         slurm(self.env, "scancel", job)
@@ -324,12 +322,8 @@ def test_requeued_jobs_resume_to_the_straight_run_bit_for_bit(launched, name):
         assert "stopped for a requeue, exit code 3" in stages or "exited with 3" in stages, stages
         assert "REQUEUED" in states, states
     assert states[-1] == "COMPLETED", states
-    straight = checkpoint_tensors(launched["out"]["cpu"] / STRAIGHT[0] / "checkpoints" / FINAL)
-    resumed = checkpoint_tensors(out / name / "checkpoints" / FINAL)
-    assert straight.keys() == resumed.keys()
-    for key in straight:
-        same = straight[key] == resumed[key] if isinstance(straight[key], bytes) else torch.equal(straight[key], resumed[key])
-        assert same, key
+    assert_same_checkpoint(launched["out"]["cpu"] / STRAIGHT[0] / "checkpoints" / FINAL,
+                           out / name / "checkpoints" / FINAL)
 
 
 @pytest.mark.slow

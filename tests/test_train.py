@@ -36,6 +36,15 @@ def checkpoint_tensors(folder: Path) -> dict:
     return out
 
 
+def assert_same_checkpoint(a_dir: Path, b_dir: Path) -> None:
+    """Every tensor and the PLY of two checkpoint folders equal, bit for bit."""
+    a, b = checkpoint_tensors(a_dir), checkpoint_tensors(b_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        same = a[key] == b[key] if isinstance(a[key], bytes) else torch.equal(a[key], b[key])
+        assert same, key
+
+
 def test_resume_continues_bit_exact(tiny, tmp_path):
     common = ["-s", tiny["subject"], "--flame", tiny["flame"], *SMALL_SCHEDULE, "--set", "run.save_interval=15"]
     assert train.main(list(map(str, ["-m", tmp_path / "straight", *common, "--iterations", "30"]))) == 0
