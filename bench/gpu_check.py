@@ -576,6 +576,7 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
     from gaussian_renderer.parity import compare_with_reference
     from gaussian_renderer.registry import get_backend
     from scene.rendering import measure_render_speed, render_avatar
+    from flame_model import frame_motion
     from step_profile import build_trainer, profile, run_steps
 
     deadline = time.perf_counter() + seconds
@@ -608,7 +609,7 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
         row = trainer.subject.timestep_row[frame.timestep]
         rows = trainer.row_index[row:row + 1]
         params = trainer.sequence.row_params(rows)
-        inputs = (trainer.avatar, trainer.sequence.vertices(rows)[0], params["expr"][0], params["jaw_pose"][0],
+        inputs = (trainer.avatar, trainer.sequence.vertices(rows)[0], frame_motion(params),
                   frame.viewmat.to(device), frame.K.to(device), frame.width, frame.height, trainer.background)
 
         def render(timer=None, capacity=None, backend=name):

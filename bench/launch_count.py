@@ -160,7 +160,7 @@ def count_frame(frame: Callable[[], object]) -> LaunchCounter:
     return counter
 
 
-def avatar_frame(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, background,
+def avatar_frame(avatar, vertices, motion, viewmat, K, width, height, background,
                  compile: bool = False, headroom: float = 1.5) -> Callable[[], object]:
     """``frame()``: one Triton frame of ``avatar`` with a fixed intersection capacity (the first
     frame's pairs x ``headroom``, as GraphedAvatarRenderer sizes it), warmed up (kernels and
@@ -170,7 +170,7 @@ def avatar_frame(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, ba
     options = {"compile": True} if compile else {}  # the option is new: the script also counts older code
 
     def render(capacity=None):
-        return render_avatar(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, background,
+        return render_avatar(avatar, vertices, motion, viewmat, K, width, height, background,
                              backend="triton", isect_capacity=capacity, **options)
 
     with torch.no_grad(), triton_kernels_counted(LaunchCounter()):  # warm-up: kernels not run
@@ -182,7 +182,7 @@ def avatar_frame(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, ba
 
 
 def full_avatar_inputs(data: Path, splats_per_triangle: int, quiet: bool = True) -> tuple:
-    """(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, background) of a test frame
+    """(avatar, vertices, motion, viewmat, K, width, height, background) of a test frame
     of the synthetic subject in ``data`` (generated when missing) at 550x802."""
     from step_profile import build_trainer
 
@@ -205,7 +205,7 @@ def full_avatar_inputs(data: Path, splats_per_triangle: int, quiet: bool = True)
     K[:2] *= DOWNSCALE
     with torch.no_grad():
         vertices = trainer.sequence.vertices(rows)[0]
-    return (trainer.avatar, vertices, params["expr"][0].detach(), params["jaw_pose"][0].detach(), frame.viewmat,
+    return (trainer.avatar, vertices, {k: v[0].detach() for k, v in params.items()}, frame.viewmat,
             K, frame.width * DOWNSCALE, frame.height * DOWNSCALE, trainer.background)
 
 
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="launch_count_") as scratch:
         data = Path(args.data) if args.data else Path(scratch) / "data"
         inputs = full_avatar_inputs(data, args.splats_per_triangle)
-        result = {"splats": len(inputs[0].gaussians), "width": inputs[6], "height": inputs[7],
+        result = {"splats": len(inputs[0].gaussians), "width": inputs[5], "height": inputs[6],
                   "what": "ATen operators that launch a kernel + fused kernels of compiled graphs + Triton kernels, "
                           "one Triton frame with a fixed capacity (CPU)"}
         start = time.perf_counter()

@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flame_model import frame_motion  # noqa: E402
 from scene.renderer import Renderer, RenderOptions, reenactment_vertices, write_frame  # noqa: E402
 from utils.cli_common import even_subset  # noqa: E402
 from utils.write_pool import WritePool  # noqa: E402
@@ -78,7 +79,7 @@ def rendered_frames(model: Path, frames: int) -> tuple[object, list]:
     outputs = []
     for f in even_subset(subject.frames["test"], frames):
         m = motion_fn(f.timestep)
-        image = renderer.render(reenactment_vertices(renderer.model, m)[0], m["expr"][0], m["jaw_pose"][0], f.viewmat,
+        image = renderer.render(reenactment_vertices(renderer.model, m)[0], frame_motion(m), f.viewmat,
                                 f.K, f.width, f.height).cpu()
         outputs.append((f.image_name, {"gt": lambda f=f: subject.load_image(f),
                                        "masks": lambda f=f: subject.load_mask(f), "renders": image}))

@@ -42,6 +42,13 @@ JOINT_NAMES = ("global", "neck", "jaw", "left_eye", "right_eye")
 # static offset are the subject's identity. Pose keys are axis-angle rotations and a translation.
 POSE_KEYS = ("rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 MOTION_KEYS = ("expr",) + POSE_KEYS
+
+
+def frame_motion(motion: dict, row: int = 0) -> dict:
+    """One frame of a motion: ``{key: (C,)}`` from row ``row`` of a batched motion ``{key: (B, C)}``
+    (the keys it holds; :data:`MOTION_KEYS` when complete). What the avatar's frame takes
+    (:meth:`scene.model.avatar.GaussianAvatar.splats`)."""
+    return {k: v[row] for k, v in motion.items() if k in MOTION_KEYS}
 NUM_JOINTS = len(JOINT_NAMES)
 NECK_JOINT, JAW_JOINT = 1, 2
 #: Keys of the masks pickle holding ordered lip rings (non-FLAME models); not vertex regions.

@@ -1,7 +1,7 @@
 """Rendering a trained avatar: the :class:`Renderer` behind render.py, viewer.py and export.py.
 
     renderer = Renderer(RenderOptions(model_path="output/s000", backend="torch"))
-    image = renderer.render(vertices, expr, jaw_pose, viewmat, K, width, height)   # (H, W, 3)
+    image = renderer.render(vertices, frame_motion(motion), viewmat, K, width, height)   # (H, W, 3)
 
 It loads the model folder (config.yaml + a checkpoint) through :func:`scene.model.checkpoint.load_model`
 and renders frames through :func:`scene.rendering.render_avatar`; its jobs write the folders
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flame_model import MOTION_KEYS
+from flame_model import MOTION_KEYS, frame_motion
 from gaussian_renderer import select_backend
 from scene.data.datasets import load_sequence, load_subject
 from scene.data.protocols import protocol_splits, saved_protocol
@@ -229,8 +229,10 @@ class Renderer:
         return self.model_dir / name / f"ours_{self.model.iteration}"
 
     @torch.no_grad()
-    def render(self, vertices, expr, jaw, viewmat, K, width, height):
-        return render_avatar(self.model.avatar, vertices, expr, jaw, viewmat.to(self.device), K.to(self.device),
+    def render(self, vertices, motion, viewmat, K, width, height):
+        """vertices (V, 3) posed by ``motion`` (one frame's FLAME parameters, :func:`flame_model.frame_motion`),
+        viewmat (4, 4), K (3, 3) -> image (height, width, 3)."""
+        return render_avatar(self.model.avatar, vertices, motion, viewmat.to(self.device), K.to(self.device),
                              width, height, self.background, backend=self.backend.name,
                              compile=self.options.compile).image
 
@@ -253,7 +255,7 @@ class Renderer:
             def make() -> dict:
                 motion = motion_fn(frame.timestep)
                 verts = reenactment_vertices(self.model, motion)[0]
-                image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], cam.viewmat, cam.K, cam.width,
+                image = self.render(verts, frame_motion(motion), cam.viewmat, cam.K, cam.width,
                                     cam.height)
                 outputs = {}
                 if own_camera:  # decoded by the writer, off the main thread
@@ -489,7 +491,7 @@ class Renderer:
             def make() -> dict:
                 motion = motion_fn(t)
                 verts = reenactment_vertices(self.model, motion)[0]
-                image = self.render(verts, motion["expr"][0], motion["jaw_pose"][0], view, reference.K,
+                image = self.render(verts, frame_motion(motion), view, reference.K,
                                     reference.width, reference.height)
                 return {"renders": image.cpu()}
             motion = motion_fn(t)
@@ -542,7 +544,7 @@ class Renderer:
         frame = (self.subject.frames["test"] or self.subject.frames["val"] or self.subject.frames["train"])[0]
         motion = self.motion_from(self.subject, self.fine_tuned)(frame.timestep)
         verts = reenactment_vertices(self.model, motion)[0]
-        speed = measure_render_speed(avatar, verts, motion["expr"][0], motion["jaw_pose"][0],
+        speed = measure_render_speed(avatar, verts, frame_motion(motion),
                                      frame.viewmat.to(self.device), frame.K.to(self.device), frame.width, frame.height,
                                      self.background, self.backend.name, frames=self.options.benchmark_frames,
                                      compile=self.options.compile)
@@ -585,7 +587,7 @@ class Renderer:
             for frame in frames:
                 motion = motion_fn(frame.timestep)
                 verts = reenactment_vertices(self.model, motion)[0]
-                renders[precision].append(self.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K, frame.width, frame.height))
+                renders[precision].append(self.render(verts, frame_motion(motion), frame.viewmat, frame.K, frame.width, frame.height))
         load_avatar_components(avatar, self.model.folder)
         psnrs = [float(psnr(a, b)) for a, b in zip(renders["full"], renders["half"])]
         full_size = sum(storage_report(self.model.folder).values())

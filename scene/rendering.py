@@ -64,8 +64,8 @@ def check_compile(device: torch.device | str, where: str) -> None:
         raise UserFacingError(f"{where}: {problem}; run without it")
 
 
-def _splats(avatar: GaussianAvatar, vertices, camera_center, expr, jaw_pose, canonical_means) -> dict:
-    return avatar.splats(vertices, camera_center, expr, jaw_pose, canonical_means=canonical_means)
+def _splats(avatar: GaussianAvatar, vertices, camera_center, motion, canonical_means) -> dict:
+    return avatar.splats(vertices, camera_center, motion, canonical_means=canonical_means)
 
 
 @functools.cache
@@ -75,22 +75,21 @@ def _compiled_splats():
     return torch.compile(_splats, fullgraph=True)
 
 
-def frame_splats(avatar: GaussianAvatar, vertices: torch.Tensor, camera_center: torch.Tensor, expr: torch.Tensor,
-                 jaw_pose: torch.Tensor, compile: bool = False) -> dict:
+def frame_splats(avatar: GaussianAvatar, vertices: torch.Tensor, camera_center: torch.Tensor, motion: dict,
+                 compile: bool = False) -> dict:
     """The decoders of one frame: :meth:`GaussianAvatar.splats` (arguments and result as there),
     with ``compile`` as one ``torch.compile`` graph (``fullgraph``: no break, no host sync). The
     canonical positions enter the graph as an input: without autograd they come from the
     geometry's per-version cache, Python state that no graph holds."""
     if not compile:
-        return avatar.splats(vertices, camera_center, expr, jaw_pose)
-    return _compiled_splats()(avatar, vertices, camera_center, expr, jaw_pose, avatar.canonical_splat_positions())
+        return avatar.splats(vertices, camera_center, motion)
+    return _compiled_splats()(avatar, vertices, camera_center, motion, avatar.canonical_splat_positions())
 
 
 def render_avatar(
     avatar: GaussianAvatar,
     vertices: torch.Tensor,
-    expr: torch.Tensor,
-    jaw_pose: torch.Tensor,
+    motion: dict,
     viewmat: torch.Tensor,
     K: torch.Tensor,
     width: int,
@@ -108,7 +107,9 @@ def render_avatar(
     the stage makes the (height, width, 3) image of them.
 
     Args:
-        expr: (n_expr,) and jaw_pose: (3,) of the frame (drive the opacity offsets).
+        motion: the frame's FLAME parameters, one tensor per key (:func:`flame_model.frame_motion`):
+            expr (n_expr,) and jaw_pose (3,) drive the opacity offsets; a geometry driven by the
+            pose also reads rotation, neck_pose, eyes_pose and translation.
         viewmat: (4, 4) world-to-camera (OpenCV); K: (3, 3) pixel intrinsics.
         background: (3,) colour.
         The avatar renders in the state its schedule hooks set (:meth:`GaussianAvatar.set_step`:
@@ -127,7 +128,7 @@ def render_avatar(
     # Camera centre -R^T t of the rigid world-to-camera map (no linalg.inv: it syncs on CUDA).
     camera_center = -viewmat[:3, :3].T @ viewmat[:3, 3]
     with timer("decoders"):
-        splats = frame_splats(avatar, vertices, camera_center, expr, jaw_pose, compile)
+        splats = frame_splats(avatar, vertices, camera_center, motion, compile)
     if "colors" in splats:
         colors, degree = splats["colors"], None
     else:
@@ -175,7 +176,7 @@ class GraphedAvatarRenderer:
     Usage (one image size per renderer)::
 
         renderer = GraphedAvatarRenderer(avatar, width, height, background)
-        image, alpha = renderer(vertices, expr, jaw_pose, viewmat, K)  # (H, W, 3), (H, W, 1)
+        image, alpha = renderer(vertices, motion, viewmat, K)  # (H, W, 3), (H, W, 1)
 
     ``image`` and ``alpha`` are the renderer's own buffers, the same tensors on every call and
     overwritten by the next one: clone them to keep a frame. The graph reads the avatar's
@@ -186,7 +187,7 @@ class GraphedAvatarRenderer:
     (:func:`render_avatar`'s option), fewer and fused kernels in the CUDA graph.
     """
 
-    FRAME_KEYS = ("vertices", "expr", "jaw_pose", "viewmat", "K")
+    FRAME_KEYS = ("vertices", "viewmat", "K")  # and the motion's, as "motion.<key>"
 
     def __init__(self, avatar: GaussianAvatar, width: int, height: int, background: torch.Tensor,
                  headroom: float = 1.5, check_overflow: bool = True, compile: bool = False):
@@ -211,8 +212,8 @@ class GraphedAvatarRenderer:
         return tensor_signature([*self.avatar.parameters(), *self.avatar.buffers(), self.background])
 
     def _render(self, inputs: dict, capacity: int | None) -> RenderResult:
-        return render_avatar(self.avatar, inputs["vertices"], inputs["expr"], inputs["jaw_pose"], inputs["viewmat"],
-                             inputs["K"], self.width, self.height, self.background, backend="triton",
+        motion = {k.removeprefix("motion."): v for k, v in inputs.items() if k.startswith("motion.")}
+        return render_avatar(self.avatar, inputs["vertices"], motion, inputs["viewmat"], inputs["K"], self.width, self.height, self.background, backend="triton",
                              isect_capacity=capacity, compile=self.compile)
 
     def _capture(self, frame: dict, capacity: int) -> None:
@@ -238,8 +239,12 @@ class GraphedAvatarRenderer:
         self._baked = self._read_tensors()
         self.captures += 1
 
-    def _frame(self, values: tuple) -> dict:
+    def _frame(self, values: tuple, motion: dict) -> dict:
         frame = dict(zip(self.FRAME_KEYS, values))
+        frame.update({f"motion.{k}": v for k, v in motion.items()})
+        if self._inputs and frame.keys() != self._inputs.keys():
+            raise ValueError(f"GraphedAvatarRenderer: the motion has the keys {sorted(motion)}, but the captured graph "
+                             f"takes {sorted(k[7:] for k in self._inputs if k.startswith('motion.'))}")
         for key, value in frame.items():
             if not (torch.is_tensor(value) and value.is_floating_point()):
                 raise ValueError(f"GraphedAvatarRenderer: `{key}` must be a floating-point tensor, got "
@@ -250,11 +255,11 @@ class GraphedAvatarRenderer:
         return frame
 
     @torch.no_grad()
-    def __call__(self, vertices: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor, viewmat: torch.Tensor,
+    def __call__(self, vertices: torch.Tensor, motion: dict, viewmat: torch.Tensor,
                  K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """vertices (V, 3), expr (n_expr,), jaw_pose (3,), viewmat (4, 4), K (3, 3) ->
-        image (H, W, 3), alpha (H, W, 1)."""
-        frame = self._frame((vertices, expr, jaw_pose, viewmat, K))
+        """vertices (V, 3), motion (the frame's FLAME parameters, as :func:`render_avatar` takes
+        them), viewmat (4, 4), K (3, 3) -> image (H, W, 3), alpha (H, W, 1)."""
+        frame = self._frame((vertices, viewmat, K), motion)
         self.avatar.canonical_splat_positions()  # the geometry's per-version values, refreshed in place
         if self._graph is None or self._baked != self._read_tensors():
             pairs = self._render(frame, None).meta["n_isects"]  # an int: the one sync of a capture
@@ -269,8 +274,7 @@ class GraphedAvatarRenderer:
 
 
 @torch.no_grad()
-def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor,
-                         viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, background: torch.Tensor,
+def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, motion: dict, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, background: torch.Tensor,
                          backend: str, frames: int = 50, warmup: int = 5, compile: bool = False) -> dict:
     """Speed of :func:`render_avatar` (the product's path, decoders included) for one frame.
 
@@ -282,7 +286,7 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: t
     ``compile``: :func:`render_avatar`'s option (the warm-up compiles).
     """
     def render(timer=DISABLED):
-        return render_avatar(avatar, vertices, expr, jaw_pose, viewmat, K, width, height, background,
+        return render_avatar(avatar, vertices, motion, viewmat, K, width, height, background,
                              backend=backend, timer=timer, compile=compile)
 
     sync = (lambda: torch.cuda.synchronize(vertices.device)) if vertices.is_cuda else (lambda: None)
@@ -302,11 +306,11 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, expr: t
               "ms_rasterization": phases.get("rasterization", 0.0), "frames_timed": frames}
     if vertices.is_cuda and backend == "triton":
         graphed = GraphedAvatarRenderer(avatar, width, height, background, check_overflow=False, compile=compile)
-        graphed(vertices, expr, jaw_pose, viewmat, K)  # capture
+        graphed(vertices, motion, viewmat, K)  # capture
         sync()
         start = time.perf_counter()
         for _ in range(frames):
-            graphed(vertices, expr, jaw_pose, viewmat, K)
+            graphed(vertices, motion, viewmat, K)
         sync()
         seconds = (time.perf_counter() - start) / frames
         if bool(graphed.overflow):  # the capture's own frame: cannot happen, but never time a cut image

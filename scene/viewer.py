@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from flame_model import frame_motion
 from scene.data.cameras import camera_pose, pinhole_camera
 from scene.data.datasets import load_sequence
 from scene.data.protocols import protocol_splits
@@ -288,7 +289,7 @@ class AvatarViewer:
             motion = self.motion
         start = time.perf_counter()
         verts = reenactment_vertices(self.renderer.model, motion)[0]
-        image = self.renderer.render(verts, motion["expr"][0], motion["jaw_pose"][0], viewmat, K, width, height)
+        image = self.renderer.render(verts, frame_motion(motion), viewmat, K, width, height)
         if image.is_cuda:
             torch.cuda.synchronize(image.device)
         ms = 1000.0 * (time.perf_counter() - start)

@@ -44,6 +44,22 @@ def test_prune_never_empties_a_triangle():
     assert torch.isclose(model.opacity[model.binding == 0], torch.tensor(2e-3), rtol=1e-4).all()
 
 
+def test_unbound_splats_are_pruned_like_3dgs():
+    """A geometry whose splats move freely (``binds_splats`` False): every transparent splat goes,
+    even the last of its nearest triangle."""
+    model, opts = setup()
+    with torch.no_grad():
+        op = torch.full((len(model),), 0.5)
+        op[:15] = 1e-4  # triangles 0..4 wholly transparent
+        model.params["opacity"].copy_(inverse_sigmoid(op))
+    strategy = BindingAwareDensification(DensifyConfig(grad_threshold=1.0), scene_extent=1.0, num_faces=10,
+                                         bound=False)
+    strategy.update_statistics(fake_meta(len(model), torch.zeros(len(model))), 100, 100)
+    events = strategy.densify_and_prune(model, opts, torch.full((len(model), 3), 1e-4))
+    assert events["pruned"] == 15
+    assert torch.bincount(model.binding, minlength=10).tolist() == [0] * 5 + [3] * 5
+
+
 def test_clone_and_split_keep_parent_triangle():
     model, opts = setup(n_faces=4, per_face=2)
     n = len(model)

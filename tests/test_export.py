@@ -20,6 +20,7 @@ from gaussian_renderer import rasterize  # noqa: E402
 from scene.interop.export_3dgs import read_3dgs_ply, read_splat, splat_sort_order  # noqa: E402
 from scene.model.checkpoint import load_model  # noqa: E402
 from scene.model.gaussian_model import BoundGaussians  # noqa: E402
+from flame_model import frame_motion  # noqa: E402
 from scene.renderer import reenactment_vertices  # noqa: E402
 from test_train import SMALL_SCHEDULE  # noqa: E402
 
@@ -64,10 +65,10 @@ def avatar_frame(model: Path, split: str = "val"):
     frame = renderer.subject.frames[split][0]
     motion = renderer.motion_from(renderer.subject, renderer.fine_tuned)(frame.timestep)
     verts = reenactment_vertices(renderer.model, motion)[0]
-    image = renderer.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K, frame.width,
+    image = renderer.render(verts, frame_motion(motion), frame.viewmat, frame.K, frame.width,
                             frame.height)
     with torch.no_grad():
-        splats = renderer.model.avatar.splats(verts, torch.zeros(3), motion["expr"][0], motion["jaw_pose"][0])
+        splats = renderer.model.avatar.splats(verts, torch.zeros(3), frame_motion(motion))
     return renderer, frame, image, splats
 
 

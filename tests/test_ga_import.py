@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import export  # noqa: E402
 import import_gaussian_avatars  # noqa: E402
 import render  # noqa: E402
+from flame_model import frame_motion  # noqa: E402
 from scene.renderer import reenactment_vertices  # noqa: E402
 import train  # noqa: E402
 from scene.model.checkpoint import load_model  # noqa: E402
@@ -129,7 +130,7 @@ def renders(model: Path) -> list[torch.Tensor]:
     for frame in frames:
         motion = renderer.motion_from(renderer.subject, renderer.fine_tuned)(frame.timestep)
         verts = reenactment_vertices(renderer.model, motion)[0]
-        out.append(renderer.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, frame.K,
+        out.append(renderer.render(verts, frame_motion(motion), frame.viewmat, frame.K,
                                    frame.width, frame.height))
     return out
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
 from sync_audit import SyncAudit  # noqa: E402
-from test_sync_free_render import H, W, avatar_frame, small_avatar  # noqa: E402
+from test_sync_free_render import H, W, avatar_frame, motion_of, small_avatar  # noqa: E402
 
 from gaussian_renderer import register_backend, unregister_backend  # noqa: E402
 from gaussian_renderer.registry import Backend  # noqa: E402
@@ -54,7 +54,7 @@ def _old_canonical_means(avatar) -> torch.Tensor:
 
 def _render(avatar, verts, f, **kw):
     with torch.no_grad():
-        return render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, torch.ones(3),
+        return render_avatar(avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, torch.ones(3),
                              backend="torch", **kw)
 
 
@@ -94,7 +94,7 @@ def test_training_computes_canonical_positions_with_their_gradient():
     f = avatar_frame()
     cache = avatar.geometry._canonical_means
     for _ in range(2):
-        out = render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, torch.ones(3),
+        out = render_avatar(avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, torch.ones(3),
                             backend="torch")
         out.image.sum().backward()
     assert cache.computed == 0
@@ -133,7 +133,7 @@ def test_compiled_frame_gives_the_same_image_and_makes_no_sync():
     # what is compiled waits for nothing (binning with a capacity is test_sync_free_render's)
     camera_center = -f["viewmat"][:3, :3].T @ f["viewmat"][:3, 3]
     with torch.no_grad(), SyncAudit() as audit:
-        s = frame_splats(avatar, verts, camera_center, f["expr"], f["jaw_pose"], compile=True)
+        s = frame_splats(avatar, verts, camera_center, motion_of(f), compile=True)
         with compiled_projection():
             prepare_splats(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], f["viewmat"][None],
                            f["K"][None], W, H, near_plane=0.01, far_plane=1e10, sh_degree=None,
@@ -152,7 +152,7 @@ def test_compiled_decoders_pass_gradients_like_eager():
     grads = []
     for compile in (False, True):
         avatar.zero_grad(set_to_none=True)
-        s = frame_splats(avatar, verts, camera_center, f["expr"], f["jaw_pose"], compile=compile)
+        s = frame_splats(avatar, verts, camera_center, motion_of(f), compile=compile)
         (s["colors"].sum() + s["opacities"].sum() + s["means"].square().sum() + s["quats"].sum()
          + s["scales"].sum()).backward()
         grads.append({n: p.grad.clone() for n, p in avatar.named_parameters() if p.grad is not None})
@@ -170,10 +170,10 @@ COUNT_SCRIPT = textwrap.dedent("""
     sys.path[:0] = [{bench!r}, {tests!r}, {repo!r}]
     import launch_count  # sets TRITON_INTERPRET=1 before triton is imported
     import torch
-    from test_sync_free_render import H, W, avatar_frame, small_avatar
+    from test_sync_free_render import H, W, avatar_frame, motion_of, small_avatar
     avatar, verts = small_avatar()
     f = avatar_frame()
-    inputs = (avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, torch.ones(3))
+    inputs = (avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, torch.ones(3))
     out = {{}}
     for key, compile in (("eager", False), ("compiled", {compile})):
         if compile is not None:

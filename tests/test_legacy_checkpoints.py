@@ -27,6 +27,7 @@ sys.path.insert(0, str(FIXTURES))
 import render  # noqa: E402
 from make_legacy_models import flame_digest  # noqa: E402
 from scene.model.checkpoint import load_model  # noqa: E402
+from flame_model import frame_motion  # noqa: E402
 from scene.rendering import render_avatar  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def test_legacy_model_renders_the_stored_references(name, tiny):
         with torch.no_grad():
             # The identity (shape, static offset) read back poses FLAME as it did.
             vertices = loaded.flame.motion_vertices(loaded.shape, frame["motion"], loaded.static_offset)[0]
-            result = render_avatar(loaded.avatar, frame["vertices"], frame["expr"], frame["jaw_pose"], frame["viewmat"],
+            result = render_avatar(loaded.avatar, frame["vertices"], frame_motion(frame["motion"]), frame["viewmat"],
                                    frame["K"], frame["width"], frame["height"], refs["background"], backend="torch")
         assert_same(vertices, frame["vertices"], f"{where}: vertices")
         assert_same(result.image, frame["image"], f"{where}: image")

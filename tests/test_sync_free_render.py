@@ -144,12 +144,18 @@ def avatar_frame(device="cpu", expr_scale: float = 1.0, distance: float = 3.0) -
                                          "K": K}.items()}
 
 
+def motion_of(frame: dict) -> dict:
+    """The motion ``render_avatar`` takes from an :func:`avatar_frame` (expression and jaw: what a
+    mesh-bound avatar reads)."""
+    return {"expr": frame["expr"], "jaw_pose": frame["jaw_pose"]}
+
+
 def test_avatar_decoders_make_no_sync():
     """Everything before the rasterizer: triangle frames, binding, triplane colour, feature lines."""
     avatar, verts = small_avatar()
     f = avatar_frame()
     with torch.no_grad(), SyncAudit() as audit:
-        splats = avatar.splats(verts, -f["viewmat"][:3, :3].T @ f["viewmat"][:3, 3], f["expr"], f["jaw_pose"])
+        splats = avatar.splats(verts, -f["viewmat"][:3, :3].T @ f["viewmat"][:3, 3], motion_of(f))
     assert audit.syncs == []
     assert (splats["delta"] != 0).any()  # the feature lines ran
 
@@ -175,7 +181,7 @@ def test_graphed_renderer_needs_cuda():
 
 def _eager(avatar, verts, f, background):
     with torch.no_grad():
-        r = render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, background,
+        r = render_avatar(avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, background,
                           backend="triton")
     return r.image, r.alpha
 
@@ -190,7 +196,7 @@ def test_render_path_with_a_capacity_has_no_sync_on_cuda():
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.no_grad():
-            render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, bg, backend="triton",
+            render_avatar(avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, bg, backend="triton",
                           isect_capacity=100_000)
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -205,7 +211,7 @@ def test_graphed_renderer_matches_eager_and_follows_new_inputs():
     for expr_scale, distance, shift in ((1.0, 3.0, 0.0), (-2.0, 2.7, 0.05), (0.0, 3.2, -0.05)):
         f = avatar_frame("cuda", expr_scale, distance)
         v = verts + shift
-        image, alpha = renderer(v, f["expr"], f["jaw_pose"], f["viewmat"], f["K"])
+        image, alpha = renderer(v, motion_of(f), f["viewmat"], f["K"])
         ref_image, ref_alpha = _eager(avatar, v, f, bg)
         torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
         torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-5)
@@ -223,7 +229,7 @@ def test_graphed_renderer_recaptures_when_a_frame_needs_more_pairs():
     f = avatar_frame("cuda")
     ref_image, ref_alpha = _eager(avatar, verts, f, bg)
     renderer = GraphedAvatarRenderer(avatar, W, H, bg, headroom=0.5)
-    image, alpha = renderer(verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"])
+    image, alpha = renderer(verts, motion_of(f), f["viewmat"], f["K"])
     assert renderer.captures == 2 and renderer.capacity == 2 * int(renderer.n_isects) > 2048
     assert image is renderer.image and alpha is renderer.alpha  # the same buffers across captures
     torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
@@ -238,13 +244,13 @@ def test_graphed_renderer_recaptures_when_the_avatar_tensors_are_replaced():
     bg = torch.ones(3, device="cuda")
     f = avatar_frame("cuda")
     renderer = GraphedAvatarRenderer(avatar, W, H, bg)
-    renderer(verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"])
+    renderer(verts, motion_of(f), f["viewmat"], f["K"])
     params = avatar.gaussians.params
     params["opacity"] = torch.nn.Parameter(params["opacity"].detach() - 2.0)
-    image, alpha = renderer(verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"])
+    image, alpha = renderer(verts, motion_of(f), f["viewmat"], f["K"])
     assert renderer.captures == 2
     ref_image, ref_alpha = _eager(avatar, verts, f, bg)
     torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
     torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="`expr` has shape \\(2,\\), but the captured graph takes \\(4,\\)"):
-        renderer(verts, f["expr"][:2], f["jaw_pose"], f["viewmat"], f["K"])
+        renderer(verts, {"expr": f["expr"][:2], "jaw_pose": f["jaw_pose"]}, f["viewmat"], f["K"])

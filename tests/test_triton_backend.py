@@ -408,7 +408,7 @@ def test_avatar_render_path_with_a_capacity_makes_no_sync():
     """Decoders + projection + binning + the Triton kernels, as a CUDA graph would capture them;
     the exact-size call's one sync is there to show that the audit sees the path."""
     from sync_audit import SyncAudit
-    from test_sync_free_render import small_avatar, avatar_frame
+    from test_sync_free_render import small_avatar, avatar_frame, motion_of
 
     from scene.rendering import render_avatar
 
@@ -416,14 +416,14 @@ def test_avatar_render_path_with_a_capacity_makes_no_sync():
     f = avatar_frame()
     bg = torch.tensor([1.0, 0.5, 0.0])
     with torch.no_grad():
-        exact = render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, bg,
+        exact = render_avatar(avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, bg,
                               backend="triton")
         with SyncAudit() as audit:
-            fixed = render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, bg,
+            fixed = render_avatar(avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, bg,
                                   backend="triton", isect_capacity=exact.meta["n_isects"] + 100)
         assert audit.syncs == []
         with SyncAudit() as audit:
-            render_avatar(avatar, verts, f["expr"], f["jaw_pose"], f["viewmat"], f["K"], W, H, bg, backend="triton")
+            render_avatar(avatar, verts, motion_of(f), f["viewmat"], f["K"], W, H, bg, backend="triton")
         assert audit.syncs == ["_local_scalar_dense.default"]
     assert torch.equal(fixed.image, exact.image) and exact.alpha.max() > 0.5
 

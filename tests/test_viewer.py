@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 pytest.importorskip("viser", reason="viser is in requirements.txt; this environment lacks it")
 
+from flame_model import frame_motion  # noqa: E402
 from scene.renderer import reenactment_vertices  # noqa: E402
 import train  # noqa: E402
 import viewer  # noqa: E402
@@ -83,7 +84,7 @@ def test_view_from_a_rig_camera_is_render_py_image(avatar_viewer):
     motion = v.motion
     verts = reenactment_vertices(v.renderer.model, motion)[0]
     _, K = pinhole_camera(position, wxyz, fov, frame.width, frame.height)  # centred principal point
-    expected = v.renderer.render(verts, motion["expr"][0], motion["jaw_pose"][0], frame.viewmat, K,
+    expected = v.renderer.render(verts, frame_motion(motion), frame.viewmat, K,
                                  frame.width, frame.height)
     assert np.abs(image.astype(int) - np.round(expected.clamp(0, 1).numpy() * 255).astype(int)).max() <= 1
     assert (image < 250).any(axis=-1).mean() > 0.05  # the avatar covers part of the white background

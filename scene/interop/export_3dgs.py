@@ -180,15 +180,15 @@ class SHFit:
 
 
 @torch.no_grad()
-def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, expr: torch.Tensor, jaw_pose: torch.Tensor,
+def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, motion: dict,
                  sh_fit: SHFit | None = None, sh_degree: int | None = None,
                  camera_centers: torch.Tensor | None = None) -> ExportedSplats:
     """World-space splats of the avatar posed by one frame.
 
     Args:
         avatar: the avatar.
-        vertices: (V, 3) posed mesh of the frame; expr: (n_expr,) and jaw_pose: (3,) drive the
-            frame's opacity offsets.
+        vertices: (V, 3) posed mesh of the frame; motion: its FLAME parameters, one tensor per key
+            (:func:`flame_model.frame_motion`; expr and jaw_pose drive the opacity offsets).
         sh_fit: required when the colour has no SH of its own (the triplane: its colour becomes fitted SH).
         sh_degree: for colour with its own SH, export only up to this degree (None: all of them).
         camera_centers: (C, 3) world positions of the cameras whose view directions the SH fit
@@ -198,7 +198,7 @@ def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, expr: torch.Ten
         (:meth:`GaussianAvatar.splats`).
     """
     # The splats' geometry and opacity do not depend on the camera; colour is handled below.
-    splats = avatar.splats(vertices, torch.zeros(3, device=vertices.device), expr, jaw_pose)
+    splats = avatar.splats(vertices, torch.zeros(3, device=vertices.device), motion)
     logit = avatar.gaussians.params["opacity"].detach() + splats["delta"]
     own = avatar.export_sh(sh_degree)
     if own is not None:

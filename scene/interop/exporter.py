@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from flame_model import frame_motion
 from gaussian_renderer import rasterize
 from scene.data.cameras import camera_center_from_w2c
 from scene.data.datasets import load_sequence
@@ -104,8 +105,8 @@ class Exporter:
     def export(self, motion: dict, path: Path, camera=None) -> dict:
         """Write one frame driven by ``motion`` (dict of (1, ...) FLAME tensors) to ``path``."""
         verts = reenactment_vertices(self.renderer.model, motion)[0]
-        expr, jaw = motion["expr"][0], motion["jaw_pose"][0]
-        splats = export_frame(self.avatar, verts, expr, jaw, self.sh_fit, self.options.sh_degree, self.rig_centers)
+        one = frame_motion(motion)
+        splats = export_frame(self.avatar, verts, one, self.sh_fit, self.options.sh_degree, self.rig_centers)
         if self.options.format == "ply":
             write_3dgs_ply(path, splats)
         else:
@@ -113,7 +114,7 @@ class Exporter:
         info = {"file": str(path), "splats": int(splats.means.shape[0]), "sh_degree": splats.sh_degree,
                 "sh_fit_rms": splats.fit_rms, "sh_fit_rms_sphere": splats.fit_rms_sphere}
         if camera is not None and self.options.format == "ply":
-            info.update(self.check(path, verts, expr, jaw, camera))
+            info.update(self.check(path, verts, one, camera))
         return info
 
     def read_back(self, path: Path) -> dict:
@@ -121,7 +122,7 @@ class Exporter:
         device = self.renderer.device
         return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in read_3dgs_ply(path).items()}
 
-    def file_vs_render(self, data: dict, verts, expr, jaw, viewmat, K, width: int, height: int) -> tuple[float, float]:
+    def file_vs_render(self, data: dict, verts, motion, viewmat, K, width: int, height: int) -> tuple[float, float]:
         """A read-back file (:meth:`read_back`) rasterized by the plain ``rasterize()`` from a camera
         (viewmat (4, 4), K (3, 3)) against the avatar's own render: (PSNR dB, max abs difference)."""
         viewmat, K = viewmat.to(verts.device), K.to(verts.device)
@@ -129,12 +130,12 @@ class Exporter:
                               viewmat[None], K[None], width, height, sh_degree=data["sh_degree"],
                               backgrounds=self.renderer.background[None], backend="torch",
                               tile_size=16 if verts.is_cuda else 8)
-        ours = self.renderer.render(verts, expr, jaw, viewmat, K, width, height)
+        ours = self.renderer.render(verts, motion, viewmat, K, width, height)
         return float(psnr(rgb[0], ours)), float((rgb[0] - ours).abs().max())
 
-    def check(self, path: Path, verts, expr, jaw, camera) -> dict:
+    def check(self, path: Path, verts, motion, camera) -> dict:
         """The PLY as read back, rasterized from ``camera``, against the avatar's own render."""
-        value, max_diff = self.file_vs_render(self.read_back(path), verts, expr, jaw, camera.viewmat, camera.K,
+        value, max_diff = self.file_vs_render(self.read_back(path), verts, motion, camera.viewmat, camera.K,
                                               camera.width, camera.height)
         return {"check_camera": camera.image_name, "check_psnr_db": value, "check_max_abs_diff": max_diff}
 

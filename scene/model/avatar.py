@@ -32,8 +32,8 @@ from scene.model import flame_bound as _flame_bound  # noqa: F401
 from scene.model import no_screen as _no_screen  # noqa: F401
 from scene.model import sh_color as _sh_color  # noqa: F401
 from scene.model import static_opacity as _static_opacity  # noqa: F401
-from scene.model.components import (BuildContext, ColorComponent, Component, GeometryComponent, LossContext,
-                                    OpacityComponent, PluginContractError, ScreenComponent, SplatAttribute,
+from scene.model.components import (BuildContext, ColorComponent, Component, FlameRig, GeometryComponent,
+                                    LossContext, OpacityComponent, PluginContractError, ScreenComponent, SplatAttribute,
                                     check_component_contract, padded_box)
 from scene.model.gaussian_model import CORE_COLUMNS, BoundGaussians
 from scene.model.registry import COLOR, GEOMETRY, OPACITY, SCREEN, ComponentConfig, component_field
@@ -80,7 +80,7 @@ def build_context(cfg: ModelConfig, flame, canonical_vertices: torch.Tensor,
     return BuildContext(faces=flame.faces.long(), canonical_vertices=canonical,
                         head_box=padded_box(canonical, cfg.box_padding), box_padding=cfg.box_padding,
                         vertex_masks=dict(flame.vertex_masks), face_masks=dict(flame.face_masks), n_expr=cfg.n_expr,
-                        training_motion=training_motion)
+                        rig=FlameRig.of(flame, cfg.n_expr), training_motion=training_motion)
 
 
 class GaussianAvatar(torch.nn.Module):
@@ -165,13 +165,15 @@ class GaussianAvatar(torch.nn.Module):
         """(V, 3) the subject's neutral mesh."""
         return self.geometry.canonical_vertices
 
-    def splats(self, vertices: torch.Tensor, camera_center: torch.Tensor, expr: torch.Tensor,
-               jaw_pose: torch.Tensor, canonical_means: torch.Tensor | None = None) -> dict:
+    def splats(self, vertices: torch.Tensor, camera_center: torch.Tensor, motion: dict,
+               canonical_means: torch.Tensor | None = None) -> dict:
         """World-space splats of one frame.
 
         Args:
             vertices: (V, 3) posed mesh; camera_center: (3,) world position of the camera.
-            expr: (n_expr,) expression coefficients; jaw_pose: (3,) axis-angle.
+            motion: the frame's FLAME parameters (:func:`flame_model.frame_motion`): expr (n_expr,)
+                and jaw_pose (3,) always (they drive the opacity); rotation (3,), neck_pose (3,),
+                eyes_pose (6,), translation (3,) for geometries driven by the pose rather than the mesh.
             canonical_means: None, or (N, 3) :meth:`canonical_splat_positions`, when the caller
                 has them already (a compiled frame takes them as an input: their per-version
                 cache is Python the graph cannot hold).
@@ -180,13 +182,13 @@ class GaussianAvatar(torch.nn.Module):
             colors (N, 3) or sh (N, K, 3) with sh_degree (the active degree); plus delta (N,), the
             opacity-logit offsets (zeros without expression-dependent opacity).
         """
-        geometry = self.geometry(vertices, self.gaussians, camera_center)
+        geometry = self.geometry(vertices, self.gaussians, camera_center, motion)
         if canonical_means is not None:
             geometry.provide_canonical_means(canonical_means)
         out = {"means": geometry.means, "quats": geometry.quats, "scales": geometry.scales}
         out.update(self.color(geometry))
         logit = self.gaussians.params["opacity"]
-        delta = self.opacity(geometry, expr, jaw_pose)
+        delta = self.opacity(geometry, motion["expr"], motion["jaw_pose"])
         out["delta"] = torch.zeros_like(logit) if delta is None else delta
         out["opacities"] = torch.sigmoid(logit + out["delta"])
         return out

@@ -25,7 +25,7 @@ import torch
 from scene.model.registry import ComponentConfig
 from utils.errors import UserFacingError
 
-__all__ = ["SplatAttribute", "BuildContext", "SplatGeometry", "LossContext", "Component", "ColorComponent",
+__all__ = ["SplatAttribute", "FlameRig", "BuildContext", "SplatGeometry", "LossContext", "Component", "ColorComponent",
            "OpacityComponent", "GeometryComponent", "ScreenComponent", "PluginContractError", "check_component_contract", "padded_box"]
 
 
@@ -84,6 +84,32 @@ def padded_box(points: torch.Tensor, padding: float) -> torch.Tensor:
 
 
 @dataclass
+class FlameRig:
+    """FLAME's skinning rig and expression basis, for components that move splats the way FLAME
+    moves its vertices (linear blend skinning, expression blendshapes) rather than through the
+    posed mesh alone.
+
+    Attributes:
+        joint_regressor: (K, V) rest-pose joints from vertices (K = 5: global, neck, jaw, eyes).
+        lbs_weights: (V, K) skinning weights of every vertex.
+        parents: K parent joint indices (parents[0] = -1).
+        expr_dirs: (V, 3, n_expr) expression blendshape directions (vertex offsets per coefficient).
+    """
+
+    joint_regressor: torch.Tensor
+    lbs_weights: torch.Tensor
+    parents: tuple
+    expr_dirs: torch.Tensor
+
+    @classmethod
+    def of(cls, flame, n_expr: int) -> "FlameRig":
+        """The rig of a :class:`flame_model.FLAME` layer (float32 copies, on its device)."""
+        expr_dirs = flame.shapedirs[:, :, flame.n_shape:flame.n_shape + n_expr]
+        return cls(flame.J_regressor.float().clone(), flame.lbs_weights.float().clone(), tuple(flame.parents),
+                   expr_dirs.float().clone())
+
+
+@dataclass
 class BuildContext:
     """What components are built from.
 
@@ -93,6 +119,7 @@ class BuildContext:
         head_box: (2, 3) the canonical head box (min, max), padded by ``box_padding`` x its size.
         vertex_masks / face_masks: FLAME region name -> (V,) / (F,) bool (empty without the masks file).
         n_expr: expression coefficients per frame.
+        rig: FLAME's skinning rig and expression basis (:class:`FlameRig`).
         training_motion: FLAME parameters (T, ...) of the training timesteps, for data-driven set-up
             (e.g. jaw bases); None when the model is rebuilt from a checkpoint, whose entries then
             overwrite whatever was set up from it.
@@ -105,6 +132,7 @@ class BuildContext:
     vertex_masks: dict
     face_masks: dict
     n_expr: int
+    rig: FlameRig | None = None
     training_motion: dict | None = None
 
 
@@ -217,12 +245,19 @@ class GeometryComponent(Component):
 
     faces: torch.Tensor
     canonical_vertices: torch.Tensor
+    #: The splats live on their triangles (``binding``), so densification never empties a triangle
+    #: (GaussianAvatars). False: they move freely (an MLP or blendshapes of the expression) and
+    #: ``binding`` is only a nearest triangle that children inherit; pruning is plain 3DGS.
+    binds_splats: bool = True
 
     def initial_splats(self):
         """The splats at the start of training: a :class:`scene.model.gaussian_model.BoundGaussians`."""
         raise NotImplementedError
 
-    def forward(self, vertices: torch.Tensor, gaussians, camera_center: torch.Tensor) -> SplatGeometry:
+    def forward(self, vertices: torch.Tensor, gaussians, camera_center: torch.Tensor, motion: dict) -> SplatGeometry:
+        """The frame's splats: ``vertices`` (V, 3) the posed mesh, ``camera_center`` (3,), ``motion``
+        the frame's FLAME parameters (:meth:`scene.model.avatar.GaussianAvatar.splats`): a geometry
+        bound to the mesh reads the vertices, one driven by the expression and pose reads the motion."""
         raise NotImplementedError
 
     def canonical_positions(self, gaussians) -> torch.Tensor:

@@ -83,8 +83,10 @@ class FlameBoundGeometry(GeometryComponent):
     def canonical_world_scales(self, gaussians: BoundGaussians) -> torch.Tensor:
         return self.canonical_scale[gaussians.binding, None] * torch.exp(gaussians.params["log_scale"])
 
-    def forward(self, vertices: torch.Tensor, gaussians: BoundGaussians, camera_center: torch.Tensor) -> SplatGeometry:
-        """The splats posed by ``vertices`` (V, 3) seen from ``camera_center`` (3,)."""
+    def forward(self, vertices: torch.Tensor, gaussians: BoundGaussians, camera_center: torch.Tensor,
+                motion: dict) -> SplatGeometry:
+        """The splats posed by ``vertices`` (V, 3) seen from ``camera_center`` (3,) (the mesh says
+        everything: ``motion`` is not read)."""
         g = gaussians
         rot, scale, origin = triangle_frames(vertices, self.faces)
         means, quats, scales = local_to_world(rot, scale, origin, g.binding, g.params["xyz"],

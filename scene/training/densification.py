@@ -46,12 +46,17 @@ class BindingAwareDensification:
         scene_extent: scale of the scene (GA: the cameras' extent); splats whose largest world
             scale exceeds ``percent_dense * scene_extent`` are split rather than cloned.
         num_faces: number of triangles (so that every triangle keeps at least one splat).
+        bound: the splats are bound to their triangles (GaussianAvatars: pruning never empties a
+            triangle); False for a geometry whose splats move freely (their ``binding`` only a
+            nearest triangle, :attr:`GeometryComponent.binds_splats`): plain 3DGS pruning.
     """
 
-    def __init__(self, cfg: DensifyConfig, scene_extent: float, num_faces: int, white_background: bool = False):
+    def __init__(self, cfg: DensifyConfig, scene_extent: float, num_faces: int, white_background: bool = False,
+                 bound: bool = True):
         self.cfg = cfg
         self.scene_extent = float(scene_extent)
         self.num_faces = int(num_faces)
+        self.bound = bool(bound)
         # GA resets opacity once more when densification starts if the background is white (splats
         # that learnt to be white background would otherwise stay).
         self.white_background = bool(white_background)
@@ -152,7 +157,8 @@ class BindingAwareDensification:
             prune |= world_scales.max(dim=1).values > 0.1 * self.scene_extent
         # Split parents are replaced by children on the same triangle, so they count as survivors.
         prune &= ~split
-        prune = self._keep_one_per_triangle(prune, gaussians.binding, opacity)
+        if self.bound:
+            prune = self._keep_one_per_triangle(prune, gaussians.binding, opacity)
         prune_count = int(prune.sum())
 
         keep = ~prune & ~split

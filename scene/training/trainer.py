@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flame_model import DEFAULT_FLAME_MODEL_PATH
+from flame_model import DEFAULT_FLAME_MODEL_PATH, frame_motion
 from gaussian_renderer import select_backend
 from gaussian_renderer.registry import get_backend
 from scene.config import OptimConfig, TrainConfig, config_differences, load_saved_config, resolve_config, save_config
@@ -221,7 +221,8 @@ class Trainer:
         self.extent = float(self.subject.cameras_extent)
         self._make_optimizers()
         self.strategy = BindingAwareDensification(cfg.densify, self.extent, self.flame.num_faces,
-                                                  white_background=all(v == 1.0 for v in cfg.run.background))
+                                                  white_background=all(v == 1.0 for v in cfg.run.background),
+                                                  bound=self.avatar.geometry.binds_splats)
         self.sampler = self._make_sampler()
         self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
         self.step = 0
@@ -422,7 +423,7 @@ class Trainer:
             verts = self.sequence.vertices(rows)[0]
             p = self.sequence.row_params(rows)
             viewmat, K = self._camera(frame)
-        return render_avatar(self.avatar, verts, p["expr"][0], p["jaw_pose"][0], viewmat, K, frame.width, frame.height,
+        return render_avatar(self.avatar, verts, frame_motion(p), viewmat, K, frame.width, frame.height,
                              self.background, backend=self.backend.name, timer=timer, isect_capacity=isect_capacity,
                              compile=self.cfg.run.compile), row
 
