@@ -183,6 +183,7 @@ class GaussianAvatar(torch.nn.Module):
             opacity-logit offsets (zeros without expression-dependent opacity).
         """
         geometry = self.geometry(vertices, self.gaussians, camera_center, motion)
+        geometry.motion = motion
         if canonical_means is not None:
             geometry.provide_canonical_means(canonical_means)
         out = {"means": geometry.means, "quats": geometry.quats, "scales": geometry.scales}

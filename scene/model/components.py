@@ -143,13 +143,18 @@ class SplatGeometry:
     Attributes:
         means (N, 3), quats (N, 4) wxyz, scales (N, 3): world space.
         params: the splats' per-splat tensors (``gaussians.params``); binding (N,) their triangles.
+        motion: the frame's FLAME parameters (:meth:`scene.model.avatar.GaussianAvatar.splats` sets
+            it), for a colour or opacity conditioned on the expression or pose; None for lookups in
+            canonical space alone (:meth:`canonical`).
     """
 
     def __init__(self, means, quats, scales, params, binding,
-                 canonical_means_fn: Callable[[], torch.Tensor], canonical_view_fn: Callable[[], torch.Tensor]):
+                 canonical_means_fn: Callable[[], torch.Tensor], canonical_view_fn: Callable[[], torch.Tensor],
+                 motion: dict | None = None):
         self.means, self.quats, self.scales, self.params, self.binding = means, quats, scales, params, binding
         self._canonical_means_fn, self._canonical_view_fn = canonical_means_fn, canonical_view_fn
         self._canonical_means = None
+        self.motion = motion
 
     @classmethod
     def canonical(cls, canonical_means: torch.Tensor, params: dict | None = None,
