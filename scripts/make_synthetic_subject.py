@@ -1,14 +1,22 @@
 #!/usr/bin/env python
 """Generate the synthetic FLAME-format head model and NeRSemble-format subjects.
 
-    python scripts/make_synthetic_subject.py --out data/synthetic [--preset demo|nersemble] [--seed 0]
-        [--identities 1] [--downscale 5] [--cameras 16] [--timesteps 20] [--test-timesteps 10]
-        [--free-timesteps 10] [--train-sequences 3] [--tracking-noise 0] [--workers 0] [--preview]
-        [--force] [--quiet]
+    python scripts/make_synthetic_subject.py --out data/synthetic [--preset demo|realistic|monocular|nersemble]
+        [--seed 0] [--identities 1] [--downscale 5] [--cameras 16] [--timesteps 20] [--test-timesteps 10]
+        [--free-timesteps 10] [--train-sequences 3] [--tracking-noise 0] [--blur 0] [--jpeg-quality 0]
+        [--workers 0] [--preview] [--force] [--quiet]
 
 Presets (explicit options override them):
-  demo       110x160 images (downscale 5), 3 training sequences x 20 timesteps, TEST and FREE x 10:
-             the CPU demo of ./run.sh.
+  demo       110x160 images (downscale 5), 3 training sequences x 20 timesteps, TEST and FREE x 10,
+             clean images and exact tracking: the CPU demo of ./run.sh.
+  realistic  the demo's sizes with what real capture adds: tracking error on the written FLAME
+             parameters (0.01 rad on every pose, 1 mm on the translation, 0.1 on the expression
+             coefficients: a multi-view tracker's typical 1-3 px landmark error at a 2,000 px focal
+             length and 1 m is about 1 mm, what 0.01 rad does 10 cm from the neck joint), a mild
+             optical blur (0.5 px) and video-like JPEG compression (quality 90, 4:2:0 chroma).
+  monocular  a monocular talking-head clip: one frontal camera, one take of 200 timesteps, the
+             first 160 (80%) training (EXP-1) and the last 40 scored (TEST: self-reenactment on
+             unseen expressions), with the realistic preset's tracking error and degradation.
   nersemble  NeRSemble's full 550x802 (downscale 1), 16 cameras, 2 training sequences x 8
              timesteps, TEST and FREE x 4: speed measured on real image sizes (bench/gpu_check.py).
 
@@ -31,11 +39,17 @@ from utils.errors import UserFacingError  # noqa: E402
 from synthetic import DEFAULT_EVAL_TIMESTEPS, DEFAULT_TIMESTEPS, generate_dataset  # noqa: E402
 
 
+CLEAN = {"tracking_noise": 0.0, "blur": 0.0, "jpeg_quality": 0}
+REAL_CAPTURE = {"tracking_noise": 0.01, "blur": 0.5, "jpeg_quality": 90}  # see "realistic" above
+DEMO_SIZES = {"downscale": 5, "cameras": 16, "timesteps": DEFAULT_TIMESTEPS, "test_timesteps": DEFAULT_EVAL_TIMESTEPS,
+              "free_timesteps": DEFAULT_EVAL_TIMESTEPS, "train_sequences": 3}
 PRESETS = {
-    "demo": {"downscale": 5, "cameras": 16, "timesteps": DEFAULT_TIMESTEPS, "test_timesteps": DEFAULT_EVAL_TIMESTEPS,
-             "free_timesteps": DEFAULT_EVAL_TIMESTEPS, "train_sequences": 3},
+    "demo": {**DEMO_SIZES, **CLEAN},
+    "realistic": {**DEMO_SIZES, **REAL_CAPTURE},
+    "monocular": {"downscale": 5, "cameras": 1, "timesteps": 160, "test_timesteps": 40,
+                  "free_timesteps": DEFAULT_EVAL_TIMESTEPS, "train_sequences": 1, **REAL_CAPTURE},
     "nersemble": {"downscale": 1, "cameras": 16, "timesteps": 8, "test_timesteps": 4, "free_timesteps": 4,
-                  "train_sequences": 2},
+                  "train_sequences": 2, **CLEAN},
 }
 
 
@@ -53,8 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--free-timesteps", type=int, help="FREE timesteps")
     p.add_argument("--train-sequences", type=int, help="training sequences EXP-1..")
     p.add_argument("--workers", type=int, default=0, help="rendering processes (0: one per CPU core)")
-    p.add_argument("--tracking-noise", type=float, default=0.0,
+    p.add_argument("--tracking-noise", type=float,
                    help="sigma (radians) of noise on the written FLAME parameters; images use clean ones")
+    p.add_argument("--blur", type=float, help="Gaussian blur sigma of the images, output pixels (0: none)")
+    p.add_argument("--jpeg-quality", type=int, help="JPEG round trip of the images, quality 1..95 (0: none)")
     p.add_argument("--preview", action="store_true", help="also write OUT/<id>/contact_sheet.png")
     p.add_argument("--force", action="store_true", help="regenerate even if the output is complete")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -81,7 +97,8 @@ def main(argv=None) -> int:
                                  n_cameras=args.cameras, timesteps_per_sequence=args.timesteps,
                                  n_train_sequences=args.train_sequences, tracking_noise=args.tracking_noise,
                                  force=args.force, progress=not args.quiet, test_timesteps=args.test_timesteps,
-                                 free_timesteps=args.free_timesteps, workers=args.workers)
+                                 free_timesteps=args.free_timesteps, workers=args.workers, blur_sigma=args.blur,
+                                 jpeg_quality=args.jpeg_quality)
         if args.preview:
             from synthetic.preview import write_contact_sheets
             for sheet in write_contact_sheets(paths, progress=not args.quiet):

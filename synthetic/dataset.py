@@ -13,6 +13,11 @@ camera count (16 by default):
 Each sequence folder holds ``images/``, ``fg_masks/``, ``flame_param/``, ``canonical_flame_param.npz``,
 ``transforms.json`` and train (cameras != 8) / val (camera 8) / test (empty) splits. All ground
 truth geometry is posed through ``flame_model.FLAME`` (teeth on), exactly like the avatar sees it.
+
+With one camera (``n_cameras=1``: a monocular capture, the frontal camera) there is no novel view
+to hold out: the union's val split is empty, there is one training sequence, and TEST continues
+its take: one talking clip whose first timesteps train (EXP-1) and whose last ones are scored
+(TEST), self-reenactment on unseen expressions as monocular avatars are judged.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from utils.errors import UserFacingError
 
 from .appearance import Appearance, ExpressionState, IdentityLook, sample_identity_look
 from .cameras import FRONT_CAMERA, CameraRig, make_rig
+from .degradation import degrade
 from .gt_renderer import GroundTruthRenderer
 from .head_model import SyntheticHeadModel, build_head_model, write_flame_files
 from .head_surface import PART_LEFT_EYE, PART_RIGHT_EYE
@@ -143,7 +149,8 @@ def _canonical_npz(identity: Identity) -> dict:
             "static_offset": identity.static_offset.astype(np.float32)}
 
 
-def _check_settings(seed, n_identities, downscale, n_cameras, timesteps, n_train, noise, test_t, free_t) -> None:
+def _check_settings(seed, n_identities, downscale, n_cameras, timesteps, n_train, noise, test_t, free_t,
+                    blur_sigma=0.0, jpeg_quality=0) -> None:
     def bad(option, value, rule):
         raise SyntheticSettingsError(f"synthetic data: {option}={value!r} is invalid; {rule}.")
     if not isinstance(seed, int) or seed < 0:
@@ -152,8 +159,11 @@ def _check_settings(seed, n_identities, downscale, n_cameras, timesteps, n_train
         bad("identities", n_identities, "use at least 1")
     if downscale < 1:
         bad("downscale", downscale, "use an integer >= 1 (5 gives 110x160 images)")
-    if n_cameras <= FRONT_CAMERA:
-        bad("cameras", n_cameras, f"use at least {FRONT_CAMERA + 1} so that camera {FRONT_CAMERA} (validation) exists")
+    if n_cameras != 1 and n_cameras <= FRONT_CAMERA:
+        bad("cameras", n_cameras, f"use 1 (monocular) or at least {FRONT_CAMERA + 1} so that camera {FRONT_CAMERA} "
+            "(validation) exists")
+    if n_cameras == 1 and n_train != 1:
+        bad("train-sequences", n_train, "a monocular subject (cameras=1) has one talking clip: use 1")
     for option, value in (("timesteps", timesteps), ("test timesteps", test_t), ("free timesteps", free_t)):
         if value < 1:
             bad(option, value, "use at least 1")
@@ -161,6 +171,10 @@ def _check_settings(seed, n_identities, downscale, n_cameras, timesteps, n_train
         bad("train-sequences", n_train, "use at least 1")
     if noise < 0:
         bad("tracking-noise", noise, "use a value >= 0 (radians)")
+    if blur_sigma < 0:
+        bad("blur", blur_sigma, "use a value >= 0 (pixels)")
+    if not (jpeg_quality == 0 or 1 <= jpeg_quality <= 95):
+        bad("jpeg-quality", jpeg_quality, "use 0 (off) or 1..95")
 
 
 def _folder_size(path: Path) -> int:
@@ -172,7 +186,7 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
                      timesteps_per_sequence: int = DEFAULT_TIMESTEPS, n_train_sequences: int = 3,
                      tracking_noise: float = 0.0, force: bool = False, progress: bool = True,
                      test_timesteps: int | None = None, free_timesteps: int | None = None,
-                     supersample: int = 2, workers: int = 0) -> dict:
+                     supersample: int = 2, workers: int = 0, blur_sigma: float = 0.0, jpeg_quality: int = 0) -> dict:
     """Write the synthetic FLAME model and ``n_identities`` NeRSemble-format subjects.
 
     Skips the work (and says so) when ``out_dir`` already holds a complete dataset generated with
@@ -184,7 +198,9 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
         seed: dataset seed (identities, motion, camera jitter). The head *model* is fixed.
         n_identities: subjects ``s000``, ``s001``, ...
         downscale: image downscale factor of the 550 x 802 full resolution (5 -> 110 x 160).
-        n_cameras: cameras on the arc (camera 8 is the frontal validation camera).
+        n_cameras: cameras on the arc (camera 8 is the frontal validation camera); 1: a monocular
+            capture (the frontal camera, no validation split, TEST continues the training take;
+            ``n_train_sequences`` must be 1).
         timesteps_per_sequence: timesteps of each training sequence.
         n_train_sequences: training sequences ``EXP-1..``.
         tracking_noise: sigma of the noise on the *written* FLAME parameters (radians; see
@@ -195,6 +211,9 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
         supersample: anti-aliasing samples per pixel along each axis.
         workers: processes rendering timesteps in parallel (0: one per CPU core). The output does
             not depend on it: every timestep is rendered the same way in any process.
+        blur_sigma: Gaussian blur of the colour images, pixels at the output size (0: none);
+        jpeg_quality: JPEG round trip of the colour images (0: none): video-like degradation
+            (:mod:`synthetic.degradation`). Mattes stay exact.
 
     Returns:
         ``{"root": str, "flame_model": str, "flame_masks": str, "manifest": str, "settings": dict,
@@ -207,13 +226,18 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
     test_timesteps = DEFAULT_EVAL_TIMESTEPS if test_timesteps is None else int(test_timesteps)
     free_timesteps = DEFAULT_EVAL_TIMESTEPS if free_timesteps is None else int(free_timesteps)
     _check_settings(seed, n_identities, downscale, n_cameras, timesteps_per_sequence, n_train_sequences,
-                    tracking_noise, test_timesteps, free_timesteps)
+                    tracking_noise, test_timesteps, free_timesteps, blur_sigma, jpeg_quality)
     root = Path(out_dir).expanduser().resolve()
     settings = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "n_identities": int(n_identities),
                 "downscale": int(downscale), "n_cameras": int(n_cameras),
                 "timesteps_per_sequence": int(timesteps_per_sequence), "n_train_sequences": int(n_train_sequences),
                 "test_timesteps": test_timesteps, "free_timesteps": free_timesteps,
                 "tracking_noise": float(tracking_noise), "supersample": int(supersample)}
+    # Recorded only when on, so that the manifests of data generated before they existed stay valid.
+    if blur_sigma > 0:
+        settings["blur_sigma"] = float(blur_sigma)
+    if jpeg_quality > 0:
+        settings["jpeg_quality"] = int(jpeg_quality)
     say = print if progress else (lambda *a, **k: None)
     paths = _expected_paths(root, settings)
     manifest_path = root / MANIFEST_NAME
@@ -326,10 +350,11 @@ def _start_render_worker(renderer: GroundTruthRenderer) -> None:
 
 
 def _render_timestep(seq_dir: Path, t: int, verts: torch.Tensor, state, head_rot: torch.Tensor,
-                     viewmats: torch.Tensor, K: torch.Tensor, height: int, width: int) -> None:
-    """Render all cameras of one timestep and write their images and mattes (in a worker)."""
+                     viewmats: torch.Tensor, K: torch.Tensor, height: int, width: int,
+                     blur_sigma: float = 0.0, jpeg_quality: int = 0) -> None:
+    """Render all cameras of one timestep and write their images (degraded as asked) and mattes (in a worker)."""
     images, alpha = _WORKER["renderer"].render(verts, state, head_rot, viewmats, K, height, width)
-    _write_pngs(seq_dir, t, images.numpy(), alpha.numpy())
+    _write_pngs(seq_dir, t, degrade(images.numpy(), blur_sigma, jpeg_quality), alpha.numpy())
 
 
 class _InlineExecutor:
@@ -375,6 +400,12 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
     specs = [(f"EXP-{k + 1}", "train", TRAIN_FOCUS[k % len(TRAIN_FOCUS)], settings["timesteps_per_sequence"])
              for k in range(settings["n_train_sequences"])]
     specs += [("TEST", "test", None, settings["test_timesteps"]), ("FREE", "free", None, settings["free_timesteps"])]
+    monocular = n_cams == 1
+    if monocular:  # one talking take: EXP-1 its first timesteps, TEST the rest
+        n_train, n_test = settings["timesteps_per_sequence"], settings["test_timesteps"]
+        take = make_sequence(np.random.default_rng([seed, index, 101]), n_train + n_test, style="free")
+        takes = {"EXP-1": take.slice(0, n_train), "TEST": take.slice(n_train, n_train + n_test)}
+    degradation = (settings.get("blur_sigma", 0.0), settings.get("jpeg_quality", 0))
     union = {"train": [], "val": [], "test": []}
     offset = 0
     pool = _render_pool(renderer, workers)
@@ -383,7 +414,10 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
         seq_dir = subject_dir / sequence_folder_name(identity.name, name, n_cams, ds)
         for sub in ("images", "fg_masks", "flame_param"):
             (seq_dir / sub).mkdir(parents=True, exist_ok=True)
-        clean = make_sequence(np.random.default_rng([seed, index, 101 + seq_no]), num_t, style=style, focus=focus)
+        if monocular and name in takes:
+            clean = takes[name]
+        else:
+            clean = make_sequence(np.random.default_rng([seed, index, 101 + seq_no]), num_t, style=style, focus=focus)
         written = add_tracking_noise(clean, settings["tracking_noise"], np.random.default_rng([seed, index, 501 + seq_no]))
         verts = _pose(flame, identity, clean)
         head_rot = _rotation_matrices(torch.tensor(clean.rotation)) @ _rotation_matrices(torch.tensor(clean.neck_pose))
@@ -392,7 +426,7 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
         for t in range(num_t):
             state = ExpressionState.from_params(clean.expr[t], clean.jaw_pose[t])
             job = pool.submit(_render_timestep, seq_dir, t, verts[t], state, head_rot[t].to(torch.float32), viewmats,
-                              K_t, height, width)
+                              K_t, height, width, *degradation)
             job.add_done_callback(lambda _: bar.update(1))
             pending.append(job)
             for c in range(n_cams):
@@ -403,8 +437,8 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
             write_npz(seq_dir / "flame_param" / f"{t:05d}.npz", _flame_npz(written, t, identity))
         _write_splits(seq_dir, frames, K_shared, width, height, identity)
         if style == "train":
-            union["train"] += [f for f in union_frames if f["camera_index"] != FRONT_CAMERA]
-            union["val"] += [f for f in union_frames if f["camera_index"] == FRONT_CAMERA]
+            union["train"] += [f for f in union_frames if monocular or f["camera_index"] != FRONT_CAMERA]
+            union["val"] += [f for f in union_frames if not monocular and f["camera_index"] == FRONT_CAMERA]
             offset += num_t
         elif style == "test":
             union["test"] += union_frames

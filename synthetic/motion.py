@@ -52,6 +52,10 @@ class FlameSequence:
         return {"translation": self.translation, "rotation": self.rotation, "neck_pose": self.neck_pose,
                 "jaw_pose": self.jaw_pose, "eyes_pose": self.eyes_pose, "expr": self.expr}
 
+    def slice(self, start: int, stop: int) -> "FlameSequence":
+        """Timesteps ``start`` .. ``stop - 1`` of the sequence."""
+        return FlameSequence(**{name: arr[start:stop] for name, arr in self.fields().items()})
+
 
 def _catmull_rom(keys: np.ndarray, num: int) -> np.ndarray:
     """Interpolate K keyframes (K, D), spread evenly over ``num`` timesteps, with Catmull-Rom.

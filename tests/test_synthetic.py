@@ -315,6 +315,55 @@ def test_invalid_settings_are_user_facing_errors(tmp_path):
         generate_dataset(tmp_path, n_cameras=8, progress=False)
     with pytest.raises(UserFacingError, match="downscale"):
         generate_dataset(tmp_path, downscale=0, progress=False)
+    with pytest.raises(UserFacingError, match="train-sequences"):
+        generate_dataset(tmp_path, n_cameras=1, n_train_sequences=2, progress=False)
+    with pytest.raises(UserFacingError, match="jpeg-quality"):
+        generate_dataset(tmp_path, jpeg_quality=100, progress=False)
+    with pytest.raises(UserFacingError, match="blur"):
+        generate_dataset(tmp_path, blur_sigma=-1.0, progress=False)
+
+
+def test_degradation_blurs_and_compresses_images_but_not_mattes(tmp_path):
+    """Blur and JPEG change the colour images only (the mattes and FLAME files stay byte-equal),
+    and lose high frequencies: the Laplacian energy of every degraded image is lower."""
+    kwargs = dict(seed=1, downscale=10, timesteps_per_sequence=1, n_train_sequences=1, test_timesteps=1,
+                  free_timesteps=1, progress=False, workers=1)
+    clean = Path(generate_dataset(tmp_path / "clean", **kwargs)["root"])
+    soft = Path(generate_dataset(tmp_path / "soft", blur_sigma=1.0, jpeg_quality=60, **kwargs)["root"])
+    images = sorted(p.relative_to(clean) for p in clean.rglob("images/*.png"))
+    mattes = sorted(p.relative_to(clean) for p in clean.rglob("fg_masks/*.png"))
+    params = sorted(p.relative_to(clean) for p in clean.rglob("flame_param/*.npz"))
+    assert len(images) == len(mattes) > 30
+    assert all((clean / m).read_bytes() == (soft / m).read_bytes() for m in mattes + params)
+
+    def detail(path: Path) -> float:
+        img = np.asarray(Image.open(path), dtype=np.float64) / 255.0
+        lap = 4 * img[1:-1, 1:-1] - img[:-2, 1:-1] - img[2:, 1:-1] - img[1:-1, :-2] - img[1:-1, 2:]
+        return float((lap ** 2).mean())
+    ratios = [detail(soft / i) / detail(clean / i) for i in images]
+    assert max(ratios) < 0.8, ratios
+    manifest = _load(soft / "synthetic_manifest.json")["settings"]
+    assert manifest["blur_sigma"] == 1.0 and manifest["jpeg_quality"] == 60
+    assert "blur_sigma" not in _load(clean / "synthetic_manifest.json")["settings"]
+
+
+def test_monocular_capture_is_one_take_split_into_train_and_test(tmp_path):
+    """One frontal camera; no validation split; TEST continues EXP-1's take (one smooth clip)."""
+    paths = generate_dataset(tmp_path, seed=2, downscale=10, n_cameras=1, timesteps_per_sequence=6,
+                             n_train_sequences=1, test_timesteps=3, free_timesteps=1, progress=False, workers=1)
+    union = Path(paths["subjects"]["s000"]["union"])
+    train, val, test = (_load(union / f"transforms_{s}.json")["frames"] for s in ("train", "val", "test"))
+    assert len(train) == 6 and val == [] and len(test) == 3
+    assert {f["camera_index"] for f in train + test} == {0}
+    c2w = np.array(train[0]["transform_matrix"])
+    assert abs(c2w[0, 3]) < 0.02 and c2w[2, 3] > 0.9, "the one camera looks at the face from the front"
+    # The take is continuous across the split: the step from the last training timestep to the
+    # first test one is no larger than the steps within the take.
+    seqs = paths["subjects"]["s000"]["sequences"]
+    expr = [np.load(Path(seqs[name]) / "flame_param" / f"{t:05d}.npz")["expr"][0]
+            for name, n in (("EXP-1", 6), ("TEST", 3)) for t in range(n)]
+    steps = [np.abs(b - a).max() for a, b in zip(expr, expr[1:])]
+    assert steps[5] <= 1.5 * max(steps[:5] + steps[6:]), steps
 
 
 def test_cli_skips_complete_output(synthetic_dataset, capsys):
