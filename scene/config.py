@@ -279,7 +279,7 @@ def validate(config: TrainConfig) -> None:
 # before anything is written instead of clamped quietly or failing at iteration 1. Each
 # component's own keys are checked by its config's ``validate``.
 RANGES = (
-    ("sampling.n_classes", 1, None), ("model.box_padding", 0.0, None), ("optim.lambda_dssim", 0.0, 1.0),
+    ("sampling.n_classes", 1, None), ("sampling.balance", 0.0, 1.0), ("model.box_padding", 0.0, None), ("optim.lambda_dssim", 0.0, 1.0),
     ("densify.densification_interval", 1, None), ("densify.grad_threshold", 0.0, None),
     ("densify.min_opacity", 0.0, 1.0), ("densify.max_splats", 0, None), ("run.eval_interval", 1, None),
     ("run.save_interval", 1, None), ("run.log_interval", 1, None), ("run.keep_checkpoints", 0, None),

@@ -8,6 +8,7 @@ import torch
 from scene.training.class_balance import (
     ClassBalancedSampler,
     UniformFrameSampler,
+    frame_draw_ratio,
     cluster_cache_key,
     cluster_settings,
     cluster_timesteps,
@@ -89,6 +90,39 @@ def test_class_balanced_frequencies_and_within_class_uniformity():
     assert np.allclose(in0 / in0.sum(), 1 / 32, atol=0.01)
     in1 = np.bincount(draws[cls == 1], minlength=40)[32:36]
     assert np.allclose(in1 / in1.sum(), 1 / 4, atol=0.03)
+
+
+@pytest.mark.parametrize("balance", [0.0, 0.5])
+def test_partial_balance_draws_classes_by_count_power(balance):
+    """A class of n frames is drawn with probability proportional to n^(1 - alpha); frames within a
+    class stay uniform; alpha = 0 is every frame alike."""
+    labels = [0] * 8 + [1, 2]
+    frame_ts = np.repeat(np.arange(10), 4)  # class sizes 32, 4, 4 frames
+    s = ClassBalancedSampler(labels, frame_ts, seed=3, balance=balance)
+    draws = s.sample(30000)
+    freq = np.bincount(s.frame_classes[draws], minlength=3) / draws.size
+    expected = np.array([32.0, 4.0, 4.0]) ** (1 - balance)
+    assert np.allclose(freq, expected / expected.sum(), atol=0.015), freq
+    per_frame = np.bincount(draws, minlength=40) / draws.size
+    if balance == 0.0:
+        assert np.allclose(per_frame, 1 / 40, atol=0.006)
+    ratio = per_frame[32:].mean() / per_frame[:32].mean()  # a frame of a small class vs the large one
+    assert ratio == pytest.approx(frame_draw_ratio([32, 4, 4], balance), rel=0.1)
+
+
+def test_full_balance_is_the_class_uniform_stream():
+    """balance 1 draws exactly the stream the class-uniform sampler always drew (resume-compatible)."""
+    labels, frame_ts = [0, 0, 1, 2, 2], np.repeat(np.arange(5), 3)
+    default = ClassBalancedSampler(labels, frame_ts, seed=7).sample(200)
+    rng = np.random.Generator(np.random.PCG64(7))
+    classes = [np.flatnonzero(np.repeat(labels, 3) == c) for c in range(3)]
+    by_hand = []
+    for _ in range(200):
+        frames = classes[int(rng.integers(3))]
+        by_hand.append(int(frames[int(rng.integers(frames.size))]))
+    assert default.tolist() == by_hand
+    assert (ClassBalancedSampler(labels, frame_ts, seed=7, balance=1.0).sample(200) == default).all()
+    assert frame_draw_ratio([31, 5], 1.0) == pytest.approx(6.2)
 
 
 def test_sampler_with_timestep_values_and_dropping_empty_classes():

@@ -58,6 +58,7 @@ __all__ = [
     "CLUSTER_CODE_VERSION",
     "save_clusters",
     "load_clusters",
+    "frame_draw_ratio",
 ]
 
 
@@ -68,6 +69,18 @@ __all__ = [
 class SamplingConfig:
     class_balanced: bool = True
     n_classes: int = 16
+    # How far the classes are balanced (alpha): a frame of a class of n frames is drawn with weight
+    # n^-alpha, so a class is drawn with probability proportional to n^(1 - alpha). 1 = class-uniform
+    # (the paper: every class alike, so a frame of a small class is seen (largest / smallest) times
+    # as often as one of the largest); 0 = every frame alike (as class_balanced: false, but with the
+    # classes computed); between: the rare expressions favoured less. Used when class_balanced.
+    balance: float = 1.0
+
+
+def frame_draw_ratio(class_sizes, balance: float) -> float:
+    """How many times as often a frame of the smallest class is drawn as one of the largest:
+    (largest / smallest)^alpha for ``class_sizes`` (frame or timestep counts) and ``balance`` alpha."""
+    return (max(class_sizes) / min(class_sizes)) ** float(balance)
 
 
 def expression_displacements(expression_verts: torch.Tensor, canonical_verts: torch.Tensor) -> torch.Tensor:
@@ -314,6 +327,8 @@ class ClassBalancedSampler:
         timesteps: (n_timesteps,) the timestep value that ``labels[i]`` belongs to; default
             0..n_timesteps-1 (i.e. ``frame_timesteps`` holds positions into ``labels``).
         seed: seed of the numpy PCG64 generator.
+        balance: alpha of :class:`SamplingConfig` (1: a class uniformly, the paper's; below 1: a
+            class with probability proportional to its frame count^(1 - alpha)).
 
     A frame inherits its timestep's class. Classes with no frame are dropped. Each draw takes
     two generator calls (class, then frame in class), so the stream is fully determined by the
@@ -324,7 +339,7 @@ class ClassBalancedSampler:
 
     kind = "class_balanced"
 
-    def __init__(self, labels, frame_timesteps=None, timesteps=None, seed: int = 0) -> None:
+    def __init__(self, labels, frame_timesteps=None, timesteps=None, seed: int = 0, balance: float = 1.0) -> None:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if frame_timesteps is None:
             frame_timesteps = np.arange(labels.shape[0])
@@ -343,6 +358,10 @@ class ClassBalancedSampler:
         self.frame_classes = np.array([lookup[int(t)] for t in frame_timesteps], dtype=np.int64)
         self.class_frames = [np.flatnonzero(self.frame_classes == c) for c in np.unique(self.frame_classes)]
         self.n_frames = int(frame_timesteps.size)
+        sizes = np.array([f.size for f in self.class_frames], dtype=np.float64)
+        weights = sizes ** (1.0 - float(balance))
+        # None: class-uniform draws exactly as they always were (one integer draw per class).
+        self.class_probabilities = None if balance == 1.0 else weights / weights.sum()
         self.seed = int(seed)
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self.n_drawn = 0
@@ -356,7 +375,10 @@ class ClassBalancedSampler:
         return self
 
     def __next__(self) -> int:
-        c = int(self._rng.integers(len(self.class_frames)))
+        if self.class_probabilities is None:
+            c = int(self._rng.integers(len(self.class_frames)))
+        else:
+            c = int(self._rng.choice(len(self.class_frames), p=self.class_probabilities))
         frames = self.class_frames[c]
         self.n_drawn += 1
         return int(frames[int(self._rng.integers(frames.size))])

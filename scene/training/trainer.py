@@ -38,7 +38,7 @@ from scene.model.components import LossContext
 from scene.rendering import check_compile, render_avatar
 from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, cluster_cache_key, cluster_settings,
                                           cluster_timesteps, clusters_document, distance_cache_key,
-                                          expression_distances, load_clusters, save_clusters)
+                                          expression_distances, frame_draw_ratio, load_clusters, save_clusters)
 from scene.training.densification import BindingAwareDensification
 from scene.training.losses import photometric_loss
 from scene.training.optimizer_ops import make_splat_optimizers
@@ -334,7 +334,13 @@ class Trainer:
             return UniformSampler(len(self.train_frames), seed=seed)
         labels = self._timestep_classes()
         frame_labels = [labels[self.train_rows.index(r)] for r in frame_timesteps]
-        return ClassBalancedSampler(frame_labels, seed=seed)
+        sampler = ClassBalancedSampler(frame_labels, seed=seed, balance=self.cfg.sampling.balance)
+        sizes = sorted((int(np.sum(np.asarray(labels) == c)) for c in set(labels)), reverse=True)
+        balance = self.cfg.sampling.balance
+        self.log(f"[train] {len(sizes)} expression classes of {', '.join(map(str, sizes))} timesteps; sampling "
+                 f"balance {balance:g}{' (class-uniform, the paper)' if balance == 1 else ''}: a frame of the "
+                 f"smallest class is drawn {frame_draw_ratio(sizes, balance):.1f}x as often as one of the largest")
+        return sampler
 
     def _cluster_settings(self) -> tuple[list[int], dict]:
         """(training timesteps, :func:`cluster_settings`): the labels depend on the FLAME model and
