@@ -3,7 +3,7 @@
 
     python scripts/make_synthetic_subject.py --out data/synthetic [--preset demo|realistic|monocular|nersemble]
         [--seed 0] [--identities 1] [--downscale 5] [--cameras 16] [--timesteps 20] [--test-timesteps 10]
-        [--free-timesteps 10] [--train-sequences 3] [--tracking-noise 0] [--blur 0] [--jpeg-quality 0]
+        [--free-timesteps 10] [--train-sequences 3] [--tracking-noise 0] [--blur 0] [--jpeg-quality 0] [--torso]
         [--workers 0] [--preview] [--force] [--quiet]
 
 Presets (explicit options override them):
@@ -13,10 +13,12 @@ Presets (explicit options override them):
              parameters (0.01 rad on every pose, 1 mm on the translation, 0.1 on the expression
              coefficients: a multi-view tracker's typical 1-3 px landmark error at a 2,000 px focal
              length and 1 m is about 1 mm, what 0.01 rad does 10 cm from the neck joint), a mild
-             optical blur (0.5 px) and video-like JPEG compression (quality 90, 4:2:0 chroma).
+             optical blur (0.5 px), video-like JPEG compression (quality 90, 4:2:0 chroma) and a
+             clothed torso below the neck that FLAME does not model (static while the head moves;
+             the cameras aim lower, the head in the upper part of the frame, as in NeRSemble).
   monocular  a monocular talking-head clip: one frontal camera, one take of 200 timesteps, the
              first 160 (80%) training (EXP-1) and the last 40 scored (TEST: self-reenactment on
-             unseen expressions), with the realistic preset's tracking error and degradation.
+             unseen expressions), with the realistic preset's tracking error, degradation and torso.
   nersemble  NeRSemble's full 550x802 (downscale 1), 16 cameras, 2 training sequences x 8
              timesteps, TEST and FREE x 4: speed measured on real image sizes (bench/gpu_check.py).
 
@@ -39,8 +41,8 @@ from utils.errors import UserFacingError  # noqa: E402
 from synthetic import DEFAULT_EVAL_TIMESTEPS, DEFAULT_TIMESTEPS, generate_dataset  # noqa: E402
 
 
-CLEAN = {"tracking_noise": 0.0, "blur": 0.0, "jpeg_quality": 0}
-REAL_CAPTURE = {"tracking_noise": 0.01, "blur": 0.5, "jpeg_quality": 90}  # see "realistic" above
+CLEAN = {"tracking_noise": 0.0, "blur": 0.0, "jpeg_quality": 0, "torso": False}
+REAL_CAPTURE = {"tracking_noise": 0.01, "blur": 0.5, "jpeg_quality": 90, "torso": True}  # see "realistic" above
 DEMO_SIZES = {"downscale": 5, "cameras": 16, "timesteps": DEFAULT_TIMESTEPS, "test_timesteps": DEFAULT_EVAL_TIMESTEPS,
               "free_timesteps": DEFAULT_EVAL_TIMESTEPS, "train_sequences": 3}
 PRESETS = {
@@ -71,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sigma (radians) of noise on the written FLAME parameters; images use clean ones")
     p.add_argument("--blur", type=float, help="Gaussian blur sigma of the images, output pixels (0: none)")
     p.add_argument("--jpeg-quality", type=int, help="JPEG round trip of the images, quality 1..95 (0: none)")
+    p.add_argument("--torso", action=argparse.BooleanOptionalAction, default=None,
+                   help="a static clothed torso below the neck (not in FLAME), cameras aimed lower to show it")
     p.add_argument("--preview", action="store_true", help="also write OUT/<id>/contact_sheet.png")
     p.add_argument("--force", action="store_true", help="regenerate even if the output is complete")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
                                  n_train_sequences=args.train_sequences, tracking_noise=args.tracking_noise,
                                  force=args.force, progress=not args.quiet, test_timesteps=args.test_timesteps,
                                  free_timesteps=args.free_timesteps, workers=args.workers, blur_sigma=args.blur,
-                                 jpeg_quality=args.jpeg_quality)
+                                 jpeg_quality=args.jpeg_quality, torso=args.torso)
         if args.preview:
             from synthetic.preview import write_contact_sheets
             for sheet in write_contact_sheets(paths, progress=not args.quiet):

@@ -32,6 +32,7 @@ from .blendshapes import BROW_FURROW, BROW_RAISE, SMILE
 from .head_surface import MATERIAL_EYE, MATERIAL_MOUTH, MATERIAL_SKIN, MATERIAL_TEETH, HeadTemplate, skin_surface_grid
 from .noise import fbm, value_noise
 from .threads import single_threaded
+from .torso import MATERIAL_CLOTH, cloth_colour
 
 __all__ = ["IdentityLook", "sample_identity_look", "ExpressionState", "Appearance", "shade", "LIGHT_DIR_HEAD",
            "AMBIENT", "DIFFUSE", "wrinkle_ramp"]
@@ -180,7 +181,8 @@ class Appearance:
                 dark = (level["forehead"] * tex[:, 3] + level["frown"] * tex[:, 4] + level["crease"] * tex[:, 5])
                 col = col * (1.0 - dark.clamp(0.0, 0.75))[:, None]
             out[sel] = col
-        for mat, fn in ((MATERIAL_MOUTH, self._mouth), (MATERIAL_EYE, self._eye), (MATERIAL_TEETH, self._teeth)):
+        for mat, fn in ((MATERIAL_MOUTH, self._mouth), (MATERIAL_EYE, self._eye), (MATERIAL_TEETH, self._teeth),
+                        (MATERIAL_CLOTH, self._cloth)):
             sel = torch.nonzero(material == mat, as_tuple=True)[0]
             if sel.numel():
                 out[sel] = fn(p[sel])
@@ -384,6 +386,14 @@ class Appearance:
         iris = iris * (1.0 - 0.5 * _ss(0.36, 0.46, r))[:, None]          # limbal ring
         col = _mix(col, iris, _ss(0.47, 0.44, r))
         return _mix(col, torch.tensor([0.03, 0.03, 0.035]), _ss(0.19, 0.16, r))
+
+    def _cloth(self, p: torch.Tensor) -> torch.Tensor:
+        """The shirt of the torso (:mod:`synthetic.torso`): the identity's colour with a fine weave
+        (1.2 cm stripes) and a seam line down the front, so the region has texture to fit."""
+        base = torch.as_tensor(cloth_colour(self.look.noise_seed), dtype=torch.float32, device=p.device)
+        weave = 1.0 + 0.07 * torch.sin(2 * math.pi * p[:, 0] / 0.012) * torch.sin(2 * math.pi * p[:, 1] / 0.017)
+        seam = 1.0 - 0.25 * torch.exp(-(p[:, 0] / 0.003) ** 2) * (p[:, 2] > 0).to(p.dtype)
+        return (base[None] * (weave * seam)[:, None]).clamp(0.0, 1.0)
 
     def _teeth(self, p: torch.Tensor) -> torch.Tensor:
         x, y = p[:, 0], p[:, 1]

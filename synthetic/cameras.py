@@ -77,12 +77,14 @@ def gl_to_cv_viewmat(c2w_gl: np.ndarray) -> np.ndarray:
     return np.linalg.inv(c2w)
 
 
-def make_rig(n_cameras: int = 16, seed: int = 0) -> CameraRig:
+def make_rig(n_cameras: int = 16, seed: int = 0, target_y: float = -0.01) -> CameraRig:
     """Build the rig (deterministic for ``seed``).
 
     Args:
         n_cameras: number of cameras on the arc (camera ``n_cameras // 2`` is frontal).
         seed: jitter seed.
+        target_y: height the cameras aim at (the head's centre; lower shows the shoulders,
+            :data:`synthetic.torso.TORSO_TARGET_Y`).
 
     Returns:
         :class:`CameraRig`.
@@ -95,7 +97,7 @@ def make_rig(n_cameras: int = 16, seed: int = 0) -> CameraRig:
         az = np.deg2rad((i - front) * step + rng.uniform(-1.0, 1.0) * (i != front))
         el = np.deg2rad((4.0 if i % 2 else -2.0) + rng.uniform(-1.5, 1.5) * (i != front))
         dist = 1.0 + rng.uniform(-0.03, 0.03)
-        target = np.array([0.0, -0.01, 0.0]) + rng.uniform(-0.008, 0.008, 3) * (i != front)
+        target = np.array([0.0, target_y, 0.0]) + rng.uniform(-0.008, 0.008, 3) * (i != front)
         eye = target + dist * np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)])
         c2w.append(look_at_c2w_gl(eye, target, roll=np.deg2rad(rng.uniform(-0.8, 0.8))))
         fl = 2048.0 * rng.uniform(0.985, 1.015)

@@ -38,6 +38,7 @@ from utils.errors import UserFacingError
 from .appearance import Appearance, ExpressionState, IdentityLook, sample_identity_look
 from .cameras import FRONT_CAMERA, CameraRig, make_rig
 from .degradation import degrade
+from .torso import TORSO_TARGET_Y, build_torso
 from .gt_renderer import GroundTruthRenderer
 from .head_model import SyntheticHeadModel, build_head_model, write_flame_files
 from .head_surface import PART_LEFT_EYE, PART_RIGHT_EYE
@@ -150,7 +151,7 @@ def _canonical_npz(identity: Identity) -> dict:
 
 
 def _check_settings(seed, n_identities, downscale, n_cameras, timesteps, n_train, noise, test_t, free_t,
-                    blur_sigma=0.0, jpeg_quality=0) -> None:
+                    blur_sigma=0.0, jpeg_quality=0, torso=False) -> None:
     def bad(option, value, rule):
         raise SyntheticSettingsError(f"synthetic data: {option}={value!r} is invalid; {rule}.")
     if not isinstance(seed, int) or seed < 0:
@@ -175,6 +176,8 @@ def _check_settings(seed, n_identities, downscale, n_cameras, timesteps, n_train
         bad("blur", blur_sigma, "use a value >= 0 (pixels)")
     if not (jpeg_quality == 0 or 1 <= jpeg_quality <= 95):
         bad("jpeg-quality", jpeg_quality, "use 0 (off) or 1..95")
+    if not isinstance(torso, bool):
+        bad("torso", torso, "use true or false")
 
 
 def _folder_size(path: Path) -> int:
@@ -186,7 +189,8 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
                      timesteps_per_sequence: int = DEFAULT_TIMESTEPS, n_train_sequences: int = 3,
                      tracking_noise: float = 0.0, force: bool = False, progress: bool = True,
                      test_timesteps: int | None = None, free_timesteps: int | None = None,
-                     supersample: int = 2, workers: int = 0, blur_sigma: float = 0.0, jpeg_quality: int = 0) -> dict:
+                     supersample: int = 2, workers: int = 0, blur_sigma: float = 0.0, jpeg_quality: int = 0,
+                     torso: bool = False) -> dict:
     """Write the synthetic FLAME model and ``n_identities`` NeRSemble-format subjects.
 
     Skips the work (and says so) when ``out_dir`` already holds a complete dataset generated with
@@ -214,6 +218,8 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
         blur_sigma: Gaussian blur of the colour images, pixels at the output size (0: none);
         jpeg_quality: JPEG round trip of the colour images (0: none): video-like degradation
             (:mod:`synthetic.degradation`). Mattes stay exact.
+        torso: render a static clothed torso below the neck (:mod:`synthetic.torso`; in the
+            images and mattes, not in FLAME), with the cameras aimed lower so that it shows.
 
     Returns:
         ``{"root": str, "flame_model": str, "flame_masks": str, "manifest": str, "settings": dict,
@@ -226,7 +232,7 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
     test_timesteps = DEFAULT_EVAL_TIMESTEPS if test_timesteps is None else int(test_timesteps)
     free_timesteps = DEFAULT_EVAL_TIMESTEPS if free_timesteps is None else int(free_timesteps)
     _check_settings(seed, n_identities, downscale, n_cameras, timesteps_per_sequence, n_train_sequences,
-                    tracking_noise, test_timesteps, free_timesteps, blur_sigma, jpeg_quality)
+                    tracking_noise, test_timesteps, free_timesteps, blur_sigma, jpeg_quality, torso)
     root = Path(out_dir).expanduser().resolve()
     settings = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "n_identities": int(n_identities),
                 "downscale": int(downscale), "n_cameras": int(n_cameras),
@@ -238,6 +244,8 @@ def generate_dataset(out_dir, *, seed: int = 0, n_identities: int = 1, downscale
         settings["blur_sigma"] = float(blur_sigma)
     if jpeg_quality > 0:
         settings["jpeg_quality"] = int(jpeg_quality)
+    if torso:
+        settings["torso"] = True
     say = print if progress else (lambda *a, **k: None)
     paths = _expected_paths(root, settings)
     manifest_path = root / MANIFEST_NAME
@@ -277,7 +285,7 @@ def _generate(root: Path, settings: dict, say, progress: bool, workers: int) -> 
     model = build_head_model()
     model_path, masks_path = write_flame_files(model, root / "flame")
     flame = load_flame(model_path, masks_path).to(torch.float64)
-    rig = make_rig(n_cameras, seed)
+    rig = make_rig(n_cameras, seed, **rig_framing(settings))
     canonical = flame.v_template.detach().cpu().numpy()
 
     total = n_identities * (n_train_sequences * timesteps_per_sequence + test_timesteps + free_timesteps)
@@ -289,6 +297,11 @@ def _generate(root: Path, settings: dict, say, progress: bool, workers: int) -> 
             f"{rig.image_size(downscale)[0]}x{rig.image_size(downscale)[1]} px", flush=True)
         _write_subject(root, identity, model, flame, rig, settings, bar, workers)
     bar.close()
+
+
+def rig_framing(settings: dict) -> dict:
+    """make_rig's framing for generator ``settings``: aimed lower when the torso is shown."""
+    return {"target_y": TORSO_TARGET_Y} if settings.get("torso") else {}
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -391,7 +404,8 @@ def _write_subject(root: Path, identity: Identity, model: SyntheticHeadModel, fl
     appearance = Appearance(model.template, teeth_middle_y, identity.look,
                             texture_size=(_texture_rows(ds), 2 * _texture_rows(ds)))
     renderer = GroundTruthRenderer(model.template, flame.faces, flame.v_template, appearance,
-                                   supersample=settings["supersample"])
+                                   supersample=settings["supersample"],
+                                   torso=build_torso() if settings.get("torso") else None)
     viewmats = torch.tensor(rig.viewmats(), dtype=torch.float32)
     K_t = torch.tensor(K, dtype=torch.float32)
     subject_dir = root / identity.name

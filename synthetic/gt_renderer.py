@@ -14,6 +14,7 @@ from .head_surface import (MATERIAL_EYE, MATERIAL_MOUTH, MATERIAL_SKIN, MATERIAL
                            HeadTemplate)
 from .mesh_rasterizer import interpolate, rasterize
 from .threads import single_threaded
+from .torso import MATERIAL_CLOTH, Torso
 
 __all__ = ["GroundTruthRenderer", "face_materials"]
 
@@ -34,16 +35,16 @@ class GroundTruthRenderer:
         canonical: (V, 3) template vertices with teeth (texture coordinates of the albedo).
         appearance: the identity's :class:`Appearance`.
         supersample: samples per pixel along each axis (2 -> 4 samples per pixel).
+        torso: a static clothed torso rendered with the head (:mod:`synthetic.torso`), or None.
     """
 
     def __init__(self, template: HeadTemplate, faces: torch.Tensor, canonical: torch.Tensor, appearance: Appearance,
-                 supersample: int = 2):
+                 supersample: int = 2, torso: Torso | None = None):
         self.faces = faces.to(torch.int64)
         self.canonical = canonical.to(torch.float32)
         self.appearance = appearance
         self.supersample = int(supersample)
         self.material = face_materials(template, self.faces.shape[0])
-        self.two_sided = self.material == MATERIAL_TEETH
         # Smooth normals are averaged per material group only, so the slit's lip vertices do not
         # mix in the mouth pocket's normals (which would put a bright seam on closed lips).
         num_v = canonical.shape[0]
@@ -51,6 +52,15 @@ class GroundTruthRenderer:
         part = torch.as_tensor(template.part)
         vgroup[:part.shape[0]] = torch.where(part == PART_SKIN, MATERIAL_SKIN,
                                              torch.where(part == PART_POCKET, MATERIAL_MOUTH, MATERIAL_EYE))
+        self.torso_vertices = None
+        if torso is not None:  # one mesh: the head's vertices, then the torso's (its own texture coordinates)
+            self.torso_vertices = torch.as_tensor(torso.vertices, dtype=torch.float32)
+            torso_faces = torch.as_tensor(torso.faces, dtype=torch.int64) + num_v
+            self.faces = torch.cat([self.faces, torso_faces])
+            self.canonical = torch.cat([self.canonical, self.torso_vertices])
+            self.material = torch.cat([self.material, torch.full((torso_faces.shape[0],), MATERIAL_CLOTH)])
+            vgroup = torch.cat([vgroup, torch.full((self.torso_vertices.shape[0],), MATERIAL_CLOTH)])
+        self.two_sided = self.material == MATERIAL_TEETH
         self._normal_weight = (vgroup[self.faces] == self.material[:, None]).to(torch.float32)  # (F, 3)
 
     def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:
@@ -68,7 +78,8 @@ class GroundTruthRenderer:
         """Render one posed mesh from C cameras.
 
         Args:
-            verts: (V, 3) posed world-space vertices (FLAME output with teeth).
+            verts: (V, 3) posed world-space vertices (FLAME output with teeth); the torso, if any,
+                is added here (it does not move).
             state: expression scalars of the frame (wrinkles).
             head_rotation: (3, 3) world rotation of the head (the light follows it).
             viewmats: (C, 4, 4) OpenCV world-to-camera matrices.
@@ -82,6 +93,8 @@ class GroundTruthRenderer:
         """
         s = self.supersample
         verts = verts.to(torch.float32)
+        if self.torso_vertices is not None:
+            verts = torch.cat([verts, self.torso_vertices])
         viewmats = viewmats.to(torch.float32)
         verts_cam = torch.einsum("cij,vj->cvi", viewmats[:, :3, :3], verts) + viewmats[:, None, :3, 3]
         K_ss = K.to(torch.float32).clone()
@@ -104,7 +117,11 @@ class GroundTruthRenderer:
             flip = (n_cam * to_surface).sum(-1) > 0
             normals[teeth] = torch.where(flip[:, None], -normals[teeth], normals[teeth])
         colour = self.appearance.albedo(canon, material, state, wrinkles=wrinkles)
-        colour = (colour * shade(normals, head_rotation)[:, None]).clamp(0.0, 1.0)
+        shading = shade(normals, head_rotation)
+        cloth = torch.nonzero(material == MATERIAL_CLOTH, as_tuple=True)[0]
+        if cloth.numel():  # the light is the head's when it faces the cameras; the body does not turn
+            shading[cloth] = shade(normals[cloth], torch.eye(3))
+        colour = (colour * shading[:, None]).clamp(0.0, 1.0)
 
         num_cams = viewmats.shape[0]
         samples = torch.ones(num_cams * height * s * width * s, 4)   # RGB over white + coverage

@@ -15,8 +15,9 @@ from PIL import Image, ImageDraw
 from .appearance import Appearance, ExpressionState
 from .blendshapes import BLINK, BROW_FURROW, BROW_RAISE, LIP_PUCKER, SMILE
 from .cameras import make_rig
-from .dataset import _texture_rows, load_flame, make_identity
+from .dataset import _texture_rows, load_flame, make_identity, rig_framing
 from .threads import single_threaded
+from .torso import build_torso
 from .gt_renderer import GroundTruthRenderer
 from .head_model import build_head_model
 
@@ -57,8 +58,9 @@ def render_contact_sheet(paths: dict, subject: str, cameras=(0, 4, 8, 12, 15), s
     appearance = Appearance(model.template, float(np.mean(teeth.vertices[2 * n:4 * n, 1])), identity.look,
                             texture_size=(_texture_rows(ds), 2 * _texture_rows(ds)))
     renderer = GroundTruthRenderer(model.template, flame.faces, flame.v_template, appearance,
-                                   supersample=settings["supersample"])
-    rig = make_rig(settings["n_cameras"], settings["seed"])
+                                   supersample=settings["supersample"],
+                                   torso=build_torso() if settings.get("torso") else None)
+    rig = make_rig(settings["n_cameras"], settings["seed"], **rig_framing(settings))
     cameras = [c for c in cameras if c < rig.num_cameras]
     width, height = rig.image_size(ds)
     viewmats = torch.tensor(rig.viewmats()[cameras], dtype=torch.float32)

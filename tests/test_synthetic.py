@@ -23,6 +23,7 @@ from synthetic.head_model import KINTREE_TABLE, build_head_model
 from synthetic.head_surface import build_head_template
 from synthetic.mesh_rasterizer import interpolate, rasterize
 from synthetic.motion import add_tracking_noise, make_sequence
+from synthetic.torso import build_torso
 
 REQUIRED_MASKS = ("face", "eye_region", "lips", "neck", "scalp", "left_eyeball", "right_eyeball")
 
@@ -129,6 +130,47 @@ def test_template_mesh_is_closed_and_consistently_oriented():
     # Head size/placement: ~0.2 m tall head, face towards +z, origin near the head centre.
     lo, hi = t.vertices.min(0), t.vertices.max(0)
     assert 0.1 < hi[1] < 0.15 and hi[2] > 0.1 and -0.12 < lo[2] < -0.08 and abs(lo[0] + hi[0]) < 1e-9
+
+
+def test_torso_mesh_is_closed_outward_and_below_the_neck():
+    t = build_torso()
+    edges = Counter((int(f[i]), int(f[(i + 1) % 3])) for f in t.faces for i in range(3))
+    assert max(edges.values()) == 1 and all((b, a) in edges for a, b in edges), "closed, consistent winding"
+    v, e, f = len(np.unique(t.faces)), len(edges) // 2, len(t.faces)
+    assert v - e + f == 2
+    tri = t.vertices[t.faces]
+    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6
+    assert volume > 0, "faces point outwards"
+    assert t.vertices[:, 1].max() < -0.17 and np.ptp(t.vertices[:, 0]) > 0.3  # under the neck, shoulder-wide
+
+
+def test_torso_fills_the_bottom_of_the_frame_in_image_and_matte(tmp_path):
+    """With the torso the frontal camera's bottom rows are clothed foreground across the shoulders
+    (no FLAME vertex there); without it only the neck reaches them."""
+    kwargs = dict(seed=0, downscale=10, timesteps_per_sequence=1, n_train_sequences=1, test_timesteps=1,
+                  free_timesteps=1, progress=False, workers=1)
+    plain = generate_dataset(tmp_path / "plain", **kwargs)
+    torso = generate_dataset(tmp_path / "torso", torso=True, **kwargs)
+    name = f"00000_{FRONT_CAMERA:02d}.png"
+    seq = lambda paths: Path(paths["subjects"]["s000"]["sequences"]["EXP-1"])  # noqa: E731
+    mask_plain = np.asarray(Image.open(seq(plain) / "fg_masks" / name), dtype=np.float64) / 255
+    mask_torso = np.asarray(Image.open(seq(torso) / "fg_masks" / name), dtype=np.float64) / 255
+    h, w = mask_torso.shape
+    bottom = slice(int(0.9 * h), h)
+    shoulders = np.r_[int(0.1 * w):int(0.25 * w), int(0.75 * w):int(0.9 * w)]
+    assert mask_torso[bottom][:, shoulders].mean() > 0.99
+    assert mask_plain[bottom][:, shoulders].mean() < 0.01
+    # FLAME stops at the neck: the torso rows hold no projected FLAME vertex.
+    frame = next(f for f in _load(seq(torso) / "transforms.json")["frames"] if f["camera_index"] == FRONT_CAMERA)
+    flame = load_flame(torso["flame_model"], torso["flame_masks"])
+    p = np.load(seq(torso) / "flame_param" / "00000.npz")
+    t = lambda k: torch.as_tensor(p[k], dtype=torch.float32)  # noqa: E731
+    verts = flame(t("shape")[None], t("expr"), t("rotation"), t("neck_pose"), t("jaw_pose"), t("eyes_pose"),
+                  t("translation"), static_offset=t("static_offset"))[0].numpy()
+    w2c = gl_to_cv_viewmat(np.array(frame["transform_matrix"]))
+    cam = verts @ w2c[:3, :3].T + w2c[:3, 3]
+    rows = frame["fl_y"] * cam[:, 1] / cam[:, 2] + frame["cy"]
+    assert rows.max() < 0.9 * h
 
 
 def test_flame_pickle_has_official_layout(synthetic_dataset):
