@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from scene.rendering import compile_problem
 from scene.training.class_balance import (
     ClassBalancedSampler,
     UniformFrameSampler,
@@ -241,3 +242,56 @@ def test_cluster_settings_key_every_input():
     assert base != cluster_cache_key(ts, cluster_settings(16, 1, "a" * 64))
     assert base != cluster_cache_key(ts, cluster_settings(16, 0, "b" * 64))
     assert base != cluster_cache_key([0, 1, 3], cluster_settings(16, 0, "a" * 64))
+
+
+# ----------------------------------------------------------------------------- the fused kernel
+
+_COMPILER = compile_problem("cpu")
+
+
+@pytest.mark.skipif(_COMPILER is not None, reason=f"the fused distance kernel needs inductor's C++ compiler: {_COMPILER}")
+@pytest.mark.parametrize("T", [7, 256, 300])  # under one block, exactly one, a padded second
+def test_fused_distance_equals_the_plain_reference(T):
+    g = torch.Generator().manual_seed(T)
+    V = 90
+    disp = torch.randn(T, V, 3, generator=g) * 0.01
+    disp[3] = disp[1]  # a duplicate expression: distance exactly 0
+    face, eye = torch.arange(60), torch.arange(55, 70)  # one S for every T: one kernel to build
+    plain = expression_distance_matrix(disp, face, eye, compiled=False)
+    fused = expression_distance_matrix(disp, face, eye, compiled=True)
+    assert fused.dtype == torch.float32 and fused.shape == (T, T)
+    assert torch.allclose(fused, plain, rtol=1e-6, atol=0)  # summation order only
+    assert torch.allclose(fused, timestep_distance_matrix(disp, face, eye), rtol=1e-6, atol=0)
+    assert torch.equal(fused, fused.T) and (fused.diagonal() == 0).all() and fused[1, 3] == 0
+
+
+@pytest.mark.skipif(_COMPILER is not None, reason=f"the fused distance kernel needs inductor's C++ compiler: {_COMPILER}")
+def test_fused_distance_gives_the_reference_classes():
+    disp, truth = _groups([30, 5, 12, 3], V=40, seed=4)
+    disp = disp + 2e-3 * torch.randn(disp.shape, generator=torch.Generator().manual_seed(5))
+    face, eye = list(range(30)), list(range(30, 40))
+    plain = cluster_timesteps(expression_distance_matrix(disp, face, eye, compiled=False), n_classes=6, seed=0)
+    fused = cluster_timesteps(expression_distance_matrix(disp, face, eye, compiled=True), n_classes=6, seed=0)
+    assert (plain == fused).all() and len(set(plain.tolist())) == 6
+
+
+def test_fused_distance_only_for_large_work_and_falls_back(monkeypatch):
+    import scene.training.class_balance as cb
+
+    built = []
+    monkeypatch.setattr(cb, "_compiled_distance_block", lambda: built.append(1) or (_ for _ in ()).throw(
+        RuntimeError("C++ compile error: no such compiler\nmore")))
+    monkeypatch.setattr("scene.rendering.compile_problem", lambda device: None)
+    disp = torch.randn(40, 30, 3, generator=torch.Generator().manual_seed(0))
+    plain = expression_distance_matrix(disp, list(range(30)), [0, 1], compiled=False)
+    # Small work: the plain path without trying to build anything.
+    assert torch.equal(expression_distance_matrix(disp, list(range(30)), [0, 1]), plain) and built == []
+    monkeypatch.setattr(cb, "COMPILED_MIN_WORK", 10)
+    with pytest.warns(UserWarning, match="could not be built .*C\\+\\+ compile error: no such compiler"):
+        out = expression_distance_matrix(disp, list(range(30)), [0, 1])
+    assert built == [1] and torch.equal(out, plain)
+    # No compiler: told once per call, and the plain path.
+    monkeypatch.setattr("scene.rendering.compile_problem", lambda device: "torch.compile on cpu needs a C++ compiler")
+    assert torch.equal(expression_distance_matrix(disp, list(range(30)), [0, 1]), plain) and built == [1]
+    with pytest.warns(UserWarning, match="needs a C\\+\\+ compiler"):
+        assert torch.equal(expression_distance_matrix(disp, list(range(30)), [0, 1], compiled=True), plain)

@@ -281,3 +281,175 @@ def test_trainer_start_up_shows_progress(tiny, tmp_path, cache_dir, capsys):
     text = err.out + err.err
     assert "images unchanged since their last check" in text and "from the subject cache" in text
     assert "expression distances" not in text
+
+
+# ----------------------------------------------------------------------------- the parsed-subject cache
+
+
+def _assert_same_subject(a, b):
+    """Every frame field, FLAME stack and derived value equal (tensors bit for bit, same dtypes)."""
+    assert a.timesteps == b.timesteps and list(a.frames) == list(b.frames)
+    assert set(a.flame) == set(b.flame)
+    for key in a.flame:
+        assert a.flame[key].dtype == b.flame[key].dtype and torch.equal(a.flame[key], b.flame[key]), key
+    assert torch.equal(a.shape, b.shape) and a.cameras_extent == b.cameras_extent
+    assert a.camera_indices == b.camera_indices
+    for split in a.frames:
+        assert len(a.frames[split]) == len(b.frames[split]) > 0 or split == "test"
+        for f, g in zip(a.frames[split], b.frames[split]):
+            for name, value in vars(f).items():
+                other = getattr(g, name)
+                if isinstance(value, torch.Tensor):
+                    assert value.dtype == other.dtype and torch.equal(value, other), name
+                else:
+                    assert type(value) is type(other) and value == other, (name, value, other)
+
+
+@pytest.fixture
+def hits(monkeypatch):
+    """One entry per cached load: True when the parse came from the cache, False when parsed."""
+    import scene.data.nersemble as nersemble
+    calls = []
+    real = nersemble._restore_parse
+    monkeypatch.setattr(nersemble, "_restore_parse", lambda *a: calls.append(real(*a) is not None) or real(*a))
+    return calls
+
+
+def _rewrite_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    stat = path.stat()
+    path.write_text(json.dumps(doc))
+    # Same size possible, so make sure the modification time moves even on a coarse clock.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+
+def test_parsed_subject_cache_equals_a_fresh_load(subject, cache_dir, hits):
+    cache = SubjectCache()
+    first = load_subject(subject.union, cache=cache)
+    second = load_subject(subject.union, cache=cache)
+    assert hits == [True]  # nothing stored before the first; the second from the cache
+    assert len(list((cache_dir / "subjects/parsed_subjects").glob("*.npz"))) == 1
+    plain = load_subject(subject.union)
+    _assert_same_subject(second, plain)
+    _assert_same_subject(first, plain)
+    # Each frame owns its tensors, as a parsed one does (a frame sent to a worker carries only its own).
+    frames = second.frames["train"]
+    assert frames[0].K.untyped_storage().data_ptr() != frames[1].K.untyped_storage().data_ptr()
+    # Another scale is another entry.
+    half = load_subject(subject.union, cache=cache, resolution_scale=0.5)
+    assert hits == [True] and half.frames["train"][0].width == plain.frames["train"][0].width // 2
+
+
+def test_parsed_subject_cache_misses_when_a_json_changes(subject, cache_dir, hits):
+    cache = SubjectCache()
+    load_subject(subject.union, cache=cache)
+    json_path = subject.union / "transforms_train.json"
+
+    def move_camera(doc):
+        doc["frames"][0]["transform_matrix"][0][3] += 0.125
+
+    _rewrite_json(json_path, move_camera)
+    changed = load_subject(subject.union, cache=cache)
+    assert hits == [False]
+    _assert_same_subject(changed, load_subject(subject.union))
+    load_subject(subject.union, cache=cache)
+    assert hits == [False, True]  # stored again
+
+
+def test_parsed_subject_cache_misses_when_a_flame_file_changes(subject, cache_dir, hits):
+    cache = SubjectCache()
+    before = load_subject(subject.union, cache=cache)
+    frame = before.frames["train"][0]
+    npz = frame.flame_param_path
+    with np.load(npz) as f:
+        data = {k: f[k].copy() for k in f.files}
+    data["expr"][..., 0] += 0.5
+    np.savez(npz, **data)
+    after = load_subject(subject.union, cache=cache)
+    assert hits == [False]
+    row = after.timestep_row[frame.timestep]
+    assert after.flame["expr"][row, 0] == pytest.approx(float(before.flame["expr"][row, 0]) + 0.5)
+    _assert_same_subject(after, load_subject(subject.union))
+
+
+def test_parsed_subject_cache_misses_when_a_file_goes(subject, cache_dir, hits):
+    cache = SubjectCache()
+    s = load_subject(subject.union, cache=cache)
+    gone = s.frames["train"][2].image_path
+    gone.unlink()
+    with pytest.raises(MissingFileError, match=gone.name):
+        load_subject(subject.union, cache=cache)
+    assert hits == [False]
+
+
+def test_corrupt_parsed_subject_cache_is_parsed_again(subject, cache_dir, hits):
+    cache = SubjectCache()
+    load_subject(subject.union, cache=cache)
+    (entry,) = (cache_dir / "subjects/parsed_subjects").glob("*.npz")
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # truncated
+    _assert_same_subject(load_subject(subject.union, cache=cache), load_subject(subject.union))
+    entry.write_bytes(b"not an npz at all")
+    _assert_same_subject(load_subject(subject.union, cache=cache), load_subject(subject.union))
+    assert hits == []  # neither could be read: no stored parse was even checked
+    load_subject(subject.union, cache=cache)
+    assert hits == [True]  # rewritten whole
+
+
+# ----------------------------------------------------------------------------- the FLAME-mesh cache
+
+
+@pytest.fixture
+def mesh_computations(monkeypatch):
+    """How many times the trainer's FLAME meshes were computed (not read from the cache)."""
+    calls = []
+    real = trainer_module.FlameSequence._compute
+    monkeypatch.setattr(trainer_module.FlameSequence, "_compute",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    return calls
+
+
+def test_flame_meshes_cached_across_runs(tiny, tmp_path, cache_dir, mesh_computations):
+    first = _trainer(tiny, tmp_path / "a", "sampling.n_classes=2")
+    assert mesh_computations == [1]
+    second = _trainer(tiny, tmp_path / "b", "sampling.n_classes=2", "run.seed=4")
+    assert mesh_computations == [1]  # read
+    assert torch.equal(first.sequence._verts, second.sequence._verts)
+    assert torch.equal(first.sequence._expr_disp, second.sequence._expr_disp)
+    # A seed whose distances are not cached yet: the clustering evaluates its meshes itself.
+    shutil.rmtree(cache_dir / "subjects/expression_distances")
+    shutil.rmtree(cache_dir / "subjects/expression_classes")
+    third = _trainer(tiny, tmp_path / "c", "sampling.n_classes=2")
+    assert mesh_computations == [1]
+    assert third.sampler.frame_classes.tolist() == first.sampler.frame_classes.tolist()
+
+
+def test_flame_mesh_cache_misses_when_the_parameters_change(tiny, tmp_path, cache_dir, mesh_computations):
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(tiny["subject"]).parent, copy)
+    copied = {**tiny, "subject": copy / Path(tiny["subject"]).name}
+    first = _trainer(copied, tmp_path / "a", "sampling.n_classes=2")
+    npz = sorted((copy / "SEQ_EXP-0/flame_param").glob("*.npz"))[1]
+    with np.load(npz) as f:
+        data = {k: f[k].copy() for k in f.files}
+    data["jaw_pose"][..., 0] += 0.2
+    np.savez(npz, **data)
+    second = _trainer(copied, tmp_path / "b", "sampling.n_classes=2")
+    assert mesh_computations == [1, 1]
+    assert not torch.equal(first.sequence._verts, second.sequence._verts)
+    # What was stored is what computing gives.
+    fresh = trainer_module.FlameSequence(second.flame, second.sequence.row_params(second.row_index),
+                                         second.sequence.shape, second.sequence.static_offset)
+    fresh.precompute()
+    assert torch.equal(fresh._verts, second.sequence._verts) and torch.equal(fresh._expr_disp, second.sequence._expr_disp)
+
+
+def test_corrupt_flame_mesh_cache_is_computed_again(tiny, tmp_path, cache_dir, mesh_computations):
+    first = _trainer(tiny, tmp_path / "a", "sampling.n_classes=2")
+    (entry,) = (cache_dir / "subjects/flame_meshes").glob("*.npz")
+    entry.write_bytes(entry.read_bytes()[:1000])
+    second = _trainer(tiny, tmp_path / "b", "sampling.n_classes=2")
+    assert mesh_computations == [1, 1]
+    assert torch.equal(first.sequence._verts, second.sequence._verts)
+    _trainer(tiny, tmp_path / "c", "sampling.n_classes=2")
+    assert mesh_computations == [1, 1]  # stored whole again

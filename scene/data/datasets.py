@@ -55,14 +55,19 @@ def dataset_format(path: str | os.PathLike) -> DatasetFormat:
     return FORMATS[DEFAULT_FORMAT]
 
 
-def load_subject(path: str | os.PathLike, progress: bool = False, **kwargs) -> Subject:
+def load_subject(path: str | os.PathLike, progress: bool = False, cache=None, **kwargs) -> Subject:
     """A training subject in any registered format (keyword arguments as the format's loader).
 
     ``progress``: progress bars while loading, passed to loaders that take a ``progress``
-    argument (the NeRSemble one does; a format's loader without it loads silently)."""
+    argument (the NeRSemble one does; a format's loader without it loads silently).
+    ``cache``: a :class:`scene.data.subject_cache.SubjectCache` for loaders that take a ``cache``
+    argument (the NeRSemble one keeps its parse there; another format's loader parses every time)."""
     loader = dataset_format(path).load_subject
-    if progress and "progress" in inspect.signature(loader).parameters:
+    parameters = inspect.signature(loader).parameters
+    if progress and "progress" in parameters:
         kwargs["progress"] = True
+    if cache is not None and "cache" in parameters:
+        kwargs["cache"] = cache
     return loader(path, **kwargs)
 
 

@@ -36,7 +36,8 @@ import torch
 from tqdm import tqdm
 
 from scene.data.cameras import opengl_c2w_to_opencv_w2c, scale_intrinsics, scaled_size
-from scene.data.subject import FLAME_TIMESTEP_KEYS, CameraFrame, Subject
+from scene.data.subject import FLAME_TIMESTEP_KEYS, CameraFrame, Subject, frames_from_arrays, frames_to_arrays
+from scene.data.subject_cache import content_digest, pack_strings, unpack_strings
 from utils.errors import InputFileError, MissingFileError, UserFacingError
 from utils.image_io import DEFAULT_CACHE_BYTES, ImageCache
 
@@ -63,23 +64,37 @@ _BOTTOM_ROW_TOL = 1e-6
 # ============================================================================================
 # Small validation helpers
 # ============================================================================================
+def _stat_line(path: str) -> Optional[str]:
+    """A file's or folder's (size, modification time in ns, inode), or None if it cannot be ``stat`` ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+
+
 class _Files:
     """Existence checks through one ``os.listdir`` per directory (tens of thousands of frames
     would otherwise cost as many ``stat`` calls, mostly in the same few folders)."""
 
     def __init__(self):
         self._dirs: Dict[str, frozenset] = {}
+        self.folder_stats: Dict[str, Optional[str]] = {}
 
     def exists(self, p: Union[str, Path]) -> bool:
         d, name = os.path.split(os.fspath(p))
         names = self._dirs.get(d)
         if names is None:
+            # Taken before the listing: a file added or removed after it moves the folder's
+            # modification time past this (what a cached parse is checked against).
+            self.folder_stats[d] = _stat_line(d or ".")
             try:
                 names = frozenset(os.listdir(d or "."))
             except OSError:
                 names = frozenset()
             self._dirs[d] = names
         return name in names
+
 
     def resolve(self, base: Path, rel: str, add_png: bool) -> Tuple[Path, bool]:
         """Resolve a JSON path relative to ``base``; try ``rel`` then ``rel + '.png'``.
@@ -445,23 +460,9 @@ def _check_scale(resolution_scale) -> float:
     return float(resolution_scale)
 
 
-def _build(
-    root: Path,
-    split_files: Dict[str, Path],
-    resolution_scale: float,
-    image_cache_bytes: int,
-    union_all: bool,
-    progress: bool = False,
-) -> Subject:
-    """Parse ``split_files`` (name -> JSON), validate, load FLAME, build the Subject.
-
-    ``union_all``: also expose ``frames["all"]`` = the concatenation of the splits (first
-    occurrence of each image wins), for driving sequences without a ``transforms.json``.
-    ``progress``: tqdm bars over the frame records and the FLAME files.
-    """
-    resolution_scale = _check_scale(resolution_scale)
-    if image_cache_bytes is None or image_cache_bytes < 0:
-        raise UserFacingError(f"image_cache_bytes must be >= 0, got {image_cache_bytes!r}")
+def _parse_frames(root: Path, split_files: Dict[str, Path], resolution_scale: float, progress: bool):
+    """Every split's frames (one error for the files that are missing), the FLAME file of each
+    timestep, and the :class:`_Files` whose folder listings answered the existence checks."""
     files = _Files()
     missing: List[_Missing] = []
     frames: Dict[str, List[CameraFrame]] = {}
@@ -469,14 +470,6 @@ def _build(
         frames[split] = _parse_split(json_path, split, resolution_scale, files, missing, progress)
     if missing:
         _raise_missing(root, missing)
-    if union_all:
-        seen, all_frames = set(), []
-        for fs in frames.values():
-            for f in fs:
-                if f.image_path not in seen:
-                    seen.add(f.image_path)
-                    all_frames.append(f)
-        frames["all"] = all_frames
 
     # One FLAME file per timestep; two different files for the same timestep is a broken export.
     flame_paths: Dict[int, Path] = {}
@@ -492,8 +485,128 @@ def _build(
                     f"{f.flame_param_path}, but timestep_index {f.timestep} already uses {prev} "
                     f"(frames[{g.frame_index}] of {g.json_path}); a timestep has exactly one FLAME file"
                 )
+    return frames, flame_paths, files
+
+
+_PARSE_KIND = "parsed_subjects"
+#: Version of what :func:`_parse` makes of the same files: bump it when a change of the parsing
+#: would give other frames or FLAME stacks (the cache keys include it).
+_PARSE_FORMAT = 1
+
+
+def _parse(root: Path, split_files: Dict[str, Path], resolution_scale: float, progress: bool):
+    """The files' part of loading: every split's frames (files checked to exist) and the stacked
+    FLAME parameters. Returns ``(frames, timesteps, flame_paths, flame, (signature, folders))``:
+    the signature (:func:`_files_signature`) covers every file and folder the result depends on,
+    each ``stat`` ed before it was read (a change while loading then misses next time), or is None
+    when one cannot be ``stat`` ed; ``folders`` are the folders whose listings were consulted."""
+    json_stats = [_stat_line(os.fspath(p)) for p in split_files.values()]
+    frames, flame_paths, files = _parse_frames(root, split_files, resolution_scale, progress)
     timesteps = sorted(flame_paths)
+    paths = [os.fspath(flame_paths[t]) for t in timesteps]
+    flame_stats = [_stat_line(p) for p in paths]
     flame = _load_timestep_params(timesteps, flame_paths, progress)
+    folders = list(files.folder_stats)
+    stats = json_stats + list(files.folder_stats.values()) + flame_stats
+    signature = None if None in stats else _files_signature(stats)
+    return frames, timesteps, flame_paths, flame, (signature, folders)
+
+
+def _files_signature(stats: Sequence[str]) -> str:
+    """Digest of the :func:`_stat_line` of the transforms JSONs, the folders whose listings said
+    which files exist, and the FLAME files, in that order: what a parsed subject depends on."""
+    return content_digest(["parsed subject files", list(stats)])
+
+
+def _current_signature(split_files: Dict[str, Path], folders: Sequence[str], flame_paths: Sequence[str]) -> Optional[str]:
+    stats = [_stat_line(os.fspath(p)) for p in split_files.values()]
+    stats += [_stat_line(d or ".") for d in folders] + [_stat_line(p) for p in flame_paths]
+    return None if None in stats else _files_signature(stats)
+
+
+def _parse_key(split_files: Dict[str, Path], resolution_scale: float) -> str:
+    """Which parse a cache entry holds: the JSONs (absolute paths, by split), the scale, the code."""
+    return content_digest(["nersemble parse", _PARSE_FORMAT, float(resolution_scale),
+                           [[split, os.path.abspath(path)] for split, path in split_files.items()]])
+
+
+def _parsed(root: Path, split_files: Dict[str, Path], resolution_scale: float, progress: bool, cache):
+    """:func:`_parse`'s ``(frames, timesteps, flame_paths, flame)``, from ``cache`` (a
+    :class:`scene.data.subject_cache.SubjectCache`) when it holds the parse of these JSONs at this
+    scale and no JSON, FLAME file or listed folder changed since (their ``stat``: size,
+    modification time, inode); else parsed and stored there. ``cache`` None: always parsed."""
+    if cache is None:
+        return _parse(root, split_files, resolution_scale, progress)[:4]
+    key = _parse_key(split_files, resolution_scale)
+    stored = cache.read_arrays(_PARSE_KIND, key)
+    if stored is not None:
+        restored = _restore_parse(stored, split_files)
+        if restored is not None:
+            return restored
+    frames, timesteps, flame_paths, flame, (signature, folders) = _parse(root, split_files, resolution_scale, progress)
+    if signature is not None:
+        arrays = {"format": np.array(_PARSE_FORMAT), "signature": pack_strings([signature]),
+                  "splits": pack_strings(list(frames)), "n_folders": np.array(len(folders)),
+                  "folders": pack_strings(folders), "timesteps": np.array(timesteps, dtype=np.int64),
+                  "flame_paths": pack_strings([os.fspath(flame_paths[t]) for t in timesteps])}
+        for i, fs in enumerate(frames.values()):
+            arrays.update(frames_to_arrays(fs, f"split{i}_"))
+        arrays.update({f"param_{k}": v.numpy() for k, v in flame.items()})
+        cache.write_arrays(_PARSE_KIND, key, arrays)
+    return frames, timesteps, flame_paths, flame
+
+
+def _restore_parse(stored: Dict[str, np.ndarray], split_files: Dict[str, Path]):
+    """A stored parse when it is still valid (its files' ``stat`` unchanged), else None."""
+    try:
+        if int(stored["format"]) != _PARSE_FORMAT:
+            return None
+        folders = unpack_strings(stored["folders"], int(stored["n_folders"]))
+        timesteps = [int(t) for t in stored["timesteps"].tolist()]
+        paths = unpack_strings(stored["flame_paths"], len(timesteps))
+        if unpack_strings(stored["signature"], 1)[0] != _current_signature(split_files, folders, paths):
+            return None
+        splits = unpack_strings(stored["splits"], len(split_files))
+        if splits != list(split_files):
+            return None
+        flame = {k[len("param_"):]: torch.from_numpy(v) for k, v in stored.items() if k.startswith("param_")}
+        if set(flame) - {"dynamic_offset"} != set(FLAME_TIMESTEP_KEYS) or any(
+                v.shape[0] != len(timesteps) for v in flame.values()):
+            return None
+        frames = {split: frames_from_arrays(stored, f"split{i}_") for i, split in enumerate(splits)}
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        return None
+    return frames, timesteps, dict(zip(timesteps, map(Path, paths))), flame
+
+
+def _build(
+    root: Path,
+    split_files: Dict[str, Path],
+    resolution_scale: float,
+    image_cache_bytes: int,
+    union_all: bool,
+    progress: bool = False,
+    cache=None,
+) -> Subject:
+    """Parse ``split_files`` (name -> JSON), validate, load FLAME, build the Subject.
+
+    ``union_all``: also expose ``frames["all"]`` = the concatenation of the splits (first
+    occurrence of each image wins), for driving sequences without a ``transforms.json``.
+    ``progress``: tqdm bars over the frame records and the FLAME files.
+    ``cache``: a :class:`scene.data.subject_cache.SubjectCache` keeping the parse (:func:`_parsed`).
+    """
+    resolution_scale = _check_scale(resolution_scale)
+    if image_cache_bytes is None or image_cache_bytes < 0:
+        raise UserFacingError(f"image_cache_bytes must be >= 0, got {image_cache_bytes!r}")
+    frames, timesteps, flame_paths, flame = _parsed(root, split_files, resolution_scale, progress, cache)
+    if union_all:
+        seen, all_frames = set(), []
+        for fs in frames.values():
+            for f in fs:
+                if f.image_path not in seen:
+                    seen.add(f.image_path)
+                    all_frames.append(f)
+        frames["all"] = all_frames
 
     canonical_path = root / CANONICAL_FILENAME
     canonical = _load_canonical(canonical_path) if canonical_path.is_file() else {}
@@ -551,6 +664,7 @@ def load_subject(
     splits: Sequence[str] = DEFAULT_SPLITS,
     image_cache_bytes: int = DEFAULT_CACHE_BYTES,
     progress: bool = False,
+    cache=None,
 ) -> Subject:
     """Load a NeRSemble subject folder (single sequence or union).
 
@@ -563,6 +677,12 @@ def load_subject(
         image_cache_bytes: budget of the decoded-image LRU cache (0 disables caching).
         progress: tqdm bars over the frame records and the FLAME files (tens of thousands at
             NeRSemble's size).
+        cache: a :class:`scene.data.subject_cache.SubjectCache` that keeps the parsed frames and
+            stacked FLAME parameters (``parsed_subjects/``), so that a later load of the same
+            JSONs reads a few arrays instead of every record and FLAME file: used while no JSON,
+            FLAME file or folder holding the frames' files has changed (``stat``: size,
+            modification time, inode), else parsed again and stored. None: always parsed. The
+            canonical npz is read every time either way (one small file).
 
     Raises:
         MissingFileError: folder / JSON / image / mask / FLAME file missing.
@@ -578,7 +698,8 @@ def load_subject(
     if isinstance(splits, str):
         splits = (splits,)
     split_files = {s: root / f"transforms_{s}.json" for s in dict.fromkeys(splits)}
-    return _build(root, split_files, resolution_scale, image_cache_bytes, union_all=False, progress=progress)
+    return _build(root, split_files, resolution_scale, image_cache_bytes, union_all=False, progress=progress,
+                  cache=cache)
 
 
 def load_sequence(

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from scene.data.cameras import cameras_extent as _cameras_extent
 from scene.data.cameras import focal_to_fov
+from scene.data.subject_cache import pack_strings, unpack_strings
 from utils.image_io import ImageCache, load_mask_uint8, load_rgb_uint8, uint8_to_float
 
-__all__ = ["CameraFrame", "Subject", "FLAME_TIMESTEP_KEYS"]
+__all__ = ["CameraFrame", "Subject", "FLAME_TIMESTEP_KEYS", "frames_to_arrays", "frames_from_arrays"]
 
 #: Per-timestep FLAME parameters stacked over timesteps: key -> number of values per timestep.
 #: Stored as ``(1, n)`` (the export's layout) or ``(n,)``.
@@ -93,6 +95,64 @@ class CameraFrame:
     def c2w(self) -> torch.Tensor:
         """``(4, 4)`` OpenCV camera-to-world (inverse of ``viewmat``)."""
         return torch.linalg.inv(self.viewmat.double()).float()
+
+
+# Columns of frames_to_arrays: strings (None as "" with a presence flag where a field is optional),
+# integers, float32 matrices.
+_STRING_FIELDS = ("split", "image_path", "mask_path", "camera_id", "flame_param_path", "image_name", "json_path")
+_PATH_FIELDS = ("image_path", "mask_path", "flame_param_path", "json_path")
+_OPTIONAL_FIELDS = ("mask_path", "camera_id", "json_path")
+_INT_FIELDS = ("timestep", "camera_index", "width", "height", "orig_width", "orig_height", "frame_index")
+_TENSOR_FIELDS = ("K", "viewmat", "camera_center")
+
+
+def frames_to_arrays(frames: Sequence[CameraFrame], prefix: str) -> Dict[str, np.ndarray]:
+    """A list of frames as a few flat arrays named ``prefix + field`` (for ``np.savez``):
+    what :func:`frames_from_arrays` turns back into equal frames, without re-reading any file."""
+    out: Dict[str, np.ndarray] = {prefix + "n": np.array(len(frames), dtype=np.int64)}
+    for name in _STRING_FIELDS:
+        values = [getattr(f, name) for f in frames]
+        if name in _OPTIONAL_FIELDS:
+            out[prefix + name + "_present"] = np.array([v is not None for v in values], dtype=bool)
+        out[prefix + name] = pack_strings(["" if v is None else str(v) for v in values])
+    for name in _INT_FIELDS:
+        out[prefix + name] = np.array([getattr(f, name) for f in frames], dtype=np.int64)
+    for name in _TENSOR_FIELDS:
+        shape = (0, 3, 3) if name == "K" else (0, 4, 4) if name == "viewmat" else (0, 3)
+        out[prefix + name] = (torch.stack([getattr(f, name) for f in frames]).numpy() if frames
+                              else np.zeros(shape, dtype=np.float32))
+    return out
+
+
+def frames_from_arrays(arrays, prefix: str) -> List[CameraFrame]:
+    """The frames :func:`frames_to_arrays` stored under ``prefix`` (equal field by field; each
+    frame owns its tensors, as a freshly parsed one does). Raises KeyError / ValueError on
+    arrays that are not such a record."""
+    n = int(arrays[prefix + "n"])
+    columns = {}
+    for name in _STRING_FIELDS:
+        values = unpack_strings(arrays[prefix + name], n)
+        if name in _PATH_FIELDS:
+            # One Path per distinct string (a split's JSON, a timestep's FLAME file): building
+            # Paths is most of the cost.
+            made: Dict[str, Optional[Path]] = {"": None}
+            values = [made[v] if v in made else made.setdefault(v, Path(v)) for v in values]
+        if name in _OPTIONAL_FIELDS:
+            present = arrays[prefix + name + "_present"]
+            values = [v if p else None for v, p in zip(values, present.tolist())]
+        columns[name] = values
+    for name in _INT_FIELDS:
+        values = arrays[prefix + name].tolist()
+        if len(values) != n:
+            raise ValueError(f"column {name} has {len(values)} entries, expected {n}")
+        columns[name] = values
+    for name in _TENSOR_FIELDS:
+        t = torch.from_numpy(np.ascontiguousarray(arrays[prefix + name], dtype=np.float32))
+        if t.shape[0] != n:
+            raise ValueError(f"column {name} has {t.shape[0]} entries, expected {n}")
+        columns[name] = t
+    return [CameraFrame(**{name: columns[name][i] for name in _STRING_FIELDS + _INT_FIELDS},
+                        **{name: columns[name][i].clone() for name in _TENSOR_FIELDS}) for i in range(n)]
 
 
 class Subject:

@@ -1,9 +1,9 @@
-"""What a training start-up derives from a subject, kept across runs: expression distances and
-classes, file-check manifests.
+"""What a training start-up derives from a subject, kept across runs: the parsed subject, its
+FLAME meshes, expression distances and classes, file-check manifests.
 
 Every seed, ablation, launch subject and resume of a subject would otherwise redo the same
 start-up work (at NeRSemble's size: a quadratic expression clustering, tens of thousands of PNG
-headers). Results are stored as JSON or ``.npy`` files under ``cache_root()/subjects/<kind>/<key>.*``
+headers). Results are stored as JSON, ``.npy`` or ``.npz`` files under ``cache_root()/subjects/<kind>/<key>.*``
 (:func:`utils.cache_dir.cache_root`: ``$AVATAR_CACHE_DIR``, else ``<repo>/.cache``), where the key
 is a digest of everything the result depends on (the content, never a folder name), so one
 cache serves every output folder and every copy of a subject, and a changed input simply misses.
@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import torch
 from utils.atomic import atomic_write
 from utils.cache_dir import cache_root
 
-__all__ = ["SubjectCache", "content_digest"]
+__all__ = ["SubjectCache", "content_digest", "pack_strings", "unpack_strings"]
 
 
 def content_digest(parts: Iterable[Any]) -> str:
@@ -47,6 +48,20 @@ def content_digest(parts: Iterable[Any]) -> str:
             h.update(b"json\0" + json.dumps(part, sort_keys=True).encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def pack_strings(values: Iterable[str]) -> np.ndarray:
+    """Strings as one uint8 array of their UTF-8 joined by NUL (which no path holds): how the
+    ``.npz`` entries store many paths compactly (no pickles). Back with :func:`unpack_strings`."""
+    return np.frombuffer("\0".join(values).encode("utf-8"), dtype=np.uint8)
+
+
+def unpack_strings(array: np.ndarray, n: int) -> list:
+    """The ``n`` strings :func:`pack_strings` stored; ValueError when there are not ``n``."""
+    values = array.tobytes().decode("utf-8").split("\0") if n else []
+    if len(values) != n:
+        raise ValueError(f"expected {n} strings, found {len(values)}")
+    return values
 
 
 class SubjectCache:
@@ -92,6 +107,25 @@ class SubjectCache:
     def write_array(self, kind: str, key: str, array: np.ndarray) -> Optional[Path]:
         """Store ``array`` as ``.npy`` atomically; on a file-system error warn once, return None."""
         return self._write(self.array_path(kind, key), "wb", lambda f: np.save(f, np.asarray(array)))
+
+    def arrays_path(self, kind: str, key: str) -> Path:
+        """Where the named arrays ``kind``/``key`` live (``.npz``, uncompressed)."""
+        return self.root / kind / f"{key}.npz"
+
+    def read_arrays(self, kind: str, key: str) -> Optional[Dict[str, np.ndarray]]:
+        """The stored named arrays (all read into memory), or None when the file is missing,
+        truncated or otherwise unreadable (then recomputed)."""
+        try:
+            with np.load(self.arrays_path(kind, key), allow_pickle=False) as f:
+                return {name: f[name] for name in f.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            return None
+
+    def write_arrays(self, kind: str, key: str, arrays: Dict[str, Any]) -> Optional[Path]:
+        """Store named arrays as one ``.npz`` atomically (a reader sees all or nothing); on a
+        file-system error warn once and return None."""
+        return self._write(self.arrays_path(kind, key), "wb",
+                           lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
     def _write(self, path: Path, mode: str, dump) -> Optional[Path]:
         try:

@@ -172,12 +172,12 @@ class Trainer:
         self.timer: PhaseTimer = DISABLED
         self._cameras: dict = {}
 
+        # What start-up derives from the subject (its parse, FLAME meshes, file checks, expression
+        # classes), kept for every later run of it: resumes, seeds, ablations (scene/data/subject_cache.py).
+        self.subject_cache = SubjectCache()
         self.subject = load_subject(self.source, resolution_scale=cfg.run.resolution_scale,
                                     image_cache_bytes=int(cfg.run.image_cache_gb * (1 << 30)),
-                                    progress=not request.quiet)
-        # What start-up derives from the subject (file checks, expression classes), kept for every
-        # later run of it: resumes, seeds, ablations (scene/data/subject_cache.py).
-        self.subject_cache = SubjectCache()
+                                    progress=not request.quiet, cache=self.subject_cache)
         splits = protocol_splits(self.subject, self.protocol)
         self.train_frames = splits["train"]
         if not self.train_frames:
@@ -209,7 +209,8 @@ class Trainer:
             self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
                      f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
             need_meshes = cfg.sampling.class_balanced and self._classes is None and self._distances is None
-            self.sequence.precompute(keep_expression_offsets=need_meshes, progress=not request.quiet)
+            self.sequence.precompute(keep_expression_offsets=need_meshes, progress=not request.quiet,
+                                     cache=self.subject_cache)
         # Timestep rows as device tensors, sliced per step: a host-built index would be a copy.
         self.row_index = torch.arange(self.sequence.num_timesteps, device=self.device)
 
