@@ -77,9 +77,9 @@ def folder_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
     return h.hexdigest()
 
 
-def run_checked(cmd: list[str], what: str) -> None:
+def run_checked(cmd: list[str], what: str, env: dict | None = None) -> None:
     """Run ``cmd`` in the repository root; a failure raises with the tail of its output."""
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise FingerprintError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
@@ -156,7 +156,14 @@ def fingerprint(args: argparse.Namespace, work: Path) -> dict:
         if model.exists():
             shutil.rmtree(model)
         start = time.perf_counter()
-        run_checked(train_command(config, subject, flame, model, args.device), f"train.py ({name})")
+        # Every run starts with an empty subject cache: with the expression classes cached, start-up
+        # never imports scikit-learn, whose import draws from Python's global RNG, so the RNG state
+        # saved in training_state.pt would depend on what earlier runs left in the cache.
+        cache = work / "cache" / name
+        if cache.exists():
+            shutil.rmtree(cache)
+        run_checked(train_command(config, subject, flame, model, args.device), f"train.py ({name})",
+                    env=dict(os.environ, AVATAR_CACHE_DIR=str(cache)))
         seconds[name] = round(time.perf_counter() - start, 1)
         files.update(checkpoint_hashes(name, model))
         tqdm.write(f"[fingerprint] {name}: {seconds[name]:.1f} s")
