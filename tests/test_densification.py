@@ -1,4 +1,8 @@
-"""Binding-aware densification: clone/split keep the triangle, pruning never empties one."""
+"""Binding-aware densification: clone/split keep the triangle, pruning never empties one; NPGA's
+power-mean statistic and soft opacity decay."""
+import sys
+from pathlib import Path
+
 import torch
 
 from scene.training.densification import BindingAwareDensification
@@ -200,3 +204,73 @@ def test_statistics_state_old_and_other_power():
     other = BindingAwareDensification(cfg2, 1.0, 2)
     other.load_state_dict(old)
     assert torch.equal(other.count, torch.zeros(2)) and torch.equal(other.grad_accum, torch.zeros(2))
+
+
+# -- the options in training ----------------------------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import SMALL_SCHEDULE, assert_same_checkpoint  # noqa: E402
+
+
+class TodaysStatistics(BindingAwareDensification):
+    """The reference: the statistic as 3DGS/GA compute it (before grad_power), written out."""
+
+    @torch.no_grad()
+    def update_statistics(self, meta, width, height):
+        means2d = meta["means2d"]
+        if means2d.grad is None:
+            return
+        self._ensure(means2d.shape[1], means2d.device)
+        grad = means2d.grad.clone()
+        grad[..., 0] *= width / 2.0
+        grad[..., 1] *= height / 2.0
+        visible = meta["radii"] > 0
+        self.grad_accum += (grad.norm(dim=-1) * visible).sum(0)
+        self.count += visible.sum(0).to(self.count.dtype)
+        self.max_radii = torch.maximum(self.max_radii, meta["radii"].max(0).values.to(self.max_radii.dtype))
+
+    def densify_statistic(self):
+        return self.grad_accum / self.count.clamp_min(1)
+
+
+def train_in_process(tiny, folder, steps, extra=(), strategy_class=None, iterations=None):
+    """Train the first ``steps`` of an ``iterations`` (default: ``steps``) run step by step and
+    save there; returns every step's events."""
+    import train
+    args = train.parse_args(list(map(str, ["-m", folder, "-s", tiny["subject"], "--flame", tiny["flame"],
+                                           *SMALL_SCHEDULE, *extra, "--iterations", iterations or steps])))
+    trainer = train.Trainer(train.request_from_args(args))
+    if strategy_class is not None:
+        old = trainer.strategy
+        trainer.strategy = strategy_class(old.cfg, old.scene_extent, old.num_faces, old.white_background)
+    events = []
+    for _ in range(steps):
+        trainer.step += 1
+        events.append(trainer.training_step(trainer.step))
+    trainer.save(trainer.step)
+    return events
+
+
+def test_defaults_train_as_todays_statistic_bit_for_bit(tiny, tmp_path):
+    explicit = ["--set", "densify.grad_power=1", "--set", "densify.opacity_decay=0"]
+    events = train_in_process(tiny, tmp_path / "new", 30, explicit)
+    train_in_process(tiny, tmp_path / "today", 30, strategy_class=TodaysStatistics)
+    assert any("cloned" in e for e in events)  # densification ran, so the statistic mattered
+    assert_same_checkpoint(tmp_path / "new/checkpoints/iteration_0000030",
+                           tmp_path / "today/checkpoints/iteration_0000030")
+
+
+def test_npga_options_train_save_and_resume_bit_exact(tiny, tmp_path):
+    import train
+    npga = ["--set", "densify.grad_power=2", "--set", "densify.opacity_decay=0.01",
+            "--set", "densify.opacity_decay_interval=4", "--set", "run.save_interval=15"]
+    common = ["-s", tiny["subject"], "--flame", tiny["flame"], *SMALL_SCHEDULE, *npga]
+    assert train.main(list(map(str, ["-m", tmp_path / "straight", *common, "--iterations", "30"]))) == 0
+    # The same run stopped after its checkpoint at 15 and resumed by the CLI.
+    events = train_in_process(tiny, tmp_path / "resumed", 15, npga, iterations=30)
+    assert any("opacity_decay" in e for e in events) and any("cloned" in e for e in events)
+    state = torch.load(tmp_path / "resumed/checkpoints/iteration_0000015/training_state.pt", weights_only=False)
+    assert state["strategy"]["grad_power"] == 2.0 and state["strategy"]["count"].sum() > 0
+    assert train.main(list(map(str, ["-m", tmp_path / "resumed", "--resume", "--quiet"]))) == 0
+    assert_same_checkpoint(tmp_path / "straight/checkpoints/iteration_0000030",
+                           tmp_path / "resumed/checkpoints/iteration_0000030")
