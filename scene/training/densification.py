@@ -41,11 +41,13 @@ class DensifyConfig:
     # Densify where the statistic below reaches this (normalised device units; 3DGS/GA: 2e-4).
     grad_threshold: float = 2e-4
     # The statistic: the power mean (mean of |g|^e)^(1/e) of a splat's screen-space position
-    # gradient norms |g| over the views that saw it since the last densification. 1: the arithmetic
-    # mean of 3DGS/GA. NPGA uses 2: nearer the maximum, so a splat seen in few views (mouth
-    # interior) still densifies. The power mean grows with e (never below the e = 1 value), so the
-    # same threshold densifies more; NPGA keeps the threshold for e = 2 (its x2 threshold makes up
-    # for its two-image loss, not for e), so raise grad_threshold here to trade splats back.
+    # gradient norms |g| over the views that saw it since the last densification. NPGA's eq. 13
+    # averages over "the frames between invocations"; over the seeing views (as 3DGS), e = 1 is
+    # exactly the 3DGS/GA mean, as NPGA says it is. NPGA uses e = 2: nearer the maximum, so a
+    # splat seen in few views (mouth interior) still densifies. The power mean grows with e (never
+    # below the e = 1 value), so the same threshold densifies more; NPGA keeps the threshold for
+    # e = 2 (its x2 threshold makes up for its two-image loss, not for e), so raise grad_threshold
+    # here to trade splats back.
     grad_power: float = 1.0
     percent_dense: float = 0.01
     min_opacity: float = 0.005
@@ -53,10 +55,10 @@ class DensifyConfig:
     # GA also resets opacity at densify_from_iter when the background is white (its train.py).
     opacity_reset_at_densify_start: bool = True
     # Soft opacity decay (NPGA, after Bulo et al. 2024), 0 = off: every opacity_decay_interval steps
-    # while densifying, opacity <- max(opacity - opacity_decay, 1e-4) in opacity space (NPGA: 0.01).
-    # It replaces the periodic hard reset: set opacity_reset_interval to 0 with it (GA's one-off
-    # reset at densify_from_iter for white backgrounds stays as it is). NPGA gives no interval
-    # ("frequently"); 100 is ours.
+    # while densifying, opacity <- max(opacity - opacity_decay, 1e-4) in opacity space (NPGA: 0.01;
+    # an opacity already below 1e-4 stays). It replaces the periodic hard reset: set
+    # opacity_reset_interval to 0 with it (GA's one-off reset at densify_from_iter for white
+    # backgrounds stays as it is). NPGA gives no interval ("frequently"); 100 is ours.
     opacity_decay: float = 0.0
     opacity_decay_interval: int = 100
     max_splats: int = 0  # 0 = unlimited; a safety cap for small machines
@@ -291,9 +293,12 @@ class BindingAwareDensification:
     # -- persistence ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        # grad_accum holds sums of |g|^grad_power: the power says how to read them back.
-        return {"grad_accum": self.grad_accum, "count": self.count, "max_radii": self.max_radii,
-                "grad_power": float(self.cfg.grad_power)}
+        # grad_accum holds sums of |g|^grad_power: the power says how to read them back. Absent
+        # means 1 (states written before the option), so a default run's state stays as it was.
+        state = {"grad_accum": self.grad_accum, "count": self.count, "max_radii": self.max_radii}
+        if self.cfg.grad_power != 1:
+            state["grad_power"] = float(self.cfg.grad_power)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the statistics; a state saved before ``grad_power`` existed holds e = 1 sums.
