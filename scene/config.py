@@ -272,6 +272,7 @@ def validate(config: TrainConfig) -> None:
         raise InputFileError("optim.iterations must be at least 1")
     for slot, _, _ in SLOTS:
         getattr(m, slot).validate(m, f"model.{slot}")
+    config.densify.validate("densify")
     _check_ranges(config)
 
 
