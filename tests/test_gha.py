@@ -264,7 +264,7 @@ def test_gha_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset,
         "densify: {enabled: false}\n")
     iterations = 300
     args = ["-s", one, "-m", tmp_path / "fit", "--flame", synthetic_dataset["flame_model"], "--config", PAPER,
-            "--config", config, "--iterations", iterations, "--quiet", "--set", "run.eval_interval=100000",
+            "--config", config, "--iterations", iterations, "--eval", "--quiet", "--set", "run.eval_interval=100000",
             "--set", "run.save_interval=100000"]
     trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
     assert len(trainer.train_frames) == 1
