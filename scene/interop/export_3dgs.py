@@ -189,7 +189,9 @@ def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, motion: dict,
         avatar: the avatar.
         vertices: (V, 3) posed mesh of the frame; motion: its FLAME parameters, one tensor per key
             (:func:`flame_model.frame_motion`; expr and jaw_pose drive the opacity offsets).
-        sh_fit: required when the colour has no SH of its own (the triplane: its colour becomes fitted SH).
+        sh_fit: required when the colour has no SH of its own and depends on the view direction (the
+            triplane: its colour becomes fitted SH); a view-independent colour
+            (``ColorComponent.view_dependent`` False) is written as the frame's colours, SH degree 0.
         sh_degree: for colour with its own SH, export only up to this degree (None: all of them).
         camera_centers: (C, 3) world positions of the cameras whose view directions the SH fit
             favours (:meth:`SHFit.fit`); None: the whole sphere alike.
@@ -204,6 +206,9 @@ def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, motion: dict,
     if own is not None:
         sh, rms, rms_sphere = own.detach(), None, None
         degree = int(round(math.sqrt(sh.shape[1]))) - 1
+    elif not avatar.color.view_dependent:
+        # The frame's colour, the same from every direction: SH degree 0 of its first three channels.
+        sh, rms, rms_sphere, degree = ((splats["colors"][:, :3].detach() - 0.5) / SH_C0)[:, None], None, None, 0
     else:
         if sh_fit is None:
             raise ValueError(f"a {avatar.color.type_name!r} colour has no SH of its own: export it with an SHFit")

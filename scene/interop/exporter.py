@@ -15,6 +15,7 @@ from scene.data.datasets import load_sequence
 from scene.data.protocols import protocol_splits
 from scene.interop.export_3dgs import SHFit, export_frame, read_3dgs_ply, write_3dgs_ply, write_splat
 from scene.renderer import Renderer, RenderOptions, reenactment_vertices
+from scene.rendering import render_avatar
 from utils.errors import InputFileError
 from utils.image_metrics import psnr
 
@@ -63,14 +64,26 @@ class Exporter:
         self.renderer = Renderer(RenderOptions(model_path=options.model_path, iteration=options.iteration,
                                                device=options.device, backend="torch", flame=options.flame, quiet=True))
         self.avatar = self.renderer.model.avatar
-        if self.avatar.screen.enabled():
+        screen = self.avatar.screen
+        # With a screen-space stage whose first rasterized channels are RGB (GHA's), the file holds
+        # those: the splats' own image, at the stage's input resolution, without the stage.
+        self.stage_left_out = screen.type_name if screen.enabled() else None
+        if screen.enabled() and not screen.exports_feature_rgb:
             raise InputFileError(f"{options.model_path}: the avatar's images come from a screen-space stage "
-                                 f"(model.screen {self.avatar.screen.type_name!r}) after rasterization, which a 3DGS "
+                                 f"(model.screen {screen.type_name!r}) after rasterization, which a 3DGS "
                                  "file cannot hold; export needs an avatar whose splats make the image")
         self.sh_fit = None
         self._rig_centers = None
-        if self.avatar.export_sh(None) is None:  # a colour without SH of its own: fitted
+        if self.avatar.export_sh(None) is None and self.avatar.color.view_dependent:  # no SH of its own: fitted
             self.sh_fit = SHFit(self.avatar, 3 if options.sh_degree is None else options.sh_degree, options.directions)
+
+    def colour_kind(self) -> str:
+        """How the file's colour was made (the report's "colour")."""
+        if self.sh_fit is not None:
+            return "fitted SH"
+        if not self.avatar.color.view_dependent and self.avatar.export_sh(None) is None:
+            return "frame colour (first three channels, SH degree 0)"
+        return "per-splat SH"
 
     @property
     def rig_centers(self) -> torch.Tensor | None:
@@ -124,13 +137,26 @@ class Exporter:
 
     def file_vs_render(self, data: dict, verts, motion, viewmat, K, width: int, height: int) -> tuple[float, float]:
         """A read-back file (:meth:`read_back`) rasterized by the plain ``rasterize()`` from a camera
-        (viewmat (4, 4), K (3, 3)) against the avatar's own render: (PSNR dB, max abs difference)."""
+        (viewmat (4, 4), K (3, 3)) against the avatar's own render: (PSNR dB, max abs difference).
+        With a screen stage left out of the file, against the first three rasterized channels, at
+        their size."""
         viewmat, K = viewmat.to(verts.device), K.to(verts.device)
         rgb, _, _ = rasterize(data["means"], data["quats"], data["scales"], data["opacities"], data["sh"],
                               viewmat[None], K[None], width, height, sh_degree=data["sh_degree"],
                               backgrounds=self.renderer.background[None], backend="torch",
                               tile_size=16 if verts.is_cuda else 8)
-        ours = self.renderer.render(verts, motion, viewmat, K, width, height)
+        if self.stage_left_out is None:
+            ours = self.renderer.render(verts, motion, viewmat, K, width, height)
+        else:  # the rasterized first three channels, at the stage's input size, against the file there
+            result = render_avatar(self.avatar, verts, motion, viewmat, K, width, height, self.renderer.background,
+                                   backend="torch")
+            ours = result.features[..., :3]
+            (w, h), size = result.raster_size, torch.tensor([result.raster_size[0] / width, result.raster_size[1] / height,
+                                                             1.0], device=K.device)
+            rgb, _, _ = rasterize(data["means"], data["quats"], data["scales"], data["opacities"], data["sh"],
+                                  viewmat[None], (K * size[:, None])[None], w, h, sh_degree=data["sh_degree"],
+                                  backgrounds=self.renderer.background[None], backend="torch",
+                                  tile_size=16 if verts.is_cuda else 8)
         return float(psnr(rgb[0], ours)), float((rgb[0] - ours).abs().max())
 
     def check(self, path: Path, verts, motion, camera) -> dict:
@@ -168,7 +194,8 @@ class Exporter:
             report_path = out.with_suffix(".json")
         rms = [f["sh_fit_rms"] for f in frames if f["sh_fit_rms"] is not None]
         report = {"model": str(self.renderer.model_dir), "iteration": self.renderer.model.iteration,
-                  "format": options.format, "colour": "fitted SH" if self.sh_fit is not None else "per-splat SH",
+                  "format": options.format, "colour": self.colour_kind(),
+                  "screen_stage_left_out": self.stage_left_out,
                   "sh_fit_directions": options.directions if self.sh_fit is not None else None,
                   "sh_fit_weighting": None if self.sh_fit is None else ("sphere" if options.sphere_fit else "rig views"),
                   "sh_fit_rms_mean": sum(rms) / len(rms) if rms else None, "frames": frames}
@@ -179,8 +206,12 @@ class Exporter:
         if "check_psnr_db" in frames[0]:
             check = (f"; rasterized back vs the avatar's render: {frames[0]['check_psnr_db']:.2f} dB PSNR, "
                      f"max abs diff {frames[0]['check_max_abs_diff']:.2e}")
+        stage = ""
+        if self.stage_left_out is not None:
+            stage = (f"; the screen-space stage (model.screen {self.stage_left_out!r}) is not in the file: it holds "
+                     "the splats' first three colour channels, the low-resolution RGB the stage starts from")
         self.log(f"[export] {len(frames)} frame(s), {frames[0]['splats']} splats, SH degree {frames[0]['sh_degree']} "
-                 f"-> {out}{fit}{check}; report {report_path}")
+                 f"-> {out}{fit}{check}{stage}; report {report_path}")
         return report
 
 

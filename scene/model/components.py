@@ -284,6 +284,11 @@ class ColorComponent(Component):
     rasterizer takes it, C = 3; or C feature channels for a screen-space stage to turn into RGB) or
     ``{"sh": (N, K, 3), "sh_degree": d}`` (SH the rasterizer evaluates)."""
 
+    #: The colour depends on the view direction. False (a colour of the frame's expression and
+    #: pose alone, e.g. GHA's): export writes the frame's colours (the first three channels) as the
+    #: splats' SH degree 0, without fitting SH over directions.
+    view_dependent: bool = True
+
     def channels(self) -> int:
         """C, the channels of :meth:`forward`'s ``colors`` (3 unless a screen-space stage follows)."""
         return 3
@@ -329,6 +334,10 @@ class ScreenComponent(Component):
 
     #: The rasterizer renders at (width // scale, height // scale); the stage outputs (height, width).
     scale: int = 1
+    #: The first three rasterized channels are an RGB image in their own right (a loss holds them
+    #: to the ground truth, as GHA's): export may write them as the splats' colour, without the
+    #: stage. False: an avatar with this stage cannot be exported.
+    exports_feature_rgb: bool = False
 
     def enabled(self) -> bool:
         return True
