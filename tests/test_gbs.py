@@ -270,18 +270,20 @@ def test_gbs_trains_densifies_saves_loads_renders_exports_and_resumes(tiny, tmp_
 
 def test_gbs_overfits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):
     """The method's capacity and gradients end to end: one frame of the synthetic subject, fitted
-    by the trainer's own optimisers (no densification), reaches 30 dB PSNR."""
+    by the trainer's own optimisers (no densification), reaches 30 dB PSNR in 90 steps. The SH rate
+    is 20x the config's so that the colours get from grey to the frame's in tens of steps (at the
+    config's rate it takes about 300: 38.7 dB then)."""
     from scene.training.losses import photometric_loss
 
     union = synthetic_dataset["subjects"]["s000"]["union"]
     args = ["-s", union, "-m", str(tmp_path / "m"), "--flame", synthetic_dataset["flame_model"], "--quiet",
             *[a for c in CONFIGS for a in ("--config", str(c))], "--set", "densify.enabled=false",
-            "--set", "optim.lambda_dssim=0", "--iterations", "300"]
+            "--set", "optim.lambda_dssim=0", "--set", "model.color.lr=0.05", "--iterations", "90"]
     trainer = train.Trainer(train.request_from_args(train.parse_args(args)))
     frame = trainer.train_frames[0]
     gt = trainer.subject.load_image(frame).to(trainer.device)
     t0 = time.time()
-    for step in range(1, 301):
+    for step in range(1, 91):
         result, _ = trainer.render_frame(frame, step)
         loss = photometric_loss(result.image, gt, 0.0)[0]
         loss.backward()
