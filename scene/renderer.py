@@ -44,6 +44,16 @@ __all__ = ["RenderOptions", "Renderer", "RenderStopped", "FrameWriteError", "Fra
 FRAME_SUBFOLDERS = ("renders", "gt", "masks")
 
 
+def splat_attribute_bytes(gaussians) -> dict[str, int]:
+    """Bytes of each per-splat tensor in the splats' PLY (float32 columns, the binding int32),
+    largest first: what the storage report's ``splats`` entry is made of, per component attribute
+    (e.g. SH, or a method's blendshape deltas)."""
+    n = len(gaussians)
+    sizes = {name: 4 * n * math.prod(p.shape[1:]) for name, p in gaussians.params.items()}
+    sizes["binding"] = 4 * n
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
+
+
 @dataclass
 class RenderOptions:
     """How to load and render a model folder (render.py's options; viewer.py and export.py set
@@ -563,10 +573,13 @@ class Renderer:
     def storage(self) -> dict:
         sizes = storage_report(self.model.folder)
         total = sum(sizes.values())
-        report = {"checkpoint": str(self.model.folder), "bytes": sizes, "total_bytes": total, "splats": len(self.model.avatar.gaussians)}
+        by_attribute = splat_attribute_bytes(self.model.avatar.gaussians)
+        report = {"checkpoint": str(self.model.folder), "bytes": sizes, "total_bytes": total,
+                  "splats": len(self.model.avatar.gaussians), "splat_attribute_bytes": by_attribute}
         (self.model_dir / "storage.json").write_text(json.dumps(report, indent=2))
         parts = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
         print(f"[storage] {total / 1e6:.2f} MB total ({parts})")
+        print("[storage] splats by attribute: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in by_attribute.items()))
         return report
 
     @torch.no_grad()

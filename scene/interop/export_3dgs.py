@@ -30,7 +30,8 @@ opacity`` (large, opaque splats first, as those viewers expect)::
 (view-dependent colour is lost: only the DC colour is kept).
 
 Colour: avatars whose colour component stores SH per splat (the GaussianAvatars config) export
-their own coefficients (:meth:`GaussianAvatar.export_sh`). Any other colour component (the triplane)
+their own coefficients (:meth:`GaussianAvatar.export_sh`), as the colour gives them for the exported
+frame (an expression-dependent SH colour, GBS-style, adds the frame's blendshape deltas). Any other colour component (the triplane)
 gets SH coefficients fitted per splat, by least squares, to its colours
 (:meth:`ColorComponent.direction_colors`) over Fibonacci view directions spread over the sphere in
 the canonical frame; each direction is mapped into world space exactly as the renderer maps world
@@ -204,7 +205,10 @@ def export_frame(avatar: GaussianAvatar, vertices: torch.Tensor, motion: dict,
     logit = avatar.gaussians.params["opacity"].detach() + splats["delta"]
     own = avatar.export_sh(sh_degree)
     if own is not None:
-        sh, rms, rms_sphere = own.detach(), None, None
+        # The frame's coefficients as the colour gave them for this frame (an expression-dependent
+        # SH colour's differ from its neutral own_sh; a static one's are the same), up to the degree.
+        frame_sh = splats["sh"][:, :own.shape[1]] if "sh" in splats else own
+        sh, rms, rms_sphere = frame_sh.detach(), None, None
         degree = int(round(math.sqrt(sh.shape[1]))) - 1
     elif not avatar.color.view_dependent:
         # The frame's colour, the same from every direction: SH degree 0 of its first three channels.
