@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 # The shared components and the tensorial method's, imported so that they are registered.
+from scene.methods import gbs as _gbs  # noqa: F401  (Gaussian Blendshapes-style)
+from scene.methods import gha as _gha  # noqa: F401  (Gaussian Head Avatar-style)
 from scene.methods.tensorial import color as _tensorial_color  # noqa: F401
 from scene.methods.tensorial import opacity as _tensorial_opacity  # noqa: F401
 from scene.model import flame_bound as _flame_bound  # noqa: F401

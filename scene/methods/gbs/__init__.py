@@ -3,8 +3,8 @@
 component and a jaw-driven mouth-interior set, posed by FLAME's linear blend skinning.
 
 Importing the package registers its components: the ``gaussian_blendshapes`` geometry, the
-``blendshape_sh`` colour and the ``blendshape_opacity`` opacity (``plugins: [scene.methods.gbs]``
-in ``configs/gaussian_blendshapes.yaml``).
+``blendshape_sh`` colour and the ``blendshape_opacity`` opacity; :mod:`scene.model.avatar` imports
+it, so they are built in.
 """
 from scene.methods.gbs import color as _color  # noqa: F401
 from scene.methods.gbs import geometry as _geometry  # noqa: F401

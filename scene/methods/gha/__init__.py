@@ -4,6 +4,6 @@ and 32-channel colour, blended by the distance to canonical landmarks, a rigid h
 super-resolution CNN after rasterization (docs/METHODS_GHA.md).
 
 Importing this package registers its components: geometry ``gha``, colour ``gha``, opacity ``gha``
-and screen ``gha_sr`` (``configs/gaussian_head_avatar.yaml`` lists it under ``plugins:``).
+and screen ``gha_sr``; :mod:`scene.model.avatar` imports it, so they are built in.
 """
 from scene.methods.gha import color, geometry, opacity, super_resolution  # noqa: F401
