@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flame_fixtures import make_small_model, write_pickle  # noqa: E402
-from test_train import checkpoint_tensors  # noqa: E402
+from test_train import assert_resume_reproduces  # noqa: E402
 
 import export  # noqa: E402
 import render  # noqa: E402
@@ -254,18 +254,7 @@ def test_gbs_trains_densifies_saves_loads_renders_exports_and_resumes(tiny, tmp_
     assert json.loads(ply.with_suffix(".json").read_text())["frames"][0]["check_psnr_db"] > 40
 
     # Resume: 10 steps, saved, continued by the CLI to 20 = the straight run, bit for bit.
-    resumed = tmp_path / "resumed"
-    trainer = train.Trainer(train.request_from_args(train.parse_args(train_args(tiny, resumed))))
-    for _ in range(10):
-        trainer.step += 1
-        trainer.training_step(trainer.step)
-    trainer.save(trainer.step)
-    del trainer
-    assert train.main(["-m", str(resumed), "--resume", "--quiet"]) == 0
-    a, b = checkpoint_tensors(ckpt), checkpoint_tensors(resumed / "checkpoints/iteration_0000020")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert (a[key] == b[key]) if isinstance(a[key], bytes) else torch.equal(a[key], b[key]), key
+    assert_resume_reproduces(train_args(tiny, tmp_path / "resumed"), 10, ckpt)
 
 
 def test_gbs_overfits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):

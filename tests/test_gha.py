@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avatar_fixtures import sphere_strip  # noqa: E402
-from test_train import assert_same_checkpoint  # noqa: E402
+from test_train import assert_resume_reproduces  # noqa: E402
 
 import export  # noqa: E402
 import render  # noqa: E402
@@ -22,7 +22,7 @@ import train  # noqa: E402
 from scene.config import resolve_config  # noqa: E402
 from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
 from scene.methods.gha.color import GHAColor  # noqa: E402
-from scene.methods.gha.geometry import FEATURE, GHAGeometry, frame_codes  # noqa: E402
+from scene.methods.gha.geometry import FEATURE, GHAGeometry  # noqa: E402
 from scene.methods.gha.landmarks import expression_weight, landmark_distance  # noqa: E402
 from scene.methods.gha.networks import ConditionedMLP  # noqa: E402
 from scene.methods.gha.super_resolution import GHASuperResolution, SuperResolutionCNN  # noqa: E402
@@ -232,15 +232,7 @@ def test_gha_trains_with_densification_saves_loads_renders_exports_and_resumes(t
     assert report["colour"].startswith("frame colour") and report["screen_stage_left_out"] == "gha_sr"
     assert report["frames"][0]["check_psnr_db"] > 40  # the file renders the splats' own RGB channels
 
-    resumed = tmp_path / "resumed"
-    trainer = train.Trainer(train.request_from_args(train.parse_args(train_args(tiny, resumed, config))))
-    for _ in range(10):
-        trainer.step += 1
-        trainer.training_step(trainer.step)
-    trainer.save(trainer.step)
-    del trainer
-    assert train.main(["-m", str(resumed), "--resume", "--quiet"]) == 0
-    assert_same_checkpoint(ckpt, resumed / "checkpoints/iteration_0000020")
+    assert_resume_reproduces(train_args(tiny, tmp_path / "resumed", config), 10, ckpt)
 
 
 def test_gha_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):

@@ -45,6 +45,21 @@ def assert_same_checkpoint(a_dir: Path, b_dir: Path) -> None:
         assert same, key
 
 
+def assert_resume_reproduces(args: list, steps: int, straight_checkpoint: Path) -> None:
+    """Train ``steps`` iterations of the train.py command line ``args`` in this process, save, and
+    let ``train.py -m <its -m> --resume`` finish the run: its checkpoint of the straight run's
+    iteration equals ``straight_checkpoint`` bit for bit."""
+    trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
+    model = trainer.model_dir
+    for _ in range(steps):
+        trainer.step += 1
+        trainer.training_step(trainer.step)
+    trainer.save(trainer.step)
+    del trainer
+    assert train.main(["-m", str(model), "--resume", "--quiet"]) == 0
+    assert_same_checkpoint(straight_checkpoint, model / "checkpoints" / straight_checkpoint.name)
+
+
 def test_resume_continues_bit_exact(tiny, tmp_path):
     common = ["-s", tiny["subject"], "--flame", tiny["flame"], *SMALL_SCHEDULE, "--set", "run.save_interval=15"]
     assert train.main(list(map(str, ["-m", tmp_path / "straight", *common, "--iterations", "30"]))) == 0
