@@ -193,7 +193,8 @@ class LossContext:
         triangle_displacement: () -> (F,) each triangle's displacement between the frame's
             expression mesh (no global pose) and the canonical mesh, computed on demand.
         features: (h, w, C) the rasterized image before the screen-space stage (the image itself
-            without one); gt: (H, W, 3) the frame's ground truth.
+            without one); gt: (H, W, 3) the frame's ground truth; image: (H, W, 3) the rendered
+            image the photometric loss compares with it (after the screen-space stage).
     """
 
     step: int
@@ -204,6 +205,7 @@ class LossContext:
     triangle_displacement: Callable[[], torch.Tensor]
     features: torch.Tensor | None = None
     gt: torch.Tensor | None = None
+    image: torch.Tensor | None = None
 
 
 class Component(torch.nn.Module):

@@ -456,7 +456,7 @@ class Trainer:
                 terms = self.avatar.losses(LossContext(
                     step, result.splats, result.meta, self.avatar.gaussians.params, self.avatar.gaussians.binding,
                     triangle_displacement=lambda: self.sequence.triangle_displacement(rows)[0],
-                    features=result.features, gt=gt))
+                    features=result.features, gt=gt, image=image))
                 for term in terms.values():
                     loss = loss + term
             with timer("backward"):

@@ -131,10 +131,7 @@ class GHASuperResolution(ScreenComponent):
         if c.lambda_lr > 0:
             terms["gha_lowres_l1"] = c.lambda_lr * (ctx.features[..., :3] - downsample(ctx.gt, h, w)).abs().mean()
         if c.lambda_vgg > 0:
-            # The stage's image again (LossContext holds the features, not the image): the same
-            # function of the features, so its gradient is the image's.
-            image = self(ctx.features, None, ctx.gt.shape[1], ctx.gt.shape[0])
-            terms["gha_vgg"] = c.lambda_vgg * self.perceptual(image, ctx.gt)
+            terms["gha_vgg"] = c.lambda_vgg * self.perceptual(ctx.image, ctx.gt)
         return terms
 
     def param_groups(self) -> list[dict]:
