@@ -37,6 +37,19 @@ def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1 - x))
 
 
+def fold_into_triangle(u: torch.Tensor) -> torch.Tensor:
+    """(N, 2) points uniform in the unit square -> (N, 2) barycentric weights (of the second and
+    third corner) uniform over a triangle: the half beyond the diagonal is reflected into it."""
+    return torch.where((u.sum(1) > 1)[:, None], 1 - u, u)
+
+
+def points_in_triangles(corners: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(N, 3) points uniform over the triangles ``corners`` (N, 3, 3), from ``u`` (N, 2) uniform in
+    the unit square (:func:`fold_into_triangle`)."""
+    u = fold_into_triangle(u)
+    return corners[:, 0] + u[:, :1] * (corners[:, 1] - corners[:, 0]) + u[:, 1:] * (corners[:, 2] - corners[:, 0])
+
+
 class BoundGaussians(torch.nn.Module):
     """Splat parameters bound to triangles.
 
@@ -95,10 +108,7 @@ class BoundGaussians(torch.nn.Module):
         g = torch.Generator().manual_seed(seed)
         binding = torch.arange(faces.shape[0]).repeat_interleave(per_triangle)
         u = torch.rand(binding.shape[0], 2, generator=g, dtype=vertices.dtype)
-        flip = u.sum(1) > 1  # reflect into the triangle: uniform barycentric coordinates
-        u = torch.where(flip[:, None], 1 - u, u)
-        corners = vertices[faces[binding]]  # (N, 3, 3)
-        points = corners[:, 0] + u[:, :1] * (corners[:, 1] - corners[:, 0]) + u[:, 1:] * (corners[:, 2] - corners[:, 0])
+        points = points_in_triangles(vertices[faces[binding]], u)
         frames = triangle_frames(vertices, faces)
         splats = cls(binding)
         with torch.no_grad():

@@ -36,7 +36,7 @@ from scene.methods.gbs.skinning import blend_joint_rotations, frame_pose, joint_
 from scene.model.binding import triangle_frames
 from scene.model.components import (BuildContext, GeometryComponent, LossContext, PluginContractError,
                                     SplatAttribute, SplatGeometry)
-from scene.model.gaussian_model import BoundGaussians
+from scene.model.gaussian_model import BoundGaussians, fold_into_triangle
 from scene.model.registry import GEOMETRY, ComponentConfig
 from utils.config import check_positive, check_range
 from utils.errors import InputFileError
@@ -132,8 +132,7 @@ class GaussianBlendshapesGeometry(GeometryComponent):
         if per == 1:
             bary = torch.full((n_faces, 3), 1.0 / 3.0)
         else:
-            u = torch.rand(binding.shape[0], 2, generator=torch.Generator().manual_seed(0))
-            u = torch.where((u.sum(1) > 1)[:, None], 1 - u, u)  # reflected into the triangle: uniform
+            u = fold_into_triangle(torch.rand(binding.shape[0], 2, generator=torch.Generator().manual_seed(0)))
             bary = torch.cat([1 - u.sum(1, keepdim=True), u], 1)
         xyz = (bary[..., None] * self.canonical_corners.cpu()[binding]).sum(1)
         rotation = matrix_to_quat(self.canonical_rot.cpu()[binding])

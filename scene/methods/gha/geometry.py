@@ -34,7 +34,7 @@ from scene.methods.gha.landmarks import canonical_landmarks, expression_weight, 
 from scene.methods.gha.networks import ConditionedMLP, fourier_features, fourier_width
 from scene.model.components import (BuildContext, GeometryComponent, PluginContractError, SplatAttribute,
                                     SplatGeometry)
-from scene.model.gaussian_model import BoundGaussians
+from scene.model.gaussian_model import BoundGaussians, points_in_triangles
 from scene.model.registry import GEOMETRY, ComponentConfig
 from utils.config import check_positive, check_range
 from utils.errors import InputFileError
@@ -84,11 +84,7 @@ def sample_surface(vertices: torch.Tensor, faces: torch.Tensor, n: int, seed: in
     corners = vertices[faces].double().cpu()  # (F, 3, 3)
     area = 0.5 * torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]).norm(dim=1)
     tri = torch.multinomial(area / area.sum(), n, replacement=True, generator=g)
-    u = torch.rand(n, 2, generator=g, dtype=torch.float64)
-    flip = u.sum(1) > 1
-    u = torch.where(flip[:, None], 1 - u, u)
-    c = corners[tri]
-    points = c[:, 0] + u[:, :1] * (c[:, 1] - c[:, 0]) + u[:, 1:] * (c[:, 2] - c[:, 0])
+    points = points_in_triangles(corners[tri], torch.rand(n, 2, generator=g, dtype=torch.float64))
     return points.to(vertices), tri.to(faces.device), float(area.sum())
 
 
