@@ -18,7 +18,8 @@ timestep (mean over cameras and seeds).
 Methods are configs of the same code; the ``tensorial_*`` variants each change one thing of the
 tensorial config (its ablation rows): the face box instead of the head box, a one-hidden-layer
 opacity decoder, the off-face penalty weight 2 instead of 10, inverse-distance jaw weights, the
-expression classes balanced half-way (``sampling.balance`` 0.5).
+expression classes balanced half-way (``sampling.balance`` 0.5), NPGA's power-mean densification
+statistic (``densify.grad_power`` 2) and its soft opacity decay (``densify.opacity_decay`` 0.01).
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ METHODS = {
     "no_penalty": (TENSORIAL + ["configs/ablation_no_penalty.yaml"], []),
     "no_resampling": (TENSORIAL + ["configs/ablation_no_resampling.yaml"], []),
     "tensorial_balance_half": (TENSORIAL, ["sampling.balance=0.5"]),
+    # NPGA's density options on the tensorial method (each alone): the power-mean statistic with
+    # e = 2, and the soft opacity decay of 0.01 in place of the hard reset.
+    "tensorial_grad_power_2": (TENSORIAL, ["densify.grad_power=2"]),
+    "tensorial_opacity_decay": (TENSORIAL, ["densify.opacity_decay=0.01", "densify.opacity_reset_interval=0"]),
 }
 
 

@@ -147,3 +147,22 @@ def test_legacy_keys_go_to_the_type_that_owned_them(tmp_path, capsys):
     a, b = resolve_config([]), resolve_config([], [{"model": {"color": "sh"}}])
     assert [d for d in config_differences(a, b) if d.startswith("model.color")] == [
         "model.color: type 'triplane' -> 'sh'"]
+
+
+def test_quality_bench_methods_resolve():
+    """Every method of bench/quality.py composes with the demo schedule and its overrides into a
+    valid config, so that a long benchmark cannot fail on a typo hours into its run."""
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_quality", root / "bench" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    for name, (configs, sets) in quality.METHODS.items():
+        cfg = resolve_config([root / c for c in configs] + [root / "configs" / "demo.yaml"],
+                             [parse_assignment(s) for s in sets])
+        assert cfg.optim.iterations == 2000, name
+    decay = quality.METHODS["tensorial_opacity_decay"]
+    cfg = resolve_config([root / c for c in decay[0]] + [root / "configs" / "demo.yaml"],
+                         [parse_assignment(s) for s in decay[1]])
+    assert cfg.densify.opacity_decay == 0.01 and cfg.densify.opacity_reset_interval == 0
