@@ -57,6 +57,12 @@ METHODS = {
     # e = 2, and the soft opacity decay of 0.01 in place of the hard reset.
     "tensorial_grad_power_2": (TENSORIAL, ["densify.grad_power=2"]),
     "tensorial_opacity_decay": (TENSORIAL, ["densify.opacity_decay=0.01", "densify.opacity_reset_interval=0"]),
+    # configs/demo.yaml's departures from the paper config, each undone alone (the convergence
+    # study, bench/convergence.py): the paper's head box for the lines, its opacity penalty
+    # lambda 1.0, its opacity decoder rate 1e-4.
+    "tensorial_head_box": (TENSORIAL, ["model.opacity.box=head"]),
+    "tensorial_paper_penalty": (TENSORIAL, ["model.opacity.penalty.lambda_opacity=1.0"]),
+    "tensorial_paper_decoder_lr": (TENSORIAL, ["model.opacity.mlp_lr=1e-4"]),
 }
 
 
@@ -72,23 +78,31 @@ def run(cmd: list[str], env: dict | None = None, log: Path | None = None) -> Non
         raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}; see {log}")
 
 
-def dataset(seed: int, data_root: Path) -> tuple[Path, Path]:
-    """(union subject folder, FLAME pickle) of the synthetic subject of ``seed`` (generated once)."""
+def dataset(seed: int, data_root: Path, preset: str = "demo") -> tuple[Path, Path]:
+    """(union subject folder, FLAME pickle) of the synthetic subject of ``seed`` made with
+    ``scripts/make_synthetic_subject.py --preset preset`` (generated once)."""
     folder = data_root / f"seed{seed}"
-    run([sys.executable, "scripts/make_synthetic_subject.py", "--out", str(folder), "--seed", str(seed), "--quiet"])
+    run([sys.executable, "scripts/make_synthetic_subject.py", "--out", str(folder), "--seed", str(seed), "--preset",
+         preset, "--quiet"])
     return next((folder / "s000").glob("UNION_s000_*")), folder / "flame" / "flame2023.pkl"
 
 
-def train_and_score(method: str, seed: int, protocol: str, args, subject: Path, flame: Path, threads: int) -> dict:
-    model = REPO / args.out / protocol / f"seed{seed}" / method
-    if args.fresh and model.exists():
+def train_render_score(method: str, model: Path, subject: Path, flame: Path, protocol: str, threads: int, *,
+                       metrics: str = "gaussian-avatars", splits: tuple = ("val", "test"), fresh: bool = False,
+                       train_extra: list | None = None, fps_frames: int = 10) -> dict:
+    """Train ``method`` (a key of :data:`METHODS`, with the demo schedule) into ``model`` (resumed
+    where a run is there), render and score ``splits`` (with the FLAME region metrics), and time
+    ``render.py --benchmark`` over ``fps_frames`` frames (0: not timed). Logs go to
+    ``model.parent/logs``. Returns ``{"method", "results", "per_view", "splats", "train_seconds",
+    "wall_seconds", "storage_bytes", "fps", "device"}`` (``fps``/``device`` None when not timed)."""
+    if fresh and model.exists():
         shutil.rmtree(model)
     configs, sets = METHODS[method]
     cmd = [sys.executable, "train.py", "-s", str(subject), "-m", str(model), "--flame", str(flame), "--protocol",
            protocol, "--quiet"]
     cmd += [c for cfg in configs + ["configs/demo.yaml"] for c in ("--config", cfg)]
     cmd += [c for s in sets for c in ("--set", s)]
-    cmd += (["--iterations", str(args.iterations)] if args.iterations else []) + args.train_args
+    cmd += list(train_extra or [])
     if (model / "checkpoints").is_dir():
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -96,20 +110,31 @@ def train_and_score(method: str, seed: int, protocol: str, args, subject: Path, 
     t0 = time.time()
     run(cmd, env, logs / f"{method}_train.log")
     wall = time.time() - t0
-    run([sys.executable, "render.py", "-m", str(model), "--split", "val", "test", "--quiet"], env,
+    run([sys.executable, "render.py", "-m", str(model), "--split", *splits, "--quiet"], env,
         logs / f"{method}_render.log")
-    run([sys.executable, "evaluate.py", "-m", str(model), "--split", "val", "test", "--metrics", args.metrics],
+    run([sys.executable, "evaluate.py", "-m", str(model), "--split", *splits, "--metrics", metrics],
         env, logs / f"{method}_evaluate.log")
-    run([sys.executable, "render.py", "-m", str(model), "--benchmark", "--benchmark-frames", str(args.fps_frames),
-         "--quiet"], env, logs / f"{method}_benchmark.log")
-    fps = json.loads((model / "benchmark.json").read_text())
+    fps = device = None
+    if fps_frames > 0:
+        run([sys.executable, "render.py", "-m", str(model), "--benchmark", "--benchmark-frames", str(fps_frames),
+             "--quiet"], env, logs / f"{method}_benchmark.log")
+        bench = json.loads((model / "benchmark.json").read_text())
+        fps, device = bench["fps"], bench["device"]
     results = json.loads((model / "results.json").read_text())
     per_view = json.loads((model / "per_view.json").read_text())
     summary = json.loads((model / "train_summary.json").read_text())
     storage = json.loads((model / "storage.json").read_text())
-    return {"method": method, "seed": seed, "protocol": protocol, "results": results, "per_view": per_view,
-            "splats": summary["splats"], "train_seconds": summary["train_seconds"], "wall_seconds": wall,
-            "storage_bytes": storage["total_bytes"], "fps": fps["fps"], "device": fps["device"]}
+    return {"method": method, "results": results, "per_view": per_view, "splats": summary["splats"],
+            "train_seconds": summary["train_seconds"], "wall_seconds": wall, "storage_bytes": storage["total_bytes"],
+            "fps": fps, "device": device}
+
+
+def train_and_score(method: str, seed: int, protocol: str, args, subject: Path, flame: Path, threads: int) -> dict:
+    model = REPO / args.out / protocol / f"seed{seed}" / method
+    extra = (["--iterations", str(args.iterations)] if args.iterations else []) + args.train_args
+    row = train_render_score(method, model, subject, flame, protocol, threads, metrics=args.metrics,
+                             fresh=args.fresh, train_extra=extra, fps_frames=args.fps_frames)
+    return {**row, "seed": seed, "protocol": protocol}
 
 
 #: The CVPR 2025 paper's Table 1 (NeRSemble, 600k iterations, FPS on an RTX 4090): NVS and
@@ -134,7 +159,8 @@ def paper_table() -> str:
 def fmt_row(label: str, r: dict) -> str:
     v, t = r["val"], r["test"]
     return (f"| {label} | {v['PSNR']:.2f} | {v['SSIM']:.4f} | {v['LPIPS']:.4f} | {t['PSNR']:.2f} | {t['SSIM']:.4f} | "
-            f"{t['LPIPS']:.4f} | {r['splats']:.0f} | {r['storage_bytes'] / 1e6:.2f} | {r['fps']:.1f} | "
+            f"{t['LPIPS']:.4f} | {r['splats']:.0f} | {r['storage_bytes'] / 1e6:.2f} | "
+            f"{'-' if r['fps'] is None else format(r['fps'], '.1f')} | "
             f"{r['train_seconds']:.0f} |")
 
 
@@ -153,7 +179,8 @@ def table(rows: list[dict], protocol: str, metrics: str, device: str) -> str:
             out.append(fmt_row(f"{method} ({r['seed']})", flat))
         mean = {split: {k: float(np.mean([r["results"][split][k] for r in runs])) for k in ("PSNR", "SSIM", "LPIPS")}
                 for split in ("val", "test")}
-        mean.update({k: float(np.mean([r[k] for r in runs])) for k in ("splats", "storage_bytes", "train_seconds", "fps")})
+        mean.update({k: float(np.mean([r[k] for r in runs])) for k in ("splats", "storage_bytes", "train_seconds")})
+        mean["fps"] = None if any(r["fps"] is None for r in runs) else float(np.mean([r["fps"] for r in runs]))
         out.append(fmt_row(f"**{method} (mean of {len(runs)})**", mean))
     return "\n".join(out)
 
@@ -207,7 +234,7 @@ def main(argv=None) -> int:
     report = []
     for protocol in args.protocol:
         mine = [r for r in rows if r["protocol"] == protocol]
-        device = ", ".join(sorted({r["device"] for r in mine}))
+        device = ", ".join(sorted({r["device"] for r in mine if r["device"]})) or "(not timed)"
         report += ["", table(mine, protocol, args.metrics, device), ""]
         for method in args.methods:
             if method != "gaussian_avatars" and "gaussian_avatars" in args.methods and not method.startswith("tensorial_"):
