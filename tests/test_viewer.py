@@ -75,7 +75,37 @@ def test_pinhole_camera_inverts_camera_pose():
 
 def test_view_from_a_rig_camera_is_render_py_image(avatar_viewer):
     """The browser camera put where a rig camera is renders render.py's image of that camera."""
-    v = avatar_viewer
+    assert_rig_view_is_render_py_image(avatar_viewer)
+
+
+#: The other built-in methods: (paper config, demo overlay) under configs/.
+OTHER_METHODS = {
+    "gaussian_head_avatar": ("gaussian_head_avatar.yaml", "gaussian_head_avatar_demo.yaml"),
+    "gaussian_blendshapes": ("gaussian_blendshapes.yaml", "gaussian_blendshapes_demo.yaml"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(OTHER_METHODS))
+def test_other_methods_view_is_render_py_image(method, synthetic_dataset, tmp_path):
+    """The viewer knows the model interface, not a method: each method's view from a rig camera
+    is what render.py's renderer gives (its screen-space stage included)."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    paper, demo = OTHER_METHODS[method]
+    out = tmp_path / method
+    args = ["-s", synthetic_dataset["subjects"]["s000"]["union"], "-m", out, "--flame", synthetic_dataset["flame_model"],
+            "--config", configs / paper, "--config", configs / "demo.yaml", "--config", configs / demo,
+            "--iterations", "10", "--eval", "--quiet", "--set", "run.eval_interval=1000",
+            "--set", "densify.densify_from_iter=1000"]
+    assert train.main(list(map(str, args))) == 0
+    v = viewer.AvatarViewer(viewer.options_from_args(viewer.parse_args(
+        ["-m", str(out), "--port", str(free_port()), "--quiet", "--resolution", "64", "--device", "cpu"])))
+    try:
+        assert_rig_view_is_render_py_image(v)
+    finally:
+        v.close()
+
+
+def assert_rig_view_is_render_py_image(v) -> None:
     frame = v.renderer.rig_camera(int(v.controls["camera"].value))
     v.controls["height"].value = frame.height
     position, wxyz, fov = camera_pose(frame.viewmat, frame.K, frame.height)
