@@ -318,3 +318,38 @@ def _with_grad(grads: torch.Tensor) -> torch.Tensor:
     means2d = torch.zeros(1, grads.shape[0], 2, requires_grad=True)
     means2d.grad = torch.stack([grads, torch.zeros_like(grads)], -1)[None]
     return means2d
+
+
+def test_gaussianhead_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):
+    """One frame (camera 9, the first timestep), small networks, no densification: >= 30 dB."""
+    union = Path(synthetic_dataset["subjects"]["s000"]["union"])
+    one = union.parent / "UNION_one_frame_gaussianhead"
+    if not one.exists():
+        shutil.copytree(union, one)
+        transforms = json.loads((one / "transforms_train.json").read_text())
+        transforms["frames"] = [f for f in transforms["frames"] if f["camera_index"] == 9 and f["timestep_index"] == 0]
+        (one / "transforms_train.json").write_text(json.dumps(transforms))
+    config = tmp_path / "fit.yaml"
+    config.write_text(
+        "model:\n"
+        "  geometry: {init_points: 2000, hidden: 32, hidden_layers: 1, mlp_lr: 1.0e-3}\n"
+        "  color: {resolution: 64, channels: 32, rotations: 4, grid_lr: 2.0e-2, mlp_lr: 5.0e-3, degree: 1}\n"
+        "optim: {position_lr_init: 1.0e-4, position_lr_final: 1.0e-4, scaling_lr: 5.0e-3, opacity_lr: 2.0e-2,\n"
+        "        rotation_lr: 1.0e-3}\n"
+        "densify: {enabled: false}\n")
+    iterations = 200
+    args = ["-s", one, "-m", tmp_path / "fit", "--flame", synthetic_dataset["flame_model"], "--config", PAPER,
+            "--config", config, "--iterations", iterations, "--eval", "--quiet", "--set", "run.eval_interval=100000",
+            "--set", "run.save_interval=100000"]
+    trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
+    assert len(trainer.train_frames) == 1
+    for step in range(1, iterations + 1):
+        trainer.step = step
+        trainer.training_step(step)
+    frame = trainer.train_frames[0]
+    with torch.no_grad():
+        result, _ = trainer.render_frame(frame, iterations)
+        gt = trainer.loader.get(0)
+        value = float(-10 * torch.log10(((result.image - gt) ** 2).mean()))
+    print(f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB")
+    assert value >= 30.0, f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB"
