@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_gha import N_EXPR, _Splats, random_motion, small_context  # noqa: E402
 from test_train import assert_resume_reproduces  # noqa: E402
 
+import evaluate  # noqa: E402
 import export  # noqa: E402
 import render  # noqa: E402
 import train  # noqa: E402
@@ -266,6 +267,12 @@ def test_gaussianhead_trains_with_densification_saves_loads_renders_exports_and_
     rendered = next((straight / "val/ours_20/renders").glob("*.png"))
     assert Image.open(rendered).size == Image.open(straight / "val/ours_20/gt" / rendered.name).size
 
+    assert evaluate.main(["-m", str(straight), "--split", "val", "--lpips", "alex", "--device", "cpu"]) == 0
+    scores = json.loads((straight / "results.json").read_text())["val"]
+    assert scores["n_images"] >= 1 and math.isfinite(scores["PSNR"])
+
+    assert_views_in_the_viewer(straight)
+
     ply = tmp_path / "frame.ply"
     capsys.readouterr()
     assert export.main(["-m", str(straight), "-o", str(ply), "--device", "cpu"]) == 0
@@ -275,6 +282,36 @@ def test_gaussianhead_trains_with_densification_saves_loads_renders_exports_and_
     assert report["frames"][0]["check_psnr_db"] > 40  # the file renders as the avatar does
 
     assert_resume_reproduces(train_args(tiny, tmp_path / "resumed", config), 10, ckpt)
+
+
+def assert_views_in_the_viewer(model: Path) -> None:
+    """The viewer renders the avatar from a rig camera as render.py does."""
+    pytest.importorskip("viser", reason="viser is in requirements.txt; this environment lacks it")
+    import socket
+
+    import numpy as np
+
+    import viewer
+    from flame_model import frame_motion
+    from scene.data.cameras import camera_pose
+    from scene.renderer import reenactment_vertices
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    v = viewer.AvatarViewer(viewer.options_from_args(viewer.parse_args(
+        ["-m", str(model), "--port", str(port), "--quiet", "--resolution", "32", "--device", "cpu"])))
+    try:
+        frame = v.renderer.rig_camera(int(v.controls["camera"].value))
+        v.controls["height"].value = frame.height
+        v.controls["jaw open"].value = 0.2
+        position, wxyz, fov = camera_pose(frame.viewmat, frame.K, frame.height)
+        image, _ = v.render_view(position, wxyz, fov, frame.width / frame.height)
+        verts = reenactment_vertices(v.renderer.model, v.motion)[0]
+        expected = v.renderer.render(verts, frame_motion(v.motion), frame.viewmat, frame.K, frame.width, frame.height)
+        assert image.shape == (frame.height, frame.width, 3)
+        assert np.abs(image.astype(int) - np.round(expected.clamp(0, 1).numpy() * 255).astype(int)).max() <= 1
+    finally:
+        v.close()
 
 
 def test_densification_carries_each_splats_tilts_to_its_clones_and_split_children():
