@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_gha import N_EXPR, _Splats, random_motion, small_context  # noqa: E402
+from method_runs import fit_one_frame, one_frame_subject, short_training_args  # noqa: E402
 from test_train import assert_resume_reproduces  # noqa: E402
 
 import evaluate  # noqa: E402
@@ -231,20 +231,14 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def train_args(tiny, model: Path, config: Path, iterations: int = 20) -> list[str]:
-    return list(map(str, ["-s", tiny["subject"], "-m", model, "--flame", tiny["flame"], "--config", PAPER,
-                          "--config", config, "--iterations", iterations, "--eval", "--quiet",
-                          "--set", "densify.densify_from_iter=4", "--set", "densify.densification_interval=5",
-                          "--set", "densify.densify_until_iter=16", "--set", "densify.grad_threshold=0",
-                          "--set", "densify.min_opacity=0.09", "--set", "densify.max_splats=400",
-                          "--set", "run.save_interval=10", "--set", "run.eval_interval=1000"]))
+    # min_opacity 0.09: the splats start at 0.1, so some are pruned at the densification steps.
+    return short_training_args(tiny, model, [PAPER, config], iterations, ("--set", "densify.min_opacity=0.09"))
 
 
 def test_gaussianhead_trains_with_densification_saves_loads_renders_exports_and_resumes(tiny, tmp_path, capsys):
     config = tiny_config(tmp_path)
     straight = tmp_path / "straight"
-    capsys.readouterr()
     assert train.main(train_args(tiny, straight, config)) == 0
-    log = capsys.readouterr()
     ckpt = straight / "checkpoints/iteration_0000020"
     assert {p.name for p in ckpt.iterdir()} >= {"splats.ply", "gaussianhead_deformation.pt", "tilted_triplane.pt",
                                                 "gaussianhead_heads.pt"}
@@ -359,13 +353,7 @@ def _with_grad(grads: torch.Tensor) -> torch.Tensor:
 
 def test_gaussianhead_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):
     """One frame (camera 9, the first timestep), small networks, no densification: >= 30 dB."""
-    union = Path(synthetic_dataset["subjects"]["s000"]["union"])
-    one = union.parent / "UNION_one_frame_gaussianhead"
-    if not one.exists():
-        shutil.copytree(union, one)
-        transforms = json.loads((one / "transforms_train.json").read_text())
-        transforms["frames"] = [f for f in transforms["frames"] if f["camera_index"] == 9 and f["timestep_index"] == 0]
-        (one / "transforms_train.json").write_text(json.dumps(transforms))
+    one = one_frame_subject(Path(synthetic_dataset["subjects"]["s000"]["union"]), "UNION_one_frame_gaussianhead")
     config = tmp_path / "fit.yaml"
     config.write_text(
         "model:\n"
@@ -375,18 +363,6 @@ def test_gaussianhead_fits_one_training_frame_of_the_synthetic_subject(synthetic
         "        rotation_lr: 1.0e-3}\n"
         "densify: {enabled: false}\n")
     iterations = 200
-    args = ["-s", one, "-m", tmp_path / "fit", "--flame", synthetic_dataset["flame_model"], "--config", PAPER,
-            "--config", config, "--iterations", iterations, "--eval", "--quiet", "--set", "run.eval_interval=100000",
-            "--set", "run.save_interval=100000"]
-    trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
-    assert len(trainer.train_frames) == 1
-    for step in range(1, iterations + 1):
-        trainer.step = step
-        trainer.training_step(step)
-    frame = trainer.train_frames[0]
-    with torch.no_grad():
-        result, _ = trainer.render_frame(frame, iterations)
-        gt = trainer.loader.get(0)
-        value = float(-10 * torch.log10(((result.image - gt) ** 2).mean()))
+    value = fit_one_frame(one, synthetic_dataset["flame_model"], [PAPER, config], iterations, tmp_path / "fit")
     print(f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB")
     assert value >= 30.0, f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB"
