@@ -108,6 +108,7 @@ class GaussianHeadColor(ColorComponent):
         return {"sh": rotate_sh(sh, sh_rotation(self.cfg.degree, R, self.fit_dirs, self.fit_pinv)),
                 "sh_degree": self.active_degree}
 
+    @torch.no_grad()
     def own_sh(self, params: dict, degree: int | None) -> torch.Tensor:
         """(N, (degree + 1)^2, 3) the heads' SH at the splats' canonical positions (no expression,
         no head pose); export writes a frame's own SH (:meth:`forward`) in their place."""
