@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 # The shared components and the tensorial method's, imported so that they are registered.
+from scene.methods import gaussianhead as _gaussianhead  # noqa: F401  (GaussianHead-style)
 from scene.methods import gbs as _gbs  # noqa: F401  (Gaussian Blendshapes-style)
 from scene.methods import gha as _gha  # noqa: F401  (Gaussian Head Avatar-style)
 from scene.methods.tensorial import color as _tensorial_color  # noqa: F401

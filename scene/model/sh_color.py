@@ -16,7 +16,16 @@ from scene.model.components import BuildContext, ColorComponent, SplatAttribute,
 from scene.model.registry import COLOR, ComponentConfig
 from utils.config import check_positive, check_range
 
-__all__ = ["SHColor"]
+__all__ = ["SHColor", "active_sh_degree"]
+
+
+def active_sh_degree(step: int | None, schedule_iterations: int, degree: int) -> int:
+    """The SH degree in use at 1-based ``step`` of a schedule of ``schedule_iterations`` (None:
+    trained, all of ``degree``): one band more every ``min(1000, schedule / 10)`` iterations."""
+    if step is None:
+        return degree
+    interval = max(1, min(1000, schedule_iterations // 10))
+    return min(degree, step // interval)
 
 
 @COLOR.register("sh")
@@ -44,11 +53,7 @@ class SHColor(ColorComponent):
                 "shN": SplatAttribute((k - 1, 3), self.cfg.lr / 20.0, ply_prefix="f_rest_", channel_major=True)}
 
     def set_step(self, step: int | None, schedule_iterations: int) -> None:
-        if step is None:
-            self.active_degree = self.cfg.degree
-            return
-        interval = max(1, min(1000, schedule_iterations // 10))
-        self.active_degree = min(self.cfg.degree, step // interval)
+        self.active_degree = active_sh_degree(step, schedule_iterations, self.cfg.degree)
 
     def forward(self, geometry: SplatGeometry) -> dict:
         return {"sh": torch.cat([geometry.params["sh0"], geometry.params["shN"]], dim=1),

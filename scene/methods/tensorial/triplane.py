@@ -138,13 +138,28 @@ class Triplane(nn.Module):
         splat is not pulled by the grid.
         """
         u = normalize_to_box(points, self.bbox_min, self.bbox_max).clamp(-1.0, 1.0)
-        x, y, z = u[:, 0], u[:, 1], u[:, 2]
+        return torch.cat([f[0] for f in self.plane_samples(u[None])], dim=-1)
+
+    def plane_samples(self, u: torch.Tensor) -> list[torch.Tensor]:
+        """Bilinear samples of each plane at box coordinates, channel slice by channel slice.
+
+        Args:
+            u: (G, N, 3) points in box coordinates ([-1, 1]^3 is the box; :func:`normalize_to_box`),
+                already clamped to it. Point set g samples the g-th of G equal channel slices of
+                every plane (G = 1: all channels; the tilted triplane gives each of its rotated
+                copies its own slice), so every plane's channel count must be a multiple of G.
+        Returns:
+            [XY, XZ, YZ] samples, each (G, N, C_plane / G).
+        """
+        g = u.shape[0]
+        x, y, z = u[..., 0], u[..., 1], u[..., 2]
         feats = []
         for plane, (a, b) in zip(self.planes(), ((x, y), (x, z), (y, z))):
-            grid = torch.stack([a, b], dim=-1)[None, None]  # (1, 1, N, 2): (width, height)
-            out = F.grid_sample(plane, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            feats.append(out[0, :, 0, :].t())  # (N, C)
-        return torch.cat(feats, dim=-1)
+            grid = torch.stack([a, b], dim=-1)[:, None]  # (G, 1, N, 2): (width, height)
+            sliced = plane.reshape(g, plane.shape[1] // g, *plane.shape[2:])  # (G, C / G, R, R)
+            out = F.grid_sample(sliced, grid, mode="bilinear", padding_mode="border", align_corners=True)
+            feats.append(out[:, :, 0, :].transpose(1, 2))  # (G, N, C / G)
+        return feats
 
 
 class ColorDecoder(nn.Module):
