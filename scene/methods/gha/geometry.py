@@ -40,7 +40,8 @@ from utils.config import check_positive, check_range
 from utils.errors import InputFileError
 from utils.rotations import matrix_to_quat, quat_multiply, quat_normalize
 
-__all__ = ["GHAGeometry", "GHASplats", "frame_codes", "head_transform", "FEATURE"]
+__all__ = ["GHAGeometry", "GHASplats", "frame_codes", "head_transform", "sample_surface", "surface_splats",
+           "mesh_rotation", "positional_features", "FEATURE"]
 
 #: The per-splat feature F0's name among the splats (PLY columns gha_feature_0..F-1).
 FEATURE = "gha_feature"
@@ -86,6 +87,33 @@ def sample_surface(vertices: torch.Tensor, faces: torch.Tensor, n: int, seed: in
     tri = torch.multinomial(area / area.sum(), n, replacement=True, generator=g)
     points = points_in_triangles(corners[tri], torch.rand(n, 2, generator=g, dtype=torch.float64))
     return points.to(vertices), tri.to(faces.device), float(area.sum())
+
+
+def surface_splats(vertices: torch.Tensor, faces: torch.Tensor, n: int, seed: int, feature: str,
+                   feature_spec: SplatAttribute, unit_positions) -> BoundGaussians:
+    """``n`` splats sampled uniformly by area on the mesh ``vertices`` (V, 3) / ``faces`` (F, 3):
+    3DGS's start (identity rotation, opacity 0.1, isotropic scale of the sampling's mean spacing
+    sqrt(area / n)), binding = the triangle each was sampled on, and the per-splat feature
+    ``feature`` (``feature_spec``, shape (D,)) = :func:`positional_features` of
+    ``unit_positions(points)`` (N, 3) (GHA's F0, NPGA's f)."""
+    points, tri, area = sample_surface(vertices, faces, n, seed)
+    splats = BoundGaussians(tri)
+    splats.add_attribute(feature, feature_spec)
+    with torch.no_grad():
+        splats.params["xyz"].copy_(points)
+        splats.params["log_scale"].fill_(0.5 * math.log(area / n))
+        splats.params[feature].copy_(positional_features(unit_positions(points), feature_spec.shape[0], seed))
+    return splats.to(faces.device)
+
+
+def mesh_rotation(canonical: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """(3, 3) the rotation of the mesh ``vertices`` (V, 3) from ``canonical`` (V, 3): Kabsch fit over
+    all vertices (the head's global rotation when the neck is still)."""
+    a = canonical - canonical.mean(0)
+    b = vertices - vertices.mean(0)
+    u, _, vt = torch.linalg.svd(b.T.double() @ a.double())
+    d = torch.sign(torch.det(u @ vt))
+    return (u @ torch.diag(torch.stack([d.new_ones(()), d.new_ones(()), d])) @ vt).to(vertices.dtype)
 
 
 def positional_features(unit_positions: torch.Tensor, width: int, seed: int) -> torch.Tensor:
@@ -172,18 +200,11 @@ class GHAGeometry(GeometryComponent):
         return (xyz - self.centre) / self.head_length
 
     def initial_splats(self) -> BoundGaussians:
-        """``init_points`` splats on the canonical surface: 3DGS's start (identity rotation, opacity
-        0.1, isotropic scale of the sampling's mean spacing sqrt(area / N)), F0 = positional
-        features of X0, binding = the triangle each was sampled on."""
+        """``init_points`` splats on the canonical surface (:func:`surface_splats`), F0 = positional
+        features of X0."""
         c = self.cfg
-        points, tri, area = sample_surface(self.canonical_vertices, self.faces, c.init_points, c.seed)
-        splats = BoundGaussians(tri)
-        splats.add_attribute(FEATURE, SplatAttribute((c.feature_dim,), lr=c.feature_lr))
-        with torch.no_grad():
-            splats.params["xyz"].copy_(points)
-            splats.params["log_scale"].fill_(0.5 * math.log(area / c.init_points))
-            splats.params[FEATURE].copy_(positional_features(self.unit_positions(points), c.feature_dim, c.seed))
-        return splats.to(self.faces.device)
+        return surface_splats(self.canonical_vertices, self.faces, c.init_points, c.seed, FEATURE,
+                              SplatAttribute((c.feature_dim,), lr=c.feature_lr), self.unit_positions)
 
     def expression_weights(self, xyz: torch.Tensor) -> torch.Tensor:
         """(N,) lambda_exp of splats at canonical ``xyz`` (N, 3): a fixed function of where a splat is
@@ -224,12 +245,7 @@ class GHAGeometry(GeometryComponent):
     def canonical_to_world_rotations(self, vertices: torch.Tensor, gaussians: BoundGaussians) -> torch.Tensor:
         """(N, 3, 3) the posed mesh's rotation from the canonical one (Kabsch fit over all vertices:
         the head's global rotation when the neck is still), the same for every splat."""
-        a = self.canonical_vertices - self.canonical_vertices.mean(0)
-        b = vertices - vertices.mean(0)
-        u, _, vt = torch.linalg.svd(b.T.double() @ a.double())
-        d = torch.sign(torch.det(u @ vt))
-        R = (u @ torch.diag(torch.stack([d.new_ones(()), d.new_ones(()), d])) @ vt).to(vertices.dtype)
-        return R.expand(len(gaussians), 3, 3)
+        return mesh_rotation(self.canonical_vertices, vertices).expand(len(gaussians), 3, 3)
 
     # -- training and files ---------------------------------------------------------------------
 
