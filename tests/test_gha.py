@@ -4,7 +4,6 @@ densification that saves, loads, renders, exports and resumes bit-exactly, and a
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avatar_fixtures import sphere_strip  # noqa: E402
+from method_fit import DENSIFY_SOON, one_frame_subject, training_frame_psnr  # noqa: E402
 from test_train import assert_resume_reproduces  # noqa: E402
 
 import export  # noqa: E402
@@ -194,10 +194,7 @@ class _Splats:
 def train_args(tiny, model: Path, config: Path, iterations: int = 20) -> list[str]:
     return list(map(str, ["-s", tiny["subject"], "-m", model, "--flame", tiny["flame"], "--config", PAPER,
                           "--config", config, "--iterations", iterations, "--eval", "--quiet",
-                          "--set", "densify.densify_from_iter=4", "--set", "densify.densification_interval=5",
-                          "--set", "densify.densify_until_iter=16", "--set", "densify.grad_threshold=0",
-                          "--set", "densify.max_splats=400", "--set", "run.save_interval=10",
-                          "--set", "run.eval_interval=1000"]))
+                          *DENSIFY_SOON]))
 
 
 def test_gha_trains_with_densification_saves_loads_renders_exports_and_resumes(tiny, tmp_path, capsys):
@@ -237,13 +234,7 @@ def test_gha_trains_with_densification_saves_loads_renders_exports_and_resumes(t
 
 def test_gha_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):
     """One frame (camera 9, the first timestep), small networks, no densification: >= 30 dB."""
-    union = Path(synthetic_dataset["subjects"]["s000"]["union"])
-    one = union.parent / "UNION_one_frame_gha"
-    if not one.exists():
-        shutil.copytree(union, one)
-        transforms = json.loads((one / "transforms_train.json").read_text())
-        transforms["frames"] = [f for f in transforms["frames"] if f["camera_index"] == 9 and f["timestep_index"] == 0]
-        (one / "transforms_train.json").write_text(json.dumps(transforms))
+    one = one_frame_subject(synthetic_dataset, "gha")
     config = tmp_path / "fit.yaml"
     config.write_text(
         "model:\n"
@@ -258,15 +249,5 @@ def test_gha_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset,
     args = ["-s", one, "-m", tmp_path / "fit", "--flame", synthetic_dataset["flame_model"], "--config", PAPER,
             "--config", config, "--iterations", iterations, "--eval", "--quiet", "--set", "run.eval_interval=100000",
             "--set", "run.save_interval=100000"]
-    trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
-    assert len(trainer.train_frames) == 1
-    for step in range(1, iterations + 1):
-        trainer.step = step
-        trainer.training_step(step)
-    frame = trainer.train_frames[0]
-    with torch.no_grad():
-        result, _ = trainer.render_frame(frame, iterations)
-        gt = trainer.loader.get(0)
-        value = float(-10 * torch.log10(((result.image - gt) ** 2).mean()))
-    print(f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB")
+    value = training_frame_psnr(args, iterations)
     assert value >= 30.0, f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB"

@@ -5,7 +5,6 @@ renders, exports and resumes bit-exactly, and a fit of one frame."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,12 +14,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_gha import N_EXPR, random_motion, small_context  # noqa: E402
+from method_fit import DENSIFY_SOON, one_frame_subject, training_frame_psnr  # noqa: E402
 from test_train import assert_resume_reproduces  # noqa: E402
 
+import evaluate  # noqa: E402
 import export  # noqa: E402
 import render  # noqa: E402
 import train  # noqa: E402
 from scene.config import resolve_config  # noqa: E402
+from scene.data.cameras import camera_pose  # noqa: E402
 from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
 from scene.methods.npga.color import LATENT, NPGAColor  # noqa: E402
 from scene.methods.npga.geometry import DETAIL_OFFSETS, FEATURE, PRIOR_OFFSETS, NPGAGeometry  # noqa: E402
@@ -125,12 +127,17 @@ def test_the_prior_group_is_frozen_until_its_step_then_learns_and_both_decay():
     assert optimizer.state[prior]["step"] == 1  # its Adam moments start at its first update
 
 
-def test_decoupled_weight_decay_shrinks_weights_without_a_gradient_signal():
-    w = torch.nn.Parameter(torch.ones(3))
-    optimizer = torch.optim.Adam([{"params": [w], "lr": 0.1, "weight_decay": 0.5, "decoupled_weight_decay": True}])
-    w.grad = torch.zeros(3)
+def test_the_weight_decay_is_decoupled_shrinking_weights_without_a_gradient_signal():
+    geometry = NPGAGeometry(small_model(prior_frozen_steps=0, weight_decay=0.5).geometry,
+                            small_context(dtype=torch.float32))
+    optimizer = torch.optim.Adam(geometry.param_groups())
+    before = {name: p.detach().clone() for name, p in geometry.mlps.named_parameters()}
+    for p in geometry.parameters():
+        p.grad = torch.zeros_like(p)
     optimizer.step()
-    assert torch.allclose(w.detach(), torch.full((3,), 1.0 - 0.1 * 0.5))  # AdamW: w (1 - lr wd)
+    for name, p in geometry.mlps.named_parameters():  # AdamW: w (1 - lr wd), the Adam step 0
+        lr = 4.0e-5 if name.startswith("prior") else 2.0e-3
+        assert torch.allclose(p.detach(), before[name] * (1 - lr * 0.5), rtol=0, atol=1e-9), name
 
 
 def test_the_colour_must_match_the_geometry_widths_one_error():
@@ -138,6 +145,14 @@ def test_the_colour_must_match_the_geometry_widths_one_error():
         resolve_config([PAPER], [{"model": {"color": {"latent_channels": 5}}}])
     with pytest.raises(InputFileError, match="set model.geometry to {type: npga}"):
         resolve_config([REPO / "configs/gaussian_avatars.yaml"], [{"model": {"color": {"type": "npga"}}}])
+
+
+def test_a_config_at_odds_with_itself_is_one_error_line_from_train(tiny, tmp_path, capsys):
+    args = ["-s", tiny["subject"], "-m", tmp_path / "m", "--flame", tiny["flame"], "--config", PAPER,
+            "--config", tiny_config(tmp_path), "--iterations", "2", "--quiet", "--set", "model.screen.in_channels=9"]
+    assert train.main(list(map(str, args))) == 2
+    err = capsys.readouterr().err
+    assert "model.screen.in_channels (9) must equal model.color.channels (6)" in err and "Traceback" not in err
 
 
 # -- gradients ---------------------------------------------------------------------------------------
@@ -177,6 +192,13 @@ def test_gradients_through_the_geometry_colour_and_regularisers_match_finite_dif
     assert torch.autograd.gradcheck(frame, tuple(inputs), atol=1e-6)
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class _Splats:
     """Splats with given tensors (gradcheck's inputs)."""
 
@@ -210,11 +232,8 @@ def test_the_rigid_head_motion_is_the_neck_then_the_global_rotation_about_their_
 def train_args(tiny, model: Path, config: Path, iterations: int = 20) -> list[str]:
     return list(map(str, ["-s", tiny["subject"], "-m", model, "--flame", tiny["flame"], "--config", PAPER,
                           "--config", config, "--iterations", iterations, "--eval", "--quiet",
-                          "--set", "densify.densify_from_iter=4", "--set", "densify.densification_interval=5",
-                          "--set", "densify.densify_until_iter=16", "--set", "densify.grad_threshold=0",
                           "--set", "densify.opacity_decay_interval=3",
-                          "--set", "densify.max_splats=400", "--set", "run.save_interval=10",
-                          "--set", "run.eval_interval=1000"]))
+                          *DENSIFY_SOON]))
 
 
 def test_npga_trains_with_densification_saves_loads_renders_exports_and_resumes(tiny, tmp_path, capsys):
@@ -244,6 +263,20 @@ def test_npga_trains_with_densification_saves_loads_renders_exports_and_resumes(
     from PIL import Image
     rendered = next((straight / "val/ours_20/renders").glob("*.png"))
     assert Image.open(rendered).size == Image.open(straight / "val/ours_20/gt" / rendered.name).size
+    assert evaluate.main(["-m", str(straight), "--split", "val", "--lpips", "alex", "--regions", "none",
+                          "--device", "cpu"]) == 0
+
+    pytest.importorskip("viser", reason="viser is in requirements.txt; this environment lacks it")
+    import viewer
+    v = viewer.AvatarViewer(viewer.options_from_args(viewer.parse_args(
+        ["-m", str(straight), "--port", str(_free_port()), "--quiet", "--resolution", "32", "--device", "cpu"])))
+    try:
+        frame = v.renderer.rig_camera(int(v.controls["camera"].value))
+        position, wxyz, fov = camera_pose(frame.viewmat, frame.K, frame.height)
+        image, _ = v.render_view(position, wxyz, fov, frame.width / frame.height)
+        assert image.ndim == 3 and image.shape[-1] == 3
+    finally:
+        v.close()
 
     ply = tmp_path / "frame.ply"
     capsys.readouterr()
@@ -261,13 +294,7 @@ def test_npga_trains_with_densification_saves_loads_renders_exports_and_resumes(
 
 def test_npga_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):
     """One frame (camera 9, the first timestep), small networks, no densification: >= 30 dB."""
-    union = Path(synthetic_dataset["subjects"]["s000"]["union"])
-    one = union.parent / "UNION_one_frame_npga"
-    if not one.exists():
-        shutil.copytree(union, one)
-        transforms = json.loads((one / "transforms_train.json").read_text())
-        transforms["frames"] = [f for f in transforms["frames"] if f["camera_index"] == 9 and f["timestep_index"] == 0]
-        (one / "transforms_train.json").write_text(json.dumps(transforms))
+    one = one_frame_subject(synthetic_dataset, "npga")
     config = tmp_path / "fit.yaml"
     config.write_text(
         "model:\n"
@@ -282,15 +309,5 @@ def test_npga_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset
     args = ["-s", one, "-m", tmp_path / "fit", "--flame", synthetic_dataset["flame_model"], "--config", PAPER,
             "--config", config, "--iterations", iterations, "--eval", "--quiet", "--set", "run.eval_interval=100000",
             "--set", "run.save_interval=100000"]
-    trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
-    assert len(trainer.train_frames) == 1
-    for step in range(1, iterations + 1):
-        trainer.step = step
-        trainer.training_step(step)
-    frame = trainer.train_frames[0]
-    with torch.no_grad():
-        result, _ = trainer.render_frame(frame, iterations)
-        gt = trainer.loader.get(0)
-        value = float(-10 * torch.log10(((result.image - gt) ** 2).mean()))
-    print(f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB")
+    value = training_frame_psnr(args, iterations)
     assert value >= 30.0, f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB"

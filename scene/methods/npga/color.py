@@ -40,6 +40,11 @@ class NPGAColor(SHColor):
         latent_channels: int = 16        # h's width (not in the paper); model.geometry.latent_channels
         latent_lr: float = 2.5e-3        # not in the paper
 
+        @property
+        def channels(self) -> int:
+            """3 RGB + the latent channels: what the screen stage takes (its ``in_channels``)."""
+            return 3 + self.latent_channels
+
         def validate(self, model, where: str) -> None:
             super().validate(model, where)
             require_geometry_type(model, where, "npga", "the npga colour", "offsets of its detail MLP G")
@@ -55,7 +60,7 @@ class NPGAColor(SHColor):
         return {**super().splat_attributes(), LATENT: SplatAttribute((self.cfg.latent_channels,), self.cfg.latent_lr)}
 
     def channels(self) -> int:
-        return 3 + self.cfg.latent_channels
+        return self.cfg.channels
 
     def forward(self, geometry: SplatGeometry) -> dict:
         """{"colors": (N, 3 + C_h), "sh": (N, K, 3) the frame's SH, "sh_degree": the active degree}."""
