@@ -225,6 +225,13 @@ def test_the_rigid_head_motion_is_the_neck_then_the_global_rotation_about_their_
         [0.0, 0.0, 2.0], dtype=torch.float64)}, torch.float64)
     assert torch.allclose(R @ torch.tensor([1.0, -0.1, 0.0], dtype=torch.float64) + o,
                           torch.tensor([0.0, 0.9, 2.0], dtype=torch.float64), atol=1e-6)
+    # Both: the neck (90 degrees about x) first, then the global rotation and translation.
+    about_x = torch.tensor([torch.pi / 2, 0.0, 0.0], dtype=torch.float64)
+    R, o = geometry.rigid({"neck_pose": about_x, "rotation": quarter, "translation": torch.tensor(
+        [0.0, 0.0, 2.0], dtype=torch.float64)}, torch.float64)
+    # (0, 0.1, 1) -> neck: (0, -0.9, 0) -> global about (0, -0.1, 0): (0.8, -0.1, 0), then + (0, 0, 2).
+    assert torch.allclose(R @ torch.tensor([0.0, 0.1, 1.0], dtype=torch.float64) + o,
+                          torch.tensor([0.8, -0.1, 2.0], dtype=torch.float64), atol=1e-6)
 
 
 # -- training ----------------------------------------------------------------------------------------
