@@ -14,7 +14,7 @@ __all__ = ["knn_graph", "laplacian_smoothness"]
 
 
 @torch.no_grad()
-def knn_graph(points: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+def knn_graph(points: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     """(N, min(k, N - 1)) int64 indices of each point's k nearest other points among ``points``
     (N, 3), nearest first. A point is never its own neighbour, even where another point sits at the
     same place (a fresh clone). Rows of ``chunk`` points at a time: memory chunk x N."""
