@@ -44,3 +44,27 @@ def training_frame_psnr(args: list, iterations: int) -> float:
         value = float(-10 * torch.log10(((result.image - gt) ** 2).mean()))
     print(f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB")
     return value
+
+
+def render_one_val_frame(model: Path, iteration: int) -> None:
+    """render.py renders one val frame of ``model`` at the ground truth's size."""
+    import render
+    from PIL import Image
+    assert render.main(["-m", str(model), "--split", "val", "--max-frames", "1", "--quiet"]) == 0
+    rendered = next((model / f"val/ours_{iteration}/renders").glob("*.png"))
+    assert Image.open(rendered).size == Image.open(model / f"val/ours_{iteration}/gt" / rendered.name).size
+
+
+def export_without_screen_stage(model: Path, ply: Path, capsys, stage: str) -> tuple[dict, dict]:
+    """export.py writes a frame of ``model`` (whose screen stage ``stage`` a 3DGS file cannot hold)
+    to ``ply``, says the stage is left out, and the file renders the splats' own RGB channels back
+    (> 40 dB). Returns (the PLY as read back, the export report)."""
+    import export
+    from scene.interop.export_3dgs import read_3dgs_ply
+    capsys.readouterr()
+    assert export.main(["-m", str(model), "-o", str(ply), "--device", "cpu"]) == 0
+    assert f"screen-space stage (model.screen '{stage}') is not in the file" in capsys.readouterr().out
+    report = json.loads(ply.with_suffix(".json").read_text())
+    assert report["screen_stage_left_out"] == stage
+    assert report["frames"][0]["check_psnr_db"] > 40
+    return read_3dgs_ply(ply), report

@@ -3,7 +3,6 @@ its blend weights, super-resolution stage, perceptual loss, gradients, a 20-step
 densification that saves, loads, renders, exports and resumes bit-exactly, and a fit of one frame."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,14 +12,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avatar_fixtures import sphere_strip  # noqa: E402
-from method_fit import DENSIFY_SOON, one_frame_subject, training_frame_psnr  # noqa: E402
+from method_fit import (DENSIFY_SOON, export_without_screen_stage, one_frame_subject, render_one_val_frame,  # noqa: E402
+                        training_frame_psnr)
 from test_train import assert_resume_reproduces  # noqa: E402
 
-import export  # noqa: E402
-import render  # noqa: E402
 import train  # noqa: E402
 from scene.config import resolve_config  # noqa: E402
-from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
 from scene.methods.gha.color import GHAColor  # noqa: E402
 from scene.methods.gha.geometry import FEATURE, GHAGeometry  # noqa: E402
 from scene.methods.gha.landmarks import expression_weight, landmark_distance  # noqa: E402
@@ -214,20 +211,10 @@ def test_gha_trains_with_densification_saves_loads_renders_exports_and_resumes(t
     assert state[0]["exp_avg"].shape == (n, 8)
     assert any(float(v.abs().max()) > 0 for k, v in avatar.geometry.mlps.state_dict().items() if "net.2" in k)
 
-    assert render.main(["-m", str(straight), "--split", "val", "--max-frames", "1", "--quiet"]) == 0
-    from PIL import Image
-    rendered = next((straight / "val/ours_20/renders").glob("*.png"))
-    assert Image.open(rendered).size == Image.open(straight / "val/ours_20/gt" / rendered.name).size
+    render_one_val_frame(straight, 20)
 
-    ply = tmp_path / "frame.ply"
-    capsys.readouterr()
-    assert export.main(["-m", str(straight), "-o", str(ply), "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "screen-space stage (model.screen 'gha_sr') is not in the file" in out
-    assert read_3dgs_ply(ply)["means"].shape[0] == n
-    report = json.loads(ply.with_suffix(".json").read_text())
-    assert report["colour"].startswith("frame colour") and report["screen_stage_left_out"] == "gha_sr"
-    assert report["frames"][0]["check_psnr_db"] > 40  # the file renders the splats' own RGB channels
+    exported, report = export_without_screen_stage(straight, tmp_path / "frame.ply", capsys, "gha_sr")
+    assert exported["means"].shape[0] == n and report["colour"].startswith("frame colour")
 
     assert_resume_reproduces(train_args(tiny, tmp_path / "resumed", config), 10, ckpt)
 
