@@ -3,6 +3,8 @@ its blend weights, super-resolution stage, perceptual loss, gradients, a 20-step
 densification that saves, loads, renders, exports and resumes bit-exactly, and a fit of one frame."""
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,12 +14,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avatar_fixtures import sphere_strip  # noqa: E402
-from method_fit import (DENSIFY_SOON, export_without_screen_stage, one_frame_subject, render_one_val_frame,  # noqa: E402
-                        training_frame_psnr)
 from test_train import assert_resume_reproduces  # noqa: E402
 
+import export  # noqa: E402
+import render  # noqa: E402
 import train  # noqa: E402
 from scene.config import resolve_config  # noqa: E402
+from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
 from scene.methods.gha.color import GHAColor  # noqa: E402
 from scene.methods.gha.geometry import FEATURE, GHAGeometry  # noqa: E402
 from scene.methods.gha.landmarks import expression_weight, landmark_distance  # noqa: E402
@@ -191,7 +194,10 @@ class _Splats:
 def train_args(tiny, model: Path, config: Path, iterations: int = 20) -> list[str]:
     return list(map(str, ["-s", tiny["subject"], "-m", model, "--flame", tiny["flame"], "--config", PAPER,
                           "--config", config, "--iterations", iterations, "--eval", "--quiet",
-                          *DENSIFY_SOON]))
+                          "--set", "densify.densify_from_iter=4", "--set", "densify.densification_interval=5",
+                          "--set", "densify.densify_until_iter=16", "--set", "densify.grad_threshold=0",
+                          "--set", "densify.max_splats=400", "--set", "run.save_interval=10",
+                          "--set", "run.eval_interval=1000"]))
 
 
 def test_gha_trains_with_densification_saves_loads_renders_exports_and_resumes(tiny, tmp_path, capsys):
@@ -211,17 +217,33 @@ def test_gha_trains_with_densification_saves_loads_renders_exports_and_resumes(t
     assert state[0]["exp_avg"].shape == (n, 8)
     assert any(float(v.abs().max()) > 0 for k, v in avatar.geometry.mlps.state_dict().items() if "net.2" in k)
 
-    render_one_val_frame(straight, 20)
+    assert render.main(["-m", str(straight), "--split", "val", "--max-frames", "1", "--quiet"]) == 0
+    from PIL import Image
+    rendered = next((straight / "val/ours_20/renders").glob("*.png"))
+    assert Image.open(rendered).size == Image.open(straight / "val/ours_20/gt" / rendered.name).size
 
-    exported, report = export_without_screen_stage(straight, tmp_path / "frame.ply", capsys, "gha_sr")
-    assert exported["means"].shape[0] == n and report["colour"].startswith("frame colour")
+    ply = tmp_path / "frame.ply"
+    capsys.readouterr()
+    assert export.main(["-m", str(straight), "-o", str(ply), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "screen-space stage (model.screen 'gha_sr') is not in the file" in out
+    assert read_3dgs_ply(ply)["means"].shape[0] == n
+    report = json.loads(ply.with_suffix(".json").read_text())
+    assert report["colour"].startswith("frame colour") and report["screen_stage_left_out"] == "gha_sr"
+    assert report["frames"][0]["check_psnr_db"] > 40  # the file renders the splats' own RGB channels
 
     assert_resume_reproduces(train_args(tiny, tmp_path / "resumed", config), 10, ckpt)
 
 
 def test_gha_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):
     """One frame (camera 9, the first timestep), small networks, no densification: >= 30 dB."""
-    one = one_frame_subject(synthetic_dataset, "gha")
+    union = Path(synthetic_dataset["subjects"]["s000"]["union"])
+    one = union.parent / "UNION_one_frame_gha"
+    if not one.exists():
+        shutil.copytree(union, one)
+        transforms = json.loads((one / "transforms_train.json").read_text())
+        transforms["frames"] = [f for f in transforms["frames"] if f["camera_index"] == 9 and f["timestep_index"] == 0]
+        (one / "transforms_train.json").write_text(json.dumps(transforms))
     config = tmp_path / "fit.yaml"
     config.write_text(
         "model:\n"
@@ -236,5 +258,15 @@ def test_gha_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset,
     args = ["-s", one, "-m", tmp_path / "fit", "--flame", synthetic_dataset["flame_model"], "--config", PAPER,
             "--config", config, "--iterations", iterations, "--eval", "--quiet", "--set", "run.eval_interval=100000",
             "--set", "run.save_interval=100000"]
-    value = training_frame_psnr(args, iterations)
+    trainer = train.Trainer(train.request_from_args(train.parse_args(list(map(str, args)))))
+    assert len(trainer.train_frames) == 1
+    for step in range(1, iterations + 1):
+        trainer.step = step
+        trainer.training_step(step)
+    frame = trainer.train_frames[0]
+    with torch.no_grad():
+        result, _ = trainer.render_frame(frame, iterations)
+        gt = trainer.loader.get(0)
+        value = float(-10 * torch.log10(((result.image - gt) ** 2).mean()))
+    print(f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB")
     assert value >= 30.0, f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB"

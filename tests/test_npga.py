@@ -4,6 +4,7 @@ weight-decayed parameter groups, gradients, a 20-step training with densificatio
 renders, exports and resumes bit-exactly, and a fit of one frame."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,14 +14,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_gha import N_EXPR, random_motion, small_context  # noqa: E402
-from method_fit import (DENSIFY_SOON, export_without_screen_stage, one_frame_subject, render_one_val_frame,  # noqa: E402
-                        training_frame_psnr)
+from method_runs import fit_one_frame, one_frame_subject, short_training_args  # noqa: E402
 from test_train import assert_resume_reproduces  # noqa: E402
 
 import evaluate  # noqa: E402
+import export  # noqa: E402
 import render  # noqa: E402
 import train  # noqa: E402
 from scene.config import resolve_config  # noqa: E402
+from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
 from scene.data.cameras import camera_pose  # noqa: E402
 from scene.methods.npga.color import LATENT, NPGAColor  # noqa: E402
 from scene.methods.npga.geometry import DETAIL_OFFSETS, FEATURE, PRIOR_OFFSETS, NPGAGeometry  # noqa: E402
@@ -236,10 +238,7 @@ def test_the_rigid_head_motion_is_the_neck_then_the_global_rotation_about_their_
 # -- training ----------------------------------------------------------------------------------------
 
 def train_args(tiny, model: Path, config: Path, iterations: int = 20) -> list[str]:
-    return list(map(str, ["-s", tiny["subject"], "-m", model, "--flame", tiny["flame"], "--config", PAPER,
-                          "--config", config, "--iterations", iterations, "--eval", "--quiet",
-                          "--set", "densify.opacity_decay_interval=3",
-                          *DENSIFY_SOON]))
+    return short_training_args(tiny, model, [PAPER, config], iterations, ("--set", "densify.opacity_decay_interval=3"))
 
 
 def test_npga_trains_with_densification_saves_loads_renders_exports_and_resumes(tiny, tmp_path, capsys):
@@ -265,7 +264,10 @@ def test_npga_trains_with_densification_saves_loads_renders_exports_and_resumes(
     assert float(dynamics["detail.net.2.weight"].abs().max()) > 0
     assert float(dynamics["prior.net.2.weight"].abs().max()) > 0
 
-    render_one_val_frame(straight, 20)
+    assert render.main(["-m", str(straight), "--split", "val", "--max-frames", "1", "--quiet"]) == 0
+    from PIL import Image
+    rendered = next((straight / "val/ours_20/renders").glob("*.png"))
+    assert Image.open(rendered).size == Image.open(straight / "val/ours_20/gt" / rendered.name).size
 
     pytest.importorskip("viser", reason="viser is in requirements.txt; this environment lacks it")
     import viewer
@@ -279,8 +281,15 @@ def test_npga_trains_with_densification_saves_loads_renders_exports_and_resumes(
     finally:
         v.close()
 
-    exported, _ = export_without_screen_stage(straight, tmp_path / "frame.ply", capsys, "gha_sr")
+    ply = tmp_path / "frame.ply"
+    capsys.readouterr()
+    assert export.main(["-m", str(straight), "-o", str(ply), "--device", "cpu"]) == 0
+    assert "screen-space stage (model.screen 'gha_sr') is not in the file" in capsys.readouterr().out
+    exported = read_3dgs_ply(ply)
     assert exported["means"].shape[0] == n and exported["sh_degree"] == 1  # the frame's own SH
+    report = json.loads(ply.with_suffix(".json").read_text())
+    assert report["screen_stage_left_out"] == "gha_sr"
+    assert report["frames"][0]["check_psnr_db"] > 40  # the file renders the splats' own RGB channels
 
     assert_resume_reproduces(train_args(tiny, tmp_path / "resumed", config), 10, ckpt)
 
@@ -297,7 +306,7 @@ def test_evaluate_scores_an_npga_run(tiny, tmp_path):
 
 def test_npga_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset, tmp_path):
     """One frame (camera 9, the first timestep), small networks, no densification: >= 30 dB."""
-    one = one_frame_subject(synthetic_dataset, "npga")
+    one = one_frame_subject(Path(synthetic_dataset["subjects"]["s000"]["union"]), "UNION_one_frame_npga")
     config = tmp_path / "fit.yaml"
     config.write_text(
         "model:\n"
@@ -309,8 +318,6 @@ def test_npga_fits_one_training_frame_of_the_synthetic_subject(synthetic_dataset
         "        rotation_lr: 1.0e-3}\n"
         "densify: {enabled: false}\n")
     iterations = 150
-    args = ["-s", one, "-m", tmp_path / "fit", "--flame", synthetic_dataset["flame_model"], "--config", PAPER,
-            "--config", config, "--iterations", iterations, "--eval", "--quiet", "--set", "run.eval_interval=100000",
-            "--set", "run.save_interval=100000"]
-    value = training_frame_psnr(args, iterations)
+    value = fit_one_frame(one, synthetic_dataset["flame_model"], [PAPER, config], iterations, tmp_path / "fit")
+    print(f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB")
     assert value >= 30.0, f"PSNR on the training frame after {iterations} iterations: {value:.2f} dB"

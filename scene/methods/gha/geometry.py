@@ -40,8 +40,8 @@ from utils.config import check_positive, check_range
 from utils.errors import InputFileError
 from utils.rotations import matrix_to_quat, quat_multiply, quat_normalize
 
-__all__ = ["GHAGeometry", "GHASplats", "frame_codes", "head_transform", "sample_surface", "surface_splats",
-           "mesh_rotation", "positional_features", "FEATURE"]
+__all__ = ["GHAGeometry", "GHASplats", "frame_codes", "head_transform", "posed_by_head", "mesh_rotation",
+           "surface_splats", "FEATURE"]
 
 #: The per-splat feature F0's name among the splats (PLY columns gha_feature_0..F-1).
 FEATURE = "gha_feature"
@@ -78,6 +78,37 @@ def head_transform(rotation: torch.Tensor, translation: torch.Tensor, root: torc
     return R, root + translation.reshape(3).to(root.dtype) - R @ root
 
 
+def posed_by_head(x: torch.Tensor, rotation: torch.Tensor, motion: dict, root: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Canonical splats moved rigidly with the head: positions ``x`` (N, 3) and wxyz rotations
+    ``rotation`` (N, 4) -> world (means (N, 3), quats (N, 4), R (3, 3)) under the frame's FLAME
+    global ``motion["rotation"]`` about ``root`` (3,) and ``motion["translation"]`` (:func:`head_transform`)."""
+    R, offset = head_transform(motion["rotation"], motion["translation"], root.to(x.dtype))
+    return x @ R.T + offset, quat_multiply(matrix_to_quat(R).expand_as(rotation), rotation), R
+
+
+def mesh_rotation(canonical: torch.Tensor, posed: torch.Tensor) -> torch.Tensor:
+    """(3, 3) the rotation best taking the ``canonical`` mesh (V, 3) to the ``posed`` one (V, 3),
+    both about their centroids (Kabsch): the head's global rotation when the neck is still."""
+    a = canonical - canonical.mean(0)
+    b = posed - posed.mean(0)
+    u, _, vt = torch.linalg.svd(b.T.double() @ a.double())
+    d = torch.sign(torch.det(u @ vt))
+    return (u @ torch.diag(torch.stack([d.new_ones(()), d.new_ones(()), d])) @ vt).to(posed.dtype)
+
+
+def surface_splats(vertices: torch.Tensor, faces: torch.Tensor, n: int, seed: int) -> BoundGaussians:
+    """``n`` free splats uniform by area on the mesh ``vertices`` (V, 3), ``faces`` (F, 3): 3DGS's
+    start (identity rotation, opacity 0.1, isotropic scale of the sampling's mean spacing
+    sqrt(area / n)) in world units, ``binding`` the triangle each was sampled on."""
+    points, tri, area = sample_surface(vertices, faces, n, seed)
+    splats = BoundGaussians(tri)
+    with torch.no_grad():
+        splats.params["xyz"].copy_(points)
+        splats.params["log_scale"].fill_(0.5 * math.log(area / n))
+    return splats
+
+
 def sample_surface(vertices: torch.Tensor, faces: torch.Tensor, n: int, seed: int
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``n`` points uniform by area on the mesh: (points (n, 3), their triangles (n,), total area)."""
@@ -87,33 +118,6 @@ def sample_surface(vertices: torch.Tensor, faces: torch.Tensor, n: int, seed: in
     tri = torch.multinomial(area / area.sum(), n, replacement=True, generator=g)
     points = points_in_triangles(corners[tri], torch.rand(n, 2, generator=g, dtype=torch.float64))
     return points.to(vertices), tri.to(faces.device), float(area.sum())
-
-
-def surface_splats(vertices: torch.Tensor, faces: torch.Tensor, n: int, seed: int, feature: str,
-                   feature_spec: SplatAttribute, unit_positions) -> BoundGaussians:
-    """``n`` splats sampled uniformly by area on the mesh ``vertices`` (V, 3) / ``faces`` (F, 3):
-    3DGS's start (identity rotation, opacity 0.1, isotropic scale of the sampling's mean spacing
-    sqrt(area / n)), binding = the triangle each was sampled on, and the per-splat feature
-    ``feature`` (``feature_spec``, shape (D,)) = :func:`positional_features` of
-    ``unit_positions(points)`` (N, 3) (GHA's F0, NPGA's f)."""
-    points, tri, area = sample_surface(vertices, faces, n, seed)
-    splats = BoundGaussians(tri)
-    splats.add_attribute(feature, feature_spec)
-    with torch.no_grad():
-        splats.params["xyz"].copy_(points)
-        splats.params["log_scale"].fill_(0.5 * math.log(area / n))
-        splats.params[feature].copy_(positional_features(unit_positions(points), feature_spec.shape[0], seed))
-    return splats.to(faces.device)
-
-
-def mesh_rotation(canonical: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
-    """(3, 3) the rotation of the mesh ``vertices`` (V, 3) from ``canonical`` (V, 3): Kabsch fit over
-    all vertices (the head's global rotation when the neck is still)."""
-    a = canonical - canonical.mean(0)
-    b = vertices - vertices.mean(0)
-    u, _, vt = torch.linalg.svd(b.T.double() @ a.double())
-    d = torch.sign(torch.det(u @ vt))
-    return (u @ torch.diag(torch.stack([d.new_ones(()), d.new_ones(()), d])) @ vt).to(vertices.dtype)
 
 
 def positional_features(unit_positions: torch.Tensor, width: int, seed: int) -> torch.Tensor:
@@ -200,11 +204,16 @@ class GHAGeometry(GeometryComponent):
         return (xyz - self.centre) / self.head_length
 
     def initial_splats(self) -> BoundGaussians:
-        """``init_points`` splats on the canonical surface (:func:`surface_splats`), F0 = positional
-        features of X0."""
+        """``init_points`` splats on the canonical surface: 3DGS's start (identity rotation, opacity
+        0.1, isotropic scale of the sampling's mean spacing sqrt(area / N)), F0 = positional
+        features of X0, binding = the triangle each was sampled on."""
         c = self.cfg
-        return surface_splats(self.canonical_vertices, self.faces, c.init_points, c.seed, FEATURE,
-                              SplatAttribute((c.feature_dim,), lr=c.feature_lr), self.unit_positions)
+        splats = surface_splats(self.canonical_vertices, self.faces, c.init_points, c.seed)
+        splats.add_attribute(FEATURE, SplatAttribute((c.feature_dim,), lr=c.feature_lr))
+        with torch.no_grad():
+            points = splats.params["xyz"]
+            splats.params[FEATURE].copy_(positional_features(self.unit_positions(points), c.feature_dim, c.seed))
+        return splats.to(self.faces.device)
 
     def expression_weights(self, xyz: torch.Tensor) -> torch.Tensor:
         """(N,) lambda_exp of splats at canonical ``xyz`` (N, 3): a fixed function of where a splat is
@@ -226,9 +235,7 @@ class GHAGeometry(GeometryComponent):
         shift = lam * m["att_exp"](f0, theta) + (1 - lam) * m["att_pose"](f0, beta)  # (N, 8)
         rotation = quat_normalize(p["rotation"] + shift[:, :4])
         log_scale = p["log_scale"] + shift[:, 4:7]
-        R, offset = head_transform(motion["rotation"], motion["translation"], self.root.to(x0.dtype))
-        means = x_moved @ R.T + offset
-        quats = quat_multiply(matrix_to_quat(R).expand_as(rotation), rotation)
+        means, quats, R = posed_by_head(x_moved, rotation, motion, self.root)
 
         def canonical_view() -> torch.Tensor:
             return torch.nn.functional.normalize(means.detach() - camera_center, dim=-1) @ R.detach()

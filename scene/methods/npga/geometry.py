@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 
 from gaussian_renderer.sh import num_sh_bases
-from scene.methods.gha.geometry import frame_codes, head_transform, mesh_rotation, surface_splats
+from scene.methods.gha.geometry import (frame_codes, head_transform, mesh_rotation, positional_features,
+                                        surface_splats)
 from scene.methods.gha.landmarks import head_length
 from scene.methods.gha.networks import ConditionedMLP, fourier_features, fourier_width
 from scene.methods.npga.knn import knn_graph, laplacian_smoothness
@@ -152,8 +153,12 @@ class NPGAGeometry(GeometryComponent):
         """``init_points`` splats on the canonical surface, f = positional features of mu (NPGA:
         its feature triplane queried at mu)."""
         c = self.cfg
-        return surface_splats(self.canonical_vertices, self.faces, c.init_points, c.seed, FEATURE,
-                              SplatAttribute((c.feature_dim,), lr=c.feature_lr), self.unit_positions)
+        splats = surface_splats(self.canonical_vertices, self.faces, c.init_points, c.seed)
+        splats.add_attribute(FEATURE, SplatAttribute((c.feature_dim,), lr=c.feature_lr))
+        with torch.no_grad():
+            splats.params[FEATURE].copy_(positional_features(self.unit_positions(splats.params["xyz"]), c.feature_dim,
+                                                             c.seed))
+        return splats.to(self.faces.device)
 
     def rigid(self, motion: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(R (3, 3), o (3,)): the head's rigid motion x -> R x + o of the frame's FLAME neck pose
