@@ -45,6 +45,7 @@ METHODS = {
     "gaussian_head_avatar": (["configs/gaussian_head_avatar.yaml", "configs/gaussian_head_avatar_demo.yaml"], []),
     "gaussian_blendshapes": (["configs/gaussian_blendshapes.yaml", "configs/gaussian_blendshapes_demo.yaml"], []),
     "gaussianhead": (["configs/gaussianhead.yaml", "configs/gaussianhead_demo.yaml"], []),
+    "npga": (["configs/npga.yaml", "configs/npga_demo.yaml"], []),
     "tensorial_face_box": (TENSORIAL, ["model.opacity.box=face"]),
     "tensorial_decoder_1_layer": (TENSORIAL, ["model.opacity.hidden_layers=1"]),
     "tensorial_penalty_weight_2": (TENSORIAL, ["model.opacity.penalty.weight_other=2"]),

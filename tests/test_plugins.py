@@ -259,7 +259,7 @@ def test_an_unknown_or_unimportable_plugin_is_one_line(tiny, tmp_path, capsys):
     unknown.write_text("model:\n  opacity:\n    type: test_gaet\n")
     assert train.main(train_args(tiny, tmp_path / "m2", unknown, iterations=2)) == 2
     err = capsys.readouterr().err
-    assert "unknown model.opacity type 'test_gaet'" in err and "blendshape_opacity, feature_lines, gaussianhead, gha, static, test_gate" in err
+    assert "unknown model.opacity type 'test_gaet'" in err and "blendshape_opacity, feature_lines, gaussianhead, gha, npga, static, test_gate" in err
 
 
 def _opacity_plugin(name: str, **methods):

@@ -29,6 +29,7 @@ import torch
 from scene.methods import gaussianhead as _gaussianhead  # noqa: F401  (GaussianHead-style)
 from scene.methods import gbs as _gbs  # noqa: F401  (Gaussian Blendshapes-style)
 from scene.methods import gha as _gha  # noqa: F401  (Gaussian Head Avatar-style)
+from scene.methods import npga as _npga  # noqa: F401  (NPGA-style)
 from scene.methods.tensorial import color as _tensorial_color  # noqa: F401
 from scene.methods.tensorial import opacity as _tensorial_opacity  # noqa: F401
 from scene.model import flame_bound as _flame_bound  # noqa: F401
@@ -191,6 +192,11 @@ class GaussianAvatar(torch.nn.Module):
             geometry.provide_canonical_means(canonical_means)
         out = {"means": geometry.means, "quats": geometry.quats, "scales": geometry.scales}
         out.update(self.color(geometry))
+        for name, value in geometry.extras.items():  # what the components' losses read
+            if name in out:
+                raise PluginContractError(f"model.geometry {self.geometry.type_name!r}: extra tensor {name!r} of the "
+                                          "frame has the name of a splat quantity; name it otherwise")
+            out[name] = value
         logit = self.gaussians.params["opacity"]
         delta = self.opacity(geometry, motion["expr"], motion["jaw_pose"])
         out["delta"] = torch.zeros_like(logit) if delta is None else delta

@@ -146,6 +146,9 @@ class SplatGeometry:
         motion: the frame's FLAME parameters (:meth:`scene.model.avatar.GaussianAvatar.splats` sets
             it), for a colour or opacity conditioned on the expression or pose; None for lookups in
             canonical space alone (:meth:`canonical`).
+        extras: name -> tensor of the frame that the components' losses read (e.g. NPGA's predicted
+            offsets, for its regularisers): :meth:`GaussianAvatar.splats` hands them on in its
+            result, which is :attr:`LossContext.splats`; empty for most geometries.
     """
 
     def __init__(self, means, quats, scales, params, binding,
@@ -155,6 +158,7 @@ class SplatGeometry:
         self._canonical_means_fn, self._canonical_view_fn = canonical_means_fn, canonical_view_fn
         self._canonical_means = None
         self.motion = motion
+        self.extras: dict[str, torch.Tensor] = {}
 
     @classmethod
     def canonical(cls, canonical_means: torch.Tensor, params: dict | None = None,
@@ -223,7 +227,10 @@ class Component(torch.nn.Module):
         return {}
 
     def param_groups(self) -> list[dict]:
-        """Adam groups of the component's network parameters: ``{"params", "lr", "name"}``."""
+        """Adam groups of the component's network parameters: ``{"params", "lr", "name"}``, and
+        optionally ``"weight_decay"`` with ``"decoupled_weight_decay"`` (Adam's own per-group
+        settings: True is AdamW's decay) and ``"frozen_until"``: the group is not updated (nor its
+        Adam moments) up to and including that 1-based iteration (NPGA's frozen prior network)."""
         return []
 
     def checkpoint_entries(self) -> dict:

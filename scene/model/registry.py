@@ -26,7 +26,8 @@ from typing import Callable
 
 from utils.errors import InputFileError
 
-__all__ = ["ComponentConfig", "Registry", "GEOMETRY", "COLOR", "OPACITY", "SCREEN", "component_field"]
+__all__ = ["ComponentConfig", "Registry", "GEOMETRY", "COLOR", "OPACITY", "SCREEN", "component_field",
+           "require_geometry_type"]
 
 
 @dataclass
@@ -119,3 +120,12 @@ def component_field(registry: Registry, default_type: str):
     ``default_type``); :func:`utils.config.merge_into` reads the registry from its metadata."""
     return dataclasses.field(default_factory=lambda: registry.default_config(default_type),
                              metadata={"registry": registry})
+
+
+def require_geometry_type(model, where: str, geometry_type: str, what: str, reads: str) -> None:
+    """One error naming ``where`` when the model's geometry is not ``geometry_type``, whose
+    ``reads`` (e.g. "opacity shifts") the component ``what`` (e.g. "the gha opacity") reads."""
+    geometry = getattr(model, "geometry", None)
+    if getattr(geometry, "type", None) != geometry_type:
+        raise InputFileError(f"{where}: {what} reads the {geometry_type} geometry's {reads}; set model.geometry "
+                             f"to {{type: {geometry_type}}} (it is {getattr(geometry, 'type', None)!r})")

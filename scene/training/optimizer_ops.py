@@ -7,7 +7,7 @@ import torch
 
 from scene.model.gaussian_model import BoundGaussians
 
-__all__ = ["make_splat_optimizers", "replace_splat_rows"]
+__all__ = ["make_splat_optimizers", "replace_splat_rows", "drop_frozen_gradients"]
 
 
 def make_splat_optimizers(gaussians: BoundGaussians, lrs: dict[str, float]) -> dict[str, torch.optim.Adam]:
@@ -44,3 +44,13 @@ def replace_splat_rows(gaussians: BoundGaussians, optimizers: dict, fn_param, fn
                 opt.state[new] = state
         gaussians.params[name] = new
     gaussians.binding = binding
+
+
+def drop_frozen_gradients(optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Drop the gradients of the groups of ``optimizer`` that declare ``frozen_until`` >= ``step``
+    (the 1-based iteration about to update): Adam then leaves their parameters, moments and step
+    counts as they are (a frozen network, e.g. NPGA's prior F for its first iterations)."""
+    for group in optimizer.param_groups:
+        if step <= group.get("frozen_until", 0):
+            for p in group["params"]:
+                p.grad = None

@@ -41,7 +41,7 @@ from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, 
                                           expression_distances, frame_draw_ratio, load_clusters, save_clusters)
 from scene.training.densification import BindingAwareDensification
 from scene.training.losses import photometric_loss
-from scene.training.optimizer_ops import make_splat_optimizers
+from scene.training.optimizer_ops import drop_frozen_gradients, make_splat_optimizers
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
                               seed_everything, write_checkpoint)
 from utils.cli_common import describe_device, even_subset, pick_device
@@ -484,6 +484,8 @@ class Trainer:
             with timer("densification"):
                 self.strategy.update_statistics(result.meta, *result.raster_size)
             with timer("optimisers"):
+                if self.net_optimizer is not None:
+                    drop_frozen_gradients(self.net_optimizer, step)
                 for opt in self._all_optimizers():
                     opt.step()
                     opt.zero_grad(set_to_none=True)

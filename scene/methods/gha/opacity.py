@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from scene.methods.gha.geometry import GHASplats
 from scene.methods.gha.requirements import require_gha_geometry
 from scene.model.components import OpacityComponent, PluginContractError, SplatGeometry
 from scene.model.registry import OPACITY, ComponentConfig
@@ -28,7 +27,10 @@ class GHAOpacity(OpacityComponent):
             require_gha_geometry(model, where, "opacity")
 
     def forward(self, geometry: SplatGeometry, expr: torch.Tensor, jaw_pose: torch.Tensor) -> torch.Tensor:
-        """(N,) logit offsets."""
-        if not isinstance(geometry, GHASplats):
-            raise PluginContractError("model.opacity 'gha' reads the opacity shifts of the gha geometry")
-        return geometry.opacity_shift
+        """(N,) logit offsets: the geometry's ``opacity_shift`` (NPGA's opacity, a subclass, reads
+        its geometry's the same way)."""
+        shift = getattr(geometry, "opacity_shift", None)
+        if shift is None:
+            raise PluginContractError(f"model.opacity {self.type_name!r} reads the opacity shifts of the "
+                                      f"{self.type_name} geometry")
+        return shift

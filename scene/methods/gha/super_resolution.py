@@ -10,7 +10,9 @@ stage starts as plain upsampling of the low-resolution RGB). Scale 1: the same w
 Losses (eq. 8; the trainer's photometric term is L1(I_hr) with ``optim.lambda_dssim: 0``):
 ``lambda_vgg`` x the VGG perceptual distance of I_hr to the ground truth (LPIPS-VGG, the paper's
 [70], on :class:`utils.lpips.VGG16Features` with its calibrated heads) and ``lambda_lr`` x L1 of the
-first three feature channels against the ground truth area-downsampled to their size.
+first three feature channels against the ground truth area-downsampled to their size; beside it
+``lambda_lr_dssim`` x their D-SSIM (0 for GHA; NPGA, which uses this stage at scale 1 as its
+refinement CNN, holds the raw image to the ground truth with the same L1 + D-SSIM as the refined one).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 from scene.model.components import LossContext, ScreenComponent
 from scene.model.registry import SCREEN, ComponentConfig
+from scene.training.losses import photometric_loss
 from utils.config import check_positive, check_range
 from utils.errors import InputFileError, MissingFileError
 from utils.lpips import LPIPS
@@ -78,6 +81,7 @@ class GHASuperResolution(ScreenComponent):
         lr: float = 1.0e-4               # paper: 1e-4 for Psi
         lambda_vgg: float = 0.1          # paper: 0.1
         lambda_lr: float = 1.0           # paper: 1
+        lambda_lr_dssim: float = 0.0     # not GHA's (NPGA's raw-image D-SSIM)
 
         def validate(self, model, where: str) -> None:
             if self.scale not in (1, 2, 4, 8):
@@ -87,6 +91,7 @@ class GHASuperResolution(ScreenComponent):
             check_positive(f"{where}.lr", self.lr)
             check_range(f"{where}.lambda_vgg", self.lambda_vgg, 0.0)
             check_range(f"{where}.lambda_lr", self.lambda_lr, 0.0)
+            check_range(f"{where}.lambda_lr_dssim", self.lambda_lr_dssim, 0.0)
             channels = getattr(model.color, "channels", None)
             if isinstance(channels, int) and channels != self.in_channels:
                 raise InputFileError(f"{where}.in_channels ({self.in_channels}) must equal model.color.channels "
@@ -128,8 +133,12 @@ class GHASuperResolution(ScreenComponent):
     def losses(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         c, terms = self.cfg, {}
         h, w = ctx.features.shape[:2]
+        if c.lambda_lr > 0 or c.lambda_lr_dssim > 0:
+            raw, gt = ctx.features[..., :3], downsample(ctx.gt, h, w)
         if c.lambda_lr > 0:
-            terms["gha_lowres_l1"] = c.lambda_lr * (ctx.features[..., :3] - downsample(ctx.gt, h, w)).abs().mean()
+            terms["gha_lowres_l1"] = c.lambda_lr * (raw - gt).abs().mean()
+        if c.lambda_lr_dssim > 0:
+            terms["gha_lowres_dssim"] = c.lambda_lr_dssim * photometric_loss(raw, gt, 1.0)[2]
         if c.lambda_vgg > 0:
             terms["gha_vgg"] = c.lambda_vgg * self.perceptual(ctx.image, ctx.gt)
         return terms
