@@ -347,3 +347,16 @@ def test_the_documented_example_is_a_working_plugin(tiny, tmp_path):
         assert "albedo_2" in (ckpt / "splats.ply").read_bytes()[:2000].decode("latin-1")
     finally:
         registry.unregister("shaded_albedo")
+
+
+def test_network_param_group_keys_adam_would_ignore_are_one_error():
+    """A component's param group with a key Adam does not take (a typo, or a setting this torch
+    lacks) would be kept and unused: the method would quietly train differently."""
+    from scene.training.optimizer_ops import make_network_optimizer
+    from utils.errors import UserFacingError
+    w = torch.nn.Parameter(torch.zeros(3))
+    good = make_network_optimizer([{"params": [w], "lr": 1e-3, "name": "net", "frozen_until": 5,
+                                    "weight_decay": 0.1, "decoupled_weight_decay": True}])
+    assert good.param_groups[0]["decoupled_weight_decay"] is True and make_network_optimizer([]) is None
+    with pytest.raises(UserFacingError, match=r"parameter group 'net' sets weight_decya, which this torch"):
+        make_network_optimizer([{"params": [w], "lr": 1e-3, "name": "net", "weight_decya": 0.1}])

@@ -3,11 +3,17 @@ one Adam per splat attribute, and rebuilding rows (split, clone, prune, reset) t
 Adam moments so that a surviving splat keeps its optimiser state."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from scene.model.gaussian_model import BoundGaussians
+from utils.errors import UserFacingError
 
-__all__ = ["make_splat_optimizers", "replace_splat_rows", "drop_frozen_gradients"]
+__all__ = ["make_splat_optimizers", "make_network_optimizer", "replace_splat_rows", "drop_frozen_gradients"]
+
+#: Keys of a component's param group that are ours, not Adam's (Component.param_groups).
+OWN_GROUP_KEYS = ("params", "name", "frozen_until")
 
 
 def make_splat_optimizers(gaussians: BoundGaussians, lrs: dict[str, float]) -> dict[str, torch.optim.Adam]:
@@ -44,6 +50,24 @@ def replace_splat_rows(gaussians: BoundGaussians, optimizers: dict, fn_param, fn
                 opt.state[new] = state
         gaussians.params[name] = new
     gaussians.binding = binding
+
+
+def make_network_optimizer(groups: list[dict]) -> torch.optim.Adam | None:
+    """One Adam over the components' network ``groups`` (:meth:`Component.param_groups`), None
+    when there are none. A group key that is neither ours nor an argument of this torch's Adam
+    (a typo, or e.g. ``decoupled_weight_decay`` on a torch too old for it) is one error: Adam
+    would keep it without using it, and the method would quietly train differently."""
+    if not groups:
+        return None
+    supported = set(inspect.signature(torch.optim.Adam).parameters) | set(OWN_GROUP_KEYS)
+    for group in groups:
+        unknown = sorted(set(group) - supported)
+        if unknown:
+            raise UserFacingError(
+                f"parameter group '{group.get('name', '?')}' sets {', '.join(unknown)}, which this torch "
+                f"{torch.__version__}'s Adam does not take: upgrade torch (pip install -U 'torch>=2.6'), or "
+                "fix the component's param_groups")
+    return torch.optim.Adam(groups)
 
 
 def drop_frozen_gradients(optimizer: torch.optim.Optimizer, step: int) -> None:

@@ -41,7 +41,7 @@ from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, 
                                           expression_distances, frame_draw_ratio, load_clusters, save_clusters)
 from scene.training.densification import BindingAwareDensification
 from scene.training.losses import photometric_loss
-from scene.training.optimizer_ops import drop_frozen_gradients, make_splat_optimizers
+from scene.training.optimizer_ops import drop_frozen_gradients, make_network_optimizer, make_splat_optimizers
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
                               seed_everything, write_checkpoint)
 from utils.cli_common import describe_device, even_subset, pick_device
@@ -318,7 +318,7 @@ class Trainer:
         lrs.update({name: spec.lr for name, spec in self.avatar.splat_attributes().items()})
         self.optimizers = make_splat_optimizers(self.avatar.gaussians, lrs)
         groups = self.avatar.param_groups()
-        self.net_optimizer = torch.optim.Adam(groups) if groups else None
+        self.net_optimizer = make_network_optimizer(groups)
         self.flame_optimizer = None
         if o.train_flame:
             v = self.sequence.values
