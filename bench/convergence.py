@@ -45,7 +45,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402  (bench/quality.py: its methods, data and train-render-score)
+from utils.atomic import write_text_atomic  # noqa: E402
 
 REPO = quality.REPO
 DEMO_LENGTH = 2000
@@ -196,13 +198,13 @@ def main(argv=None) -> int:
                                          train_extra=schedule_args(length), fps_frames=0)
         row = {**{k: v for k, v in row.items() if k != "per_view"}, "preset": preset, "length": length, "seed": seed,
                "class_sizes": class_sizes(model)}
-        done.write_text(json.dumps(row, indent=2))
+        write_text_atomic(done, json.dumps(row, indent=2))  # a stopped study never leaves half a row
         return row
 
     def write_report() -> str:
         text = report(rows, args.presets, sorted(args.lengths), args.methods, clusters)
-        (out_dir / "convergence.md").write_text(text + "\n")
-        (out_dir / "convergence.json").write_text(json.dumps(rows, indent=2))
+        write_text_atomic(out_dir / "convergence.md", text + "\n")
+        write_text_atomic(out_dir / "convergence.json", json.dumps(rows, indent=2))
         return text
 
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
