@@ -189,17 +189,15 @@ def main(argv=None) -> int:
     def one(job) -> dict:
         length, preset, seed, method = job
         model = out_dir / preset / f"{length}" / f"seed{seed}" / method
-        done = model / "row.json"
-        if done.is_file() and not args.fresh:
-            return json.loads(done.read_text())
+        kept = quality.kept_row(model, args.fresh)
+        if kept is not None:
+            return kept
         splits = ("test",) if preset in MONOCULAR_PRESETS else ("val", "test")
         row = quality.train_render_score(method, model, *subjects[(preset, seed)], "ga", threads,
                                          metrics=args.metrics, splits=splits, fresh=args.fresh,
                                          train_extra=schedule_args(length), fps_frames=0)
-        row = {**{k: v for k, v in row.items() if k != "per_view"}, "preset": preset, "length": length, "seed": seed,
-               "class_sizes": class_sizes(model)}
-        write_text_atomic(done, json.dumps(row, indent=2))  # a stopped study never leaves half a row
-        return row
+        return quality.keep_row(model, {**{k: v for k, v in row.items() if k != "per_view"}, "preset": preset,
+                                        "length": length, "seed": seed, "class_sizes": class_sizes(model)})
 
     def write_report() -> str:
         text = report(rows, args.presets, sorted(args.lengths), args.methods, clusters)

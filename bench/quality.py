@@ -9,11 +9,15 @@ views, self-reenactment, storage, render FPS at the data's resolution through ``
 --benchmark`` on this machine's device, and training time): each seed's row and the mean over
 seeds, then the paper's own Table 1 for reference (RTX 4090, NeRSemble, 600k iterations: not
 comparable figure for figure), then each method's difference to GaussianAvatars per test
-timestep (mean over cameras and seeds).
+timestep (mean over cameras and seeds), and the commits the rows were trained at.
 
     python bench/quality.py [--seeds 0 1 2] [--protocol ga paper] [--methods tensorial gaussian_avatars ...]
                             [--out output/bench_quality] [--iterations N] [--jobs 2] [--fresh]
                             [-- extra train.py options]
+
+Each finished run keeps its row (``row.json`` beside the model, with the commit it was trained at)
+and a later invocation reuses it instead of rendering and scoring it again (``--fresh`` retrains),
+so a table can be gathered run by run, stopped and continued, and printed whole by one invocation.
 
 Methods are configs of the same code; the ``tensorial_*`` variants each change one thing of the
 tensorial config (its ablation rows): the face box instead of the head box, a one-hidden-layer
@@ -37,6 +41,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training_fingerprint import repo_commit  # noqa: E402  (bench/training_fingerprint.py)
+from utils.atomic import write_text_atomic  # noqa: E402
+
+#: A finished run's row, beside its model folder.
+ROW_FILE = "row.json"
 TENSORIAL = ["configs/tensorial.yaml"]
 METHODS = {
     # name: (configs, --set overrides)
@@ -131,12 +142,41 @@ def train_render_score(method: str, model: Path, subject: Path, flame: Path, pro
             "fps": fps, "device": device}
 
 
+def kept_row(model: Path, fresh: bool = False) -> dict | None:
+    """The row a finished run of ``model`` kept (:func:`keep_row`), or None when it is to be run
+    (none kept, or ``fresh``)."""
+    done = model / ROW_FILE
+    if fresh or not done.is_file():
+        return None
+    return json.loads(done.read_text())
+
+
+def keep_row(model: Path, row: dict) -> dict:
+    """Write ``row`` beside ``model`` with the commit it was made at (a stopped bench never leaves
+    half a row); returns the row as kept."""
+    row = {**row, "commit": repo_commit() or None}
+    write_text_atomic(model / ROW_FILE, json.dumps(row, indent=2))
+    return row
+
+
 def train_and_score(method: str, seed: int, protocol: str, args, subject: Path, flame: Path, threads: int) -> dict:
     model = REPO / args.out / protocol / f"seed{seed}" / method
+    kept = kept_row(model, args.fresh)
+    if kept is not None:
+        return kept
     extra = (["--iterations", str(args.iterations)] if args.iterations else []) + args.train_args
     row = train_render_score(method, model, subject, flame, protocol, threads, metrics=args.metrics,
                              fresh=args.fresh, train_extra=extra, fps_frames=args.fps_frames)
-    return {**row, "seed": seed, "protocol": protocol}
+    return keep_row(model, {**row, "seed": seed, "protocol": protocol})
+
+
+def commits_line(rows: list[dict]) -> str:
+    """Which commits the rows were trained at (and how many each): rows kept from an earlier
+    invocation may come from an earlier commit."""
+    counts = defaultdict(int)
+    for r in rows:
+        counts[(r.get("commit") or "unknown")[:12]] += 1
+    return "Rows trained at commit " + ", ".join(f"{c} ({n})" for c, n in sorted(counts.items())) + "."
 
 
 #: The CVPR 2025 paper's Table 1 (NeRSemble, 600k iterations, FPS on an RTX 4090): NVS and
@@ -243,12 +283,12 @@ def main(argv=None) -> int:
                 report += [differences(mine, method, "gaussian_avatars"), ""]
             if method.startswith("tensorial_") and "tensorial" in args.methods:
                 report += [differences(mine, method, "tensorial"), ""]
-    report += [paper_table(), ""]
+    report += [commits_line(rows), "", paper_table(), ""]
     text = "\n".join(report)
     print(text)
-    (out_dir / "quality.md").write_text(text + "\n")
-    (out_dir / "quality.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "per_view"} for r in rows],
-                                                     indent=2))
+    write_text_atomic(out_dir / "quality.md", text + "\n")
+    write_text_atomic(out_dir / "quality.json",
+                      json.dumps([{k: v for k, v in r.items() if k != "per_view"} for r in rows], indent=2))
     return 0
 
 
