@@ -647,7 +647,9 @@ def evaluate_model(model: Path, scorer: Scorer, splits: list[str] | None,
         split_dir = model / split
         if not split_dir.is_dir():
             raise MissingFileError(f"split folder not found: {split_dir}: {RENDER_HINT} "
-                                   f"(for split '{split}')")
+                                   f"(for split '{split}'); where render.py said the split has no frames (the "
+                                   f"novel views of a one-camera subject), there is nothing to score: leave "
+                                   f"'{split}' out of --split")
         it_dir = find_iteration_dir(split_dir, iteration)
         unfinished = unfinished_render(it_dir)
         if unfinished:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -408,8 +409,11 @@ class Renderer:
             frames = [f for f in by_protocol[split] if camera is None or f.camera_index == camera]
             frames = even_subset(frames, self.options.max_frames)
             if not frames:
+                # Said even under --quiet: evaluate.py will find no folder for this split.
                 seen_by = "" if camera is None else f" seen by camera {camera}"
-                self.log(f"[render] split {split} has no frames{seen_by}; skipped")
+                why = " (a one-camera subject has no novel views)" if split == "val" and camera is None else ""
+                print(f"[render] split {split} has no frames{seen_by} under protocol {self.protocol}{why}; nothing "
+                      f"to render or score", file=sys.stderr)
                 continue
             self.render_frames(split, subject, frames, self.motion_from(subject, self.fine_tuned))
 

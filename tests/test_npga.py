@@ -98,12 +98,19 @@ def test_the_regularisers_are_the_weighted_laplacians_and_mean_squared_norms():
     assert float(terms["npga_feature_norm"]) == pytest.approx(0.1 * float((f ** 2).sum(1).mean()), rel=1e-5)
 
 
-def test_the_knn_graph_is_rebuilt_when_the_splat_count_changes_and_kept_otherwise():
+def test_the_knn_graph_is_rebuilt_after_densification_changed_the_splats_and_kept_otherwise():
     geometry = NPGAGeometry(small_model().geometry, small_context(dtype=torch.float32))
-    xyz = torch.rand(10, 3)
-    first = geometry.graph(xyz)
-    assert geometry.graph(xyz + 1.0) is first  # moved, same count: the same graph
-    assert geometry.graph(torch.rand(14, 3)).shape == (14, 3)
+    splats = geometry.initial_splats()
+    xyz = splats.params["xyz"]
+    first = geometry.graph(xyz)  # the first frame builds it
+    assert torch.equal(first, knn_graph(xyz, 3))
+    assert geometry.graph(xyz + 1.0) is first  # trained (moved), the same splats: the same graph
+    # Densification pruned as many as it cloned: the count is the same, the splats are not.
+    splats.params["xyz"] = torch.cat([xyz[4:], xyz[:4] * 0.5]).contiguous()
+    geometry.splats_changed(splats)
+    assert torch.equal(geometry.graph(splats.params["xyz"]), knn_graph(splats.params["xyz"], 3))
+    assert not torch.equal(geometry.neighbours, first)
+    assert geometry.graph(torch.rand(len(xyz) + 4, 3)).shape == (len(xyz) + 4, 3)  # changed outside training
 
 
 # -- the parameter groups: frozen prior, weight decay --------------------------------------------------

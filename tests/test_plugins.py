@@ -61,6 +61,10 @@ class PerSplatRGB(ColorComponent):
         return {"colors": geometry.params["rgb"].clamp_min(0.0)}
 
 
+#: (step, splat count) of every ``splats_changed`` call the test gate received.
+SPLATS_CHANGED: list[tuple[int, int]] = []
+
+
 @OPACITY.register("test_gate")
 class GlobalGate(OpacityComponent):
     """One learnable logit offset for every splat, switched on after the first third of the
@@ -79,6 +83,10 @@ class GlobalGate(OpacityComponent):
 
     def set_step(self, step, schedule_iterations):
         self.active = step is None or step > schedule_iterations // 3
+        self.step = step
+
+    def splats_changed(self, gaussians):
+        SPLATS_CHANGED.append((self.step, len(gaussians)))
 
     def forward(self, geometry, expr, jaw_pose):
         return self.offset.expand(geometry.params["opacity"].shape[0]) if self.active else None
@@ -164,6 +172,12 @@ class UpsampleMix(ScreenComponent):
         self.mix.load_state_dict(entries["test_upsample"])
 
 
+def as_plugin() -> list:
+    """This file as train.py imports it from a config's ``plugins:`` (a module of its own, beside
+    pytest's import of it): where the components train.py builds record what they saw."""
+    return [m for name, m in sys.modules.items() if name.startswith(f"avatar_plugin_{Path(THIS_FILE).stem}_")]
+
+
 def plugin_config(tmp_path: Path, color: str = "test_rgb", screen: str = "none") -> Path:
     path = tmp_path / "toy.yaml"
     path.write_text(f"plugins: [{THIS_FILE}]\nmodel:\n  color:\n    type: {color}\n  opacity:\n    type: test_gate\n"
@@ -182,9 +196,14 @@ def train_args(tiny, model: Path, config: Path, iterations: int = 20) -> list[st
 def test_a_method_from_one_file_trains_saves_renders_exports_and_resumes(tiny, tmp_path):
     config = plugin_config(tmp_path)
     straight = tmp_path / "straight"
+    for module in as_plugin():
+        module.SPLATS_CHANGED.clear()
     assert train.main(train_args(tiny, straight, config)) == 0
     ckpt = straight / "checkpoints/iteration_0000020"
     assert {p.name for p in ckpt.iterdir()} >= {"splats.ply", "test_gate.pt", "identity.pt", "training_state.pt"}
+    # Each densification step (5, 10, 15: every splat a candidate) told the components, after it.
+    (plugin,) = as_plugin()
+    assert [step for step, _ in plugin.SPLATS_CHANGED] == [5, 10, 15]
 
     # The per-splat RGB followed densification: every splat has its row, the rows moved with their
     # Adam moments, and the splats learnt their colours.
@@ -193,6 +212,7 @@ def test_a_method_from_one_file_trains_saves_renders_exports_and_resumes(tiny, t
     n = len(avatar.gaussians)
     n_triangles = avatar.faces.shape[0]
     assert n > n_triangles, "densification never ran"
+    assert plugin.SPLATS_CHANGED[-1][1] == n  # told after the rows changed: the last densification's count
     rgb = avatar.gaussians.params["rgb"]
     assert rgb.shape == (n, 3) and (rgb != 0.5).any()
     state = torch.load(ckpt / "training_state.pt", weights_only=True)["splat_optimizers"]["rgb"]["state"]

@@ -151,3 +151,17 @@ def test_bad_inputs_give_one_clear_error(avatar, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr and "no_such_sequence" in result.stderr
     result = run_render("-m", avatar["model"], "--iteration", "12345")
     assert result.returncode == 2 and "12345" in result.stderr
+
+
+def test_a_split_without_frames_is_said_even_when_quiet_and_evaluate_says_why(avatar, tmp_path):
+    """Camera 9 sees no novel-view frame (protocol ga: val is camera 8): render.py says so under
+    --quiet, and evaluate.py's error says what that means instead of only 'run render.py'."""
+    model = tmp_path / "copy"
+    shutil.copytree(avatar["model"], model, ignore=shutil.ignore_patterns("val", "test"))
+    result = run_render("-m", model, "--split", "val", "--camera", "9", "--quiet")
+    assert result.returncode == 0 and not (model / "val").exists()
+    assert "split val has no frames seen by camera 9 under protocol ga; nothing to render or score" in result.stderr
+    result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "-m", str(model), "--split", "val"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has no frames" in result.stderr and "leave 'val' out of --split" in result.stderr

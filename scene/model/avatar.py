@@ -228,6 +228,11 @@ class GaussianAvatar(torch.nn.Module):
         for component in self.components().values():
             component.set_step(step, schedule_iterations)
 
+    def splats_changed(self) -> None:
+        """Tell every component that densification cloned, split or pruned splats."""
+        for component in self.components().values():
+            component.splats_changed(self.gaussians)
+
     def losses(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         """The components' weighted loss terms for one training frame, in slot order: each a scalar
         tensor under a name of its own (the trainer's own terms' names are taken)."""

@@ -248,6 +248,11 @@ class Component(torch.nn.Module):
         """Weighted loss terms of this component for one training frame (name -> scalar)."""
         return {}
 
+    def splats_changed(self, gaussians) -> None:
+        """Hook after a densification step that cloned, split or pruned splats: the rows of
+        ``gaussians`` are other splats now, even where their number is the same. State derived
+        from the splat set that is not one of the splats' own rows (NPGA's kNN graph) is stale."""
+
 
 class GeometryComponent(Component):
     """Places the splats of a frame in world space (:meth:`forward` -> :class:`SplatGeometry`).

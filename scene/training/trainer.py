@@ -492,6 +492,8 @@ class Trainer:
             with timer("densification"):
                 events = self.strategy.step(step, self.avatar.gaussians, self.optimizers,
                                             self.avatar.canonical_world_scales())
+                if any(events.get(k) for k in ("cloned", "split", "pruned")):
+                    self.avatar.splats_changed()
             mse = ((image - gt) ** 2).mean()
         self._updating = False
         return {"loss": loss.detach(), "l1": l1.detach(), "psnr": -10 * torch.log10(mse.clamp_min(1e-10)),

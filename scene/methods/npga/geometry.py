@@ -27,9 +27,10 @@ Losses (weights ours: the paper gives none): ``lambda_lap_feature`` R_lap(f) and
 ``lambda_lap_offsets`` R_lap(d_G) on the kNN graph of the canonical centres (:mod:`.knn`),
 ``lambda_prior_offsets`` mean ||d_F||^2 + ``lambda_detail_offsets`` mean ||d_G||^2 (eq. 12: the
 offsets are additive, so their neutral element is 0) and ``lambda_feature`` mean ||f||^2.
-The kNN graph is rebuilt whenever the number of splats changes (the paper's rule: after a
-densification step that changed it) and saved with the checkpoint, so a resumed run uses the same
-graph as an uninterrupted one.
+The kNN graph is built on the first training frame and rebuilt after every densification step
+that cloned, split or pruned splats (the paper's rule; :meth:`splats_changed`: also when as many
+were pruned as added, so that the number alone does not tell), and saved with the checkpoint, so a
+resumed run uses the same graph as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -205,8 +206,15 @@ class NPGAGeometry(GeometryComponent):
 
     # -- regularisers ---------------------------------------------------------------------------
 
+    def splats_changed(self, gaussians: BoundGaussians) -> None:
+        """Densification made the rows other splats: the graph of the new canonical centres."""
+        if self.cfg.lambda_lap_feature > 0 or self.cfg.lambda_lap_offsets > 0:
+            self.neighbours = knn_graph(gaussians.params["xyz"].detach(), self.cfg.knn)
+
     def graph(self, xyz: torch.Tensor) -> torch.Tensor:
-        """(N, k) the kNN graph of the canonical centres ``xyz`` (N, 3), rebuilt when N changed."""
+        """(N, k) the kNN graph of the canonical centres ``xyz`` (N, 3): the one built after the
+        last densification (:meth:`splats_changed`), or built now where there is none for N splats
+        (the first frame; a model whose splats were changed outside training)."""
         if self.neighbours.shape[0] != xyz.shape[0]:
             self.neighbours = knn_graph(xyz.detach(), self.cfg.knn)
         if self.neighbours.device != xyz.device:
