@@ -274,6 +274,7 @@ def test_gaussianhead_trains_with_densification_saves_loads_renders_exports_and_
     assert exported["means"].shape[0] == n and exported["sh_degree"] == 2
     report = json.loads(ply.with_suffix(".json").read_text())
     assert report["frames"][0]["check_psnr_db"] > 40  # the file renders as the avatar does
+    assert report["colour"] == "the avatar's own SH (the frame's)"  # the heads' SH of this frame
 
     assert_resume_reproduces(train_args(tiny, tmp_path / "resumed", config), 10, ckpt)
 

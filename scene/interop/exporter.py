@@ -83,7 +83,7 @@ class Exporter:
             return "fitted SH"
         if not self.avatar.color.view_dependent and self.avatar.export_sh(None) is None:
             return "frame colour (first three channels, SH degree 0)"
-        return "per-splat SH"
+        return "the avatar's own SH (the frame's)"
 
     @property
     def rig_centers(self) -> torch.Tensor | None:
