@@ -23,9 +23,9 @@ The schedule of length L is ``configs/demo.yaml`` stretched by L / 2000: densifi
 80% of the schedule (the demo's 400 to 1600), the feature lines on after the first 10% (the
 config's fraction) and the position learning rate decaying over the whole schedule; the
 densification interval stays 200 iterations (3DGS and GA densify at a fixed interval, whatever the
-length). Each finished run is kept (``row.json`` beside it) and reused by a later invocation, so
-that a study can be stopped and continued, or widened by adding lengths, methods or seeds; runs
-train in order of length, shortest first, and the report is rewritten after every run
+length). Each finished run is kept (``row.json`` beside it) and reused by a later invocation of the
+same run, so that a study can be stopped and continued, or widened by adding lengths, methods or
+seeds; runs train in order of length, shortest first, and the report is rewritten after every run
 (``convergence.md`` / ``convergence.json`` in ``--out``).
 
 Cost: one training of length L costs about L / 2000 times a demo training (on this 2-core CPU,
@@ -189,15 +189,16 @@ def main(argv=None) -> int:
     def one(job) -> dict:
         length, preset, seed, method = job
         model = out_dir / preset / f"{length}" / f"seed{seed}" / method
-        kept = quality.kept_row(model, args.fresh)
+        splits = ("test",) if preset in MONOCULAR_PRESETS else ("val", "test")
+        spec = quality.run_spec(method, "ga", schedule_args(length), splits, args.metrics, 0)
+        kept = quality.kept_row(model, spec, args.fresh)
         if kept is not None:
             return kept
-        splits = ("test",) if preset in MONOCULAR_PRESETS else ("val", "test")
         row = quality.train_render_score(method, model, *subjects[(preset, seed)], "ga", threads,
                                          metrics=args.metrics, splits=splits, fresh=args.fresh,
                                          train_extra=schedule_args(length), fps_frames=0)
         return quality.keep_row(model, {**{k: v for k, v in row.items() if k != "per_view"}, "preset": preset,
-                                        "length": length, "seed": seed, "class_sizes": class_sizes(model)})
+                                        "length": length, "seed": seed, "class_sizes": class_sizes(model)}, spec)
 
     def write_report() -> str:
         text = report(rows, args.presets, sorted(args.lengths), args.methods, clusters)

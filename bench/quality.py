@@ -15,9 +15,11 @@ timestep (mean over cameras and seeds), and the commits the rows were trained at
                             [--out output/bench_quality] [--iterations N] [--jobs 2] [--fresh]
                             [-- extra train.py options]
 
-Each finished run keeps its row (``row.json`` beside the model, with the commit it was trained at)
-and a later invocation reuses it instead of rendering and scoring it again (``--fresh`` retrains),
-so a table can be gathered run by run, stopped and continued, and printed whole by one invocation.
+Each finished run keeps its row (``row.json`` beside the model, with the options it was made with
+and the commit it was trained at) and a later invocation with the same options reuses it instead of
+rendering and scoring it again (other options, e.g. another ``--iterations``, continue the run;
+``--fresh`` retrains), so a table can be gathered run by run, stopped and continued, and printed
+whole by one invocation.
 
 Methods are configs of the same code; the ``tensorial_*`` variants each change one thing of the
 tensorial config (its ablation rows): the face box instead of the head box, a one-hidden-layer
@@ -100,6 +102,21 @@ def dataset(seed: int, data_root: Path, preset: str = "demo") -> tuple[Path, Pat
     return next((folder / "s000").glob("UNION_s000_*")), folder / "flame" / "flame2023.pkl"
 
 
+def train_options(method: str, protocol: str, train_extra: list | None = None) -> list[str]:
+    """The train.py options that make ``method``'s run under ``protocol`` (besides its data, output
+    and --quiet / --resume): its configs, the demo schedule, its --set overrides, ``train_extra``."""
+    configs, sets = METHODS[method]
+    return (["--protocol", protocol] + [c for cfg in configs + ["configs/demo.yaml"] for c in ("--config", cfg)]
+            + [c for s in sets for c in ("--set", s)] + [str(a) for a in train_extra or []])
+
+
+def run_spec(method: str, protocol: str, train_extra: list | None, splits, metrics: str, fps_frames: int) -> dict:
+    """What a kept row was made with: a row is reused only for the same training, splits, metric
+    set and FPS timing (another ``--iterations``, say, continues the run and scores it again)."""
+    return {"train": train_options(method, protocol, train_extra), "splits": list(splits), "metrics": metrics,
+            "fps_frames": fps_frames}
+
+
 def train_render_score(method: str, model: Path, subject: Path, flame: Path, protocol: str, threads: int, *,
                        metrics: str = "gaussian-avatars", splits: tuple = ("val", "test"), fresh: bool = False,
                        train_extra: list | None = None, fps_frames: int = 10) -> dict:
@@ -110,12 +127,8 @@ def train_render_score(method: str, model: Path, subject: Path, flame: Path, pro
     "wall_seconds", "storage_bytes", "fps", "device"}`` (``fps``/``device`` None when not timed)."""
     if fresh and model.exists():
         shutil.rmtree(model)
-    configs, sets = METHODS[method]
-    cmd = [sys.executable, "train.py", "-s", str(subject), "-m", str(model), "--flame", str(flame), "--protocol",
-           protocol, "--quiet"]
-    cmd += [c for cfg in configs + ["configs/demo.yaml"] for c in ("--config", cfg)]
-    cmd += [c for s in sets for c in ("--set", s)]
-    cmd += list(train_extra or [])
+    cmd = [sys.executable, "train.py", "-s", str(subject), "-m", str(model), "--flame", str(flame), "--quiet",
+           *train_options(method, protocol, train_extra)]
     if (model / "checkpoints").is_dir():
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -142,32 +155,36 @@ def train_render_score(method: str, model: Path, subject: Path, flame: Path, pro
             "fps": fps, "device": device}
 
 
-def kept_row(model: Path, fresh: bool = False) -> dict | None:
-    """The row a finished run of ``model`` kept (:func:`keep_row`), or None when it is to be run
-    (none kept, or ``fresh``)."""
+def kept_row(model: Path, spec: dict, fresh: bool = False) -> dict | None:
+    """The row a finished run of ``model`` kept (:func:`keep_row`) with this ``spec``
+    (:func:`run_spec`), or None when it is to be run: none kept, kept for another spec, or
+    ``fresh``."""
     done = model / ROW_FILE
     if fresh or not done.is_file():
         return None
-    return json.loads(done.read_text())
+    row = json.loads(done.read_text())
+    return row if row.get("spec") == spec else None
 
 
-def keep_row(model: Path, row: dict) -> dict:
-    """Write ``row`` beside ``model`` with the commit it was made at (a stopped bench never leaves
-    half a row); returns the row as kept."""
-    row = {**row, "commit": repo_commit() or None}
+def keep_row(model: Path, row: dict, spec: dict) -> dict:
+    """Write ``row`` beside ``model`` with its ``spec`` and the commit it was made at (a stopped
+    bench never leaves half a row); returns the row as kept."""
+    row = {**row, "spec": spec, "commit": repo_commit() or None}
     write_text_atomic(model / ROW_FILE, json.dumps(row, indent=2))
     return row
 
 
 def train_and_score(method: str, seed: int, protocol: str, args, subject: Path, flame: Path, threads: int) -> dict:
     model = REPO / args.out / protocol / f"seed{seed}" / method
-    kept = kept_row(model, args.fresh)
+    extra = (["--iterations", str(args.iterations)] if args.iterations else []) + args.train_args
+    splits = ("val", "test")
+    spec = run_spec(method, protocol, extra, splits, args.metrics, args.fps_frames)
+    kept = kept_row(model, spec, args.fresh)
     if kept is not None:
         return kept
-    extra = (["--iterations", str(args.iterations)] if args.iterations else []) + args.train_args
-    row = train_render_score(method, model, subject, flame, protocol, threads, metrics=args.metrics,
+    row = train_render_score(method, model, subject, flame, protocol, threads, metrics=args.metrics, splits=splits,
                              fresh=args.fresh, train_extra=extra, fps_frames=args.fps_frames)
-    return keep_row(model, {**row, "seed": seed, "protocol": protocol})
+    return keep_row(model, {**row, "seed": seed, "protocol": protocol}, spec)
 
 
 def commits_line(rows: list[dict]) -> str:

@@ -1,7 +1,8 @@
 """bench/quality.py's bookkeeping (its trainings run for hours: their figures are in
-docs/BENCHMARKS.md): a finished run's row is kept beside its model with the commit, reused by the
-next invocation instead of rendered and scored again, retrained with ``--fresh``, and the report
-names the commits its rows come from."""
+docs/BENCHMARKS.md): a finished run's row is kept beside its model with its options and commit,
+reused by the next invocation of the same run instead of rendered and scored again, run again
+for other options, retrained with ``--fresh``, and the report names the commits its rows come
+from."""
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,20 @@ def test_a_finished_run_is_kept_and_reused_until_fresh(tmp_path, monkeypatch):
     kept = json.loads((model / quality.ROW_FILE).read_text())
     assert kept == first and kept["seed"] == 1 and kept["protocol"] == "paper" and "commit" in kept
 
+    assert kept["spec"]["train"][:2] == ["--protocol", "paper"] and "configs/npga.yaml" in kept["spec"]["train"]
+
     again = quality.train_and_score("npga", 1, "paper", args, Path("s"), Path("f"), 1)
     assert again == first and len(calls) == 1  # reused: nothing trained, rendered or scored again
 
+    args.iterations = 500  # another schedule: the run continues and is scored again
+    longer = quality.train_and_score("npga", 1, "paper", args, Path("s"), Path("f"), 1)
+    assert len(calls) == 2 and calls[-1][2] is False and longer["results"]["val"]["PSNR"] == 32.0
+    assert longer["spec"]["train"][-2:] == ["--iterations", "500"]
+
     args.fresh = True
     fresh = quality.train_and_score("npga", 1, "paper", args, Path("s"), Path("f"), 1)
-    assert len(calls) == 2 and calls[-1][2] is True and fresh["results"]["val"]["PSNR"] == 32.0
-    assert json.loads((model / quality.ROW_FILE).read_text())["results"]["val"]["PSNR"] == 32.0
+    assert len(calls) == 3 and calls[-1][2] is True and fresh["results"]["val"]["PSNR"] == 33.0
+    assert json.loads((model / quality.ROW_FILE).read_text())["results"]["val"]["PSNR"] == 33.0
 
 
 def test_the_report_names_the_commits_of_its_rows():
