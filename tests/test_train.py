@@ -84,6 +84,27 @@ def test_resume_continues_bit_exact(tiny, tmp_path):
     assert "source_path" in saved and "flame_model" in saved
 
 
+def test_training_seconds_count_every_process_of_a_resumed_run(tiny, tmp_path):
+    common = ["-s", tiny["subject"], "--flame", tiny["flame"], *SMALL_SCHEDULE, "--set", "run.save_interval=4"]
+    model = tmp_path / "m"
+    assert train.main(list(map(str, ["-m", model, *common, "--iterations", "8"]))) == 0
+    times = json.loads((model / "train_time.json").read_text())
+    first = json.loads((model / "train_summary.json").read_text())
+    assert set(times) == {"4", "8"} and 0 < times["4"] < times["8"]
+    assert first["train_seconds"] == pytest.approx(times["8"], abs=0.5)
+    assert first["train_seconds"] == pytest.approx(first["train_seconds_this_process"])
+    assert train.main(list(map(str, ["-m", model, "--resume", "--iterations", "12", "--quiet"]))) == 0
+    second = json.loads((model / "train_summary.json").read_text())
+    assert second["train_seconds"] == pytest.approx(times["8"] + second["train_seconds_this_process"])
+    assert "train_seconds_counted_from_iteration" not in second
+    # A checkpoint without a recorded time (written before the file existed): counted from it, said so.
+    (model / "train_time.json").unlink()
+    assert train.main(list(map(str, ["-m", model, "--resume", "--iterations", "16", "--quiet"]))) == 0
+    third = json.loads((model / "train_summary.json").read_text())
+    assert third["train_seconds"] == third["train_seconds_this_process"]
+    assert third["train_seconds_counted_from_iteration"] == 12
+
+
 def test_missing_flame_model_is_one_clear_error(tiny, tmp_path):
     result = run_cli(["-s", tiny["subject"], "-m", tmp_path / "m", "--flame", tmp_path / "nowhere/flame2023.pkl", "--quiet"])
     assert result.returncode == 2

@@ -42,6 +42,7 @@ from scene.training.class_balance import (ClassBalancedSampler, UniformSampler, 
 from scene.training.densification import BindingAwareDensification
 from scene.training.losses import photometric_loss
 from scene.training.optimizer_ops import drop_frozen_gradients, make_network_optimizer, make_splat_optimizers
+from utils.atomic import write_text_atomic
 from utils.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_state, restore_rng_state,
                               seed_everything, write_checkpoint)
 from utils.cli_common import describe_device, even_subset, pick_device
@@ -92,6 +93,18 @@ RESUMABLE_CHANGES = ("optim.iterations", "run.device", "run.backend", "run.eval_
 
 EXIT_CRASHED, EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 STOP_SIGNALS = STOP_EXIT_CODES  # {"SIGINT": EXIT_INTERRUPTED, "SIGTERM"/"SIGUSR1": EXIT_PREEMPTED}
+#: Beside the checkpoints: {"<iteration>": training seconds up to that checkpoint, over every process}.
+TRAIN_TIME_FILE = "train_time.json"
+
+
+def read_train_times(model_dir: Path) -> dict:
+    """The run's :data:`TRAIN_TIME_FILE` ({} where there is none, or none that reads: the times are
+    a report, never a reason to stop a run)."""
+    try:
+        times = json.loads((model_dir / TRAIN_TIME_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return times if isinstance(times, dict) else {}
 
 
 class TrainingStopped(Exception):
@@ -227,6 +240,11 @@ class Trainer:
         self.sampler = self._make_sampler()
         self.background = torch.tensor(cfg.run.background, dtype=torch.float32, device=self.device)
         self.step = 0
+        # Training seconds before this process (those of the checkpoint resumed from, kept in
+        # TRAIN_TIME_FILE: not in the checkpoint, whose bytes must not depend on the clock) and the
+        # iteration they are counted from when that checkpoint's time was not recorded.
+        self._seconds_before, self._seconds_counted_from = 0.0, None
+        self._loop_start = None
         self.writer = self._tensorboard()
         if self.resume_from:
             self._load_latest_readable(self.resume_from)
@@ -588,7 +606,15 @@ class Trainer:
                 "sampler": self.sampler.state_dict(),
                 "rng": capture_rng_state(),
             }, folder / "training_state.pt")
-        return write_checkpoint(self.model_dir, step, writer, keep=self.cfg.run.keep_checkpoints)
+        path = write_checkpoint(self.model_dir, step, writer, keep=self.cfg.run.keep_checkpoints)
+        times = read_train_times(self.model_dir)
+        times[str(step)] = self.training_seconds()
+        write_text_atomic(self.model_dir / TRAIN_TIME_FILE, json.dumps(times, indent=1))
+        return path
+
+    def training_seconds(self) -> float:
+        """Seconds of training so far, over every process of this run (resumes included)."""
+        return self._seconds_before + (0.0 if self._loop_start is None else time.time() - self._loop_start)
 
     def _load_latest_readable(self, checkpoints: list) -> None:
         """Resume from the newest checkpoint that reads back; a corrupt one is skipped with a warning."""
@@ -621,6 +647,9 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
         self.step = int(state["iteration"])
+        recorded = read_train_times(self.model_dir).get(str(self.step))
+        self._seconds_before, self._seconds_counted_from = ((float(recorded), None) if recorded is not None
+                                                            else (0.0, self.step))
         self.log(f"[train] resumed from {folder} (iteration {self.step}, {len(self.avatar.gaussians)} splats)")
 
     def save_consistent(self) -> Path | None:
@@ -657,7 +686,7 @@ class Trainer:
                      "and later steps run at its final rates")
         log_path = self.model_dir / "train_log.jsonl"
         bar = tqdm(total=total, initial=min(self.step, total), desc="train", disable=self.request.quiet, dynamic_ncols=True)
-        start = time.time()
+        start = self._loop_start = time.time()
         last_eval: dict = {}
         ema_loss = ema_psnr = None  # device tensors: read (a sync) only at the logging interval
         try:
@@ -720,10 +749,13 @@ class Trainer:
             raise
         bar.close()
         elapsed = time.time() - start
-        summary = {"iterations": self.step, "splats": len(self.avatar.gaussians), "train_seconds": elapsed,
-                   "eval": last_eval, **self.runtime}
+        total_seconds = self._seconds_before + elapsed
+        summary = {"iterations": self.step, "splats": len(self.avatar.gaussians), "train_seconds": total_seconds,
+                   "train_seconds_this_process": elapsed, "eval": last_eval, **self.runtime}
+        if self._seconds_counted_from is not None:  # resumed from a checkpoint whose time was not recorded
+            summary["train_seconds_counted_from_iteration"] = self._seconds_counted_from
         (self.model_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        self.log(f"[train] done: {self.step} iterations, {len(self.avatar.gaussians)} splats, {elapsed:.0f} s")
+        self.log(f"[train] done: {self.step} iterations, {len(self.avatar.gaussians)} splats, {total_seconds:.0f} s")
         return summary
 
 
