@@ -15,9 +15,10 @@ Each subject is one job that runs, as subprocesses with this Python,
 When every job has ended, ``evaluate.py -m <all outputs> --out OUTPUT_ROOT/results_all.json``
 prints one table (per subject and the mean).
 
-Before anything is submitted, every subject folder, the LPIPS weights and (SLURM) the request
-against the partition (GPUs, CPUs, time limit, as ``sinfo`` reports them) are checked; each problem
-is one ``error:`` line naming what to change, exit status 2.
+Before anything is submitted, every subject folder, the training configuration (configs and
+train.py options, resolved by ``train.py --check-config``), the LPIPS weights and (SLURM) the
+request against the partition (GPUs, CPUs, time limit, as ``sinfo`` reports them) are checked;
+each problem is one ``error:`` line naming what to change, exit status 2.
 
 - ``--launcher local``: submitit's LocalExecutor, one job per GPU at a time (the GPUs torch sees,
   or ``--gpus N``), one job at a time on a machine without a GPU.
@@ -414,6 +415,17 @@ def make_jobs(args, root: Path) -> list[SubjectJob]:
             for name, folder in subjects.items()]
 
 
+def check_train_config(job: SubjectJob) -> None:
+    """The jobs' configs and train.py options resolve (``train.py --check-config``, plugins
+    imported; the same for every job): a bad key or value is one error here, not one failed job per
+    subject after the queue."""
+    res = subprocess.run(job.command("train") + ["--check-config"], cwd=job.cwd, capture_output=True, text=True)
+    if res.returncode != 0:
+        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        why = lines[-1].removeprefix("error: ") if lines else f"exit status {res.returncode}"
+        raise LaunchError(f"the jobs' train.py configuration does not resolve: {why}")
+
+
 def check_lpips_weights(args) -> None:
     """Every job evaluates with LPIPS: missing or damaged weights fail here, not after training."""
     from utils.errors import UserFacingError
@@ -740,6 +752,8 @@ def launch(args) -> int:
         raise LaunchError("--launcher local|slurm is required")
     # Everything that would fail inside a job, after its training, is checked before any job runs.
     jobs = make_jobs(args, root)
+    if jobs:
+        check_train_config(jobs[0])
     if args.launcher == "slurm":
         check_slurm_available()
         check_slurm_request(args)

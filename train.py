@@ -3,6 +3,7 @@
     python train.py -s SUBJECT -m OUTPUT [--config configs/tensorial.yaml ...] [--flame PATH]
                     [--protocol ga|paper|none | --eval] [--iterations N] [--resolution-scale F]
                     [--set section.key=value] [--device D] [--backend B] [--resume [--allow-changes]]
+                    [--check-config]
 
 Configs compose in order (later wins), then command-line overrides. The resolved config is saved
 as OUTPUT/config.yaml; checkpoints go to OUTPUT/checkpoints/ (atomic, the last K kept), and
@@ -21,8 +22,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import yaml
+
 from flame_model import DEFAULT_FLAME_MODEL_PATH
 from gaussian_renderer import backend_choices_text
+from scene.config import resolve_config
 from scene.data.protocols import PROTOCOLS
 from scene.training.trainer import EXIT_INTERRUPTED, EXIT_USER_ERROR, Trainer, TrainingStopped, TrainRequest
 from utils.config import parse_assignment
@@ -79,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue even though the subject, FLAME files or config differ (recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--check-config", action="store_true",
+                   help="resolve the configs and overrides (plugins imported), print the resolved config and exit; "
+                        "nothing is read from -s or written to -m (launch.py runs it before submitting)")
     add_gaussian_avatars_flags(p)
     return p.parse_args(argv)
 
@@ -109,6 +116,18 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
                         allow_changes=args.allow_changes, quiet=args.quiet)
 
 
+def check_config(args: argparse.Namespace) -> int:
+    """``--check-config``: the resolved config as YAML on stdout (0), or one error line (2)."""
+    try:
+        request = request_from_args(args)
+        config = resolve_config(request.config_files, request.overrides)
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
+
+
 def main(argv=None, stops: StopSignals | None = None) -> int:
     """``stops``: the process's handlers for stop signals outside the training loop (the command
     line installs them for the life of the process; a caller inside another program leaves its
@@ -116,6 +135,8 @@ def main(argv=None, stops: StopSignals | None = None) -> int:
     saved, at its first step boundary); one that comes after the last step finds nothing left to
     save, and the run still ends as done (exit 0) instead of being killed by it."""
     args = parse_args(argv)
+    if args.check_config:
+        return check_config(args)
     try:
         trainer = Trainer(request_from_args(args))
         if stops is not None and stops.received:

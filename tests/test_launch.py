@@ -189,6 +189,29 @@ def test_missing_lpips_weights_fail_before_any_job(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_training_config_that_does_not_resolve_fails_before_any_job(tmp_path):
+    stub_subject(tmp_path / "a")
+    line = one_error_line(run_launch(tmp_path / "a", "--launcher", "local", "--output-root", tmp_path / "out",
+                                     "--config", REPO / "configs/npga.yaml", "--", "--set", "model.geometry.knnn=3"))
+    assert "train.py configuration does not resolve" in line and "'model.geometry.knnn'" in line and "knn" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_method_resolves_for_the_jobs(tmp_path):
+    """Any method's configs pass the check (train.py --check-config) and reach every job."""
+    import launch
+    stub_subject(tmp_path / "a")
+    for configs in (["gaussian_head_avatar.yaml", "gaussian_head_avatar_demo.yaml"], ["gaussian_blendshapes.yaml"],
+                    ["npga.yaml", "npga_demo.yaml"], ["gaussianhead.yaml"], ["gaussian_avatars.yaml"]):
+        args = launch.parse_args([str(tmp_path / "a"), "--launcher", "local",
+                                  *[a for c in configs for a in ("--config", str(REPO / "configs" / c))]])
+        job, = launch.make_jobs(args, tmp_path / "out")
+        launch.check_train_config(job)
+        train = job.command("train")
+        assert [train[i + 1] for i, a in enumerate(train) if a == "--config"] == [
+            str(REPO / "configs" / c) for c in configs]
+
+
 def test_render_and_evaluation_settings_reach_each_job(tmp_path):
     import launch
     stub_subject(tmp_path / "a")

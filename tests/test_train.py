@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +104,18 @@ def test_training_seconds_count_every_process_of_a_resumed_run(tiny, tmp_path):
     third = json.loads((model / "train_summary.json").read_text())
     assert third["train_seconds"] == third["train_seconds_this_process"]
     assert third["train_seconds_counted_from_iteration"] == 12
+
+
+def test_check_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
+    model = tmp_path / "never_written"
+    ok = run_cli(["-m", model, "--config", REPO / "configs/npga.yaml", "--iterations", "77", "--check-config"])
+    assert ok.returncode == 0 and not model.exists()
+    printed = yaml.safe_load(ok.stdout)
+    assert printed["optim"]["iterations"] == 77 and printed["model"]["geometry"]["type"] == "npga"
+    bad = run_cli(["-m", model, "--config", REPO / "configs/npga.yaml", "--set", "densify.grad_power=0.5",
+                   "--check-config"])
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "densify.grad_power" in bad.stderr
+    assert not model.exists()
 
 
 def test_missing_flame_model_is_one_clear_error(tiny, tmp_path):
