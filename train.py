@@ -116,18 +116,6 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
                         allow_changes=args.allow_changes, quiet=args.quiet)
 
 
-def check_config(args: argparse.Namespace) -> int:
-    """``--check-config``: the resolved config as YAML on stdout (0), or one error line (2)."""
-    try:
-        request = request_from_args(args)
-        config = resolve_config(request.config_files, request.overrides)
-    except UserFacingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
-    return 0
-
-
 def main(argv=None, stops: StopSignals | None = None) -> int:
     """``stops``: the process's handlers for stop signals outside the training loop (the command
     line installs them for the life of the process; a caller inside another program leaves its
@@ -135,10 +123,13 @@ def main(argv=None, stops: StopSignals | None = None) -> int:
     saved, at its first step boundary); one that comes after the last step finds nothing left to
     save, and the run still ends as done (exit 0) instead of being killed by it."""
     args = parse_args(argv)
-    if args.check_config:
-        return check_config(args)
     try:
-        trainer = Trainer(request_from_args(args))
+        request = request_from_args(args)
+        if args.check_config:  # the resolved config on stdout, or the one error line below
+            config = resolve_config(request.config_files, request.overrides)
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            return 0
+        trainer = Trainer(request)
         if stops is not None and stops.received:
             trainer.request_stop(stops.received)
         trainer.train()
