@@ -28,10 +28,12 @@ from scene.interop.export_3dgs import read_3dgs_ply  # noqa: E402
 from scene.methods.gaussianhead.color import TILT, GaussianHeadColor  # noqa: E402
 from scene.methods.gaussianhead.geometry import GaussianHeadGeometry  # noqa: E402
 from scene.methods.gaussianhead.heads import OpacityFeatureHead, SHHead  # noqa: E402
+from scene.methods.gaussianhead.opacity import GaussianHeadOpacity  # noqa: E402
 from scene.methods.gaussianhead.sh_rotation import fit_directions, rotate_sh, sh_rotation  # noqa: E402
 from scene.methods.gaussianhead.tilted_triplane import TiltedTriplane, tilt_quaternions  # noqa: E402
 from scene.methods.tensorial.triplane import Triplane  # noqa: E402
 from scene.model.checkpoint import load_model  # noqa: E402
+from scene.model.components import PluginContractError  # noqa: E402
 from scene.model.gaussian_model import inverse_sigmoid  # noqa: E402
 from scene.training.densification import BindingAwareDensification, DensifyConfig  # noqa: E402
 from scene.training.optimizer_ops import make_splat_optimizers  # noqa: E402
@@ -216,6 +218,25 @@ def test_gradients_through_the_geometry_colour_and_opacity_match_finite_differen
     inputs = [splats.params[n].detach().clone().requires_grad_() for n in names]
     inputs += [v.clone().requires_grad_() for v in motion.values()]
     assert torch.autograd.gradcheck(frame, tuple(inputs), atol=1e-6)
+
+
+def test_the_opacity_of_a_frame_the_colour_has_not_shaded_is_one_contract_error_naming_the_colour():
+    """The opacity head runs in the colour (it shares the tilted-triplane feature with the SH head);
+    an opacity asked first, or with another colour, says so instead of failing on None."""
+    torch.manual_seed(0)
+    model = small_model()
+    ctx = small_context()
+    geometry = GaussianHeadGeometry(model.geometry, ctx)
+    color = GaussianHeadColor(model.color, ctx)
+    opacity = GaussianHeadOpacity(model.opacity, ctx)
+    splats = geometry.initial_splats()
+    splats.add_attribute(TILT, color.splat_attributes()[TILT])
+    motion = random_motion(torch.float32)
+    frame = geometry(None, _Splats(splats, dict(splats.params)), torch.zeros(3), motion)
+    with pytest.raises(PluginContractError, match="gaussianhead colour"):
+        opacity(frame, motion["expr"], motion["jaw_pose"])
+    color(frame)
+    assert torch.equal(opacity(frame, motion["expr"], motion["jaw_pose"]), frame.opacity_shift)
 
 
 # -- training -------------------------------------------------------------------------------------

@@ -26,11 +26,14 @@ class GHAOpacity(OpacityComponent):
         def validate(self, model, where: str) -> None:
             require_gha_geometry(model, where, "opacity")
 
+    #: What fills the frame's ``opacity_shift``, for the error when nothing did.
+    shift_source = "geometry"
+
     def forward(self, geometry: SplatGeometry, expr: torch.Tensor, jaw_pose: torch.Tensor) -> torch.Tensor:
-        """(N,) logit offsets: the geometry's ``opacity_shift`` (NPGA's opacity, a subclass, reads
-        its geometry's the same way)."""
+        """(N,) logit offsets: the geometry's ``opacity_shift`` (NPGA's and GaussianHead's opacities,
+        subclasses, read their frame's splats the same way)."""
         shift = getattr(geometry, "opacity_shift", None)
         if shift is None:
-            raise PluginContractError(f"model.opacity {self.type_name!r} reads the opacity shifts of the "
-                                      f"{self.type_name} geometry")
+            raise PluginContractError(f"model.opacity {self.type_name!r} reads the opacity shifts that the "
+                                      f"{self.type_name} {self.shift_source} gives a frame")
         return shift
