@@ -241,7 +241,7 @@ def test_fine_tuned_flame_skips_the_precompute(tiny, tmp_path, cache_dir, monkey
     _trainer(tiny, tmp_path / "b", "sampling.n_classes=2")
     assert calls == [False]
     # The sequence itself refuses to fill caches nobody reads.
-    assert t.sequence.precompute() is False and t.sequence._verts is None
+    assert t.sequence.precompute() is None and t.sequence._verts is None
 
 
 def test_resume_skips_the_file_checks_and_keeps_its_classes(tiny, tmp_path, cache_dir, header_reads, clusterings):
@@ -409,11 +409,14 @@ def mesh_computations(monkeypatch):
     return calls
 
 
-def test_flame_meshes_cached_across_runs(tiny, tmp_path, cache_dir, mesh_computations):
-    first = _trainer(tiny, tmp_path / "a", "sampling.n_classes=2")
+def test_flame_meshes_cached_across_runs(tiny, tmp_path, cache_dir, mesh_computations, capsys):
+    first = _trainer(tiny, tmp_path / "a", "sampling.n_classes=2", quiet=False)
     assert mesh_computations == [1]
-    second = _trainer(tiny, tmp_path / "b", "sampling.n_classes=2", "run.seed=4")
-    assert mesh_computations == [1]  # read
+    assert "timesteps computed" in capsys.readouterr().out
+    second = _trainer(tiny, tmp_path / "b", "sampling.n_classes=2", "run.seed=4", quiet=False)
+    assert mesh_computations == [1]  # read, and the log says so
+    out = capsys.readouterr().out
+    assert "timesteps read from the subject cache" in out and "computed" not in out
     assert torch.equal(first.sequence._verts, second.sequence._verts)
     assert torch.equal(first.sequence._expr_disp, second.sequence._expr_disp)
     # A seed whose distances are not cached yet: the clustering evaluates its meshes itself.

@@ -100,7 +100,7 @@ class FlameSequence(torch.nn.Module):
 
     @torch.no_grad()
     def precompute(self, batch: int = 64, keep_expression_offsets: bool = False, progress: bool = False,
-                   cache=None) -> bool:
+                   cache=None) -> str | None:
         """Fill the caches of posed vertices (T, V, 3) and per-triangle displacements (T, F).
 
         Args:
@@ -115,22 +115,23 @@ class FlameSequence(torch.nn.Module):
                 when it holds those of the same inputs (:meth:`cache_key`), else computed and
                 stored there. None: always computed.
         Returns:
-            False without doing anything when the parameters are being fine-tuned: the caches would
-            never be read (:meth:`vertices` and :meth:`triangle_displacement` compute on the fly).
+            Where the meshes came from: ``"read"`` (the cache) or ``"computed"``. None without doing
+            anything when the parameters are being fine-tuned: the caches would never be read
+            (:meth:`vertices` and :meth:`triangle_displacement` compute on the fly).
         """
         if self.trainable:
-            return False
+            return None
         key = self.cache_key(batch) if cache is not None else None
         if cache is not None:
             stored = cache.read_arrays(MESH_CACHE_KIND, key)
             if stored is not None and self._take_stored(stored):
                 self._expr_offsets = None
-                return True
+                return "read"
         self._compute(batch, keep_expression_offsets, progress)
         if cache is not None:
             cache.write_arrays(MESH_CACHE_KIND, key, {"vertices": self._verts.cpu().numpy(),
                                                       "triangle_displacements": self._expr_disp.cpu().numpy()})
-        return True
+        return "computed"
 
     def _take_stored(self, stored: dict) -> bool:
         """Use stored meshes when their shapes and dtype are the ones computing them would give."""

@@ -219,11 +219,12 @@ class Trainer:
             self._cluster_timesteps, self._cluster_meta = self._cluster_settings()
             self._classes, self._distances = self._cached_timestep_classes()
         if not cfg.optim.train_flame:  # fine-tuned parameters change every step: nothing to cache
-            self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; "
-                     f"precomputing meshes of {self.sequence.num_timesteps} timesteps")
             need_meshes = cfg.sampling.class_balanced and self._classes is None and self._distances is None
-            self.sequence.precompute(keep_expression_offsets=need_meshes, progress=not request.quiet,
-                                     cache=self.subject_cache)
+            source = self.sequence.precompute(keep_expression_offsets=need_meshes, progress=not request.quiet,
+                                              cache=self.subject_cache)
+            self.log(f"[train] FLAME {self.flame.num_vertices} vertices / {self.flame.num_faces} faces; meshes of "
+                     f"{self.sequence.num_timesteps} timesteps "
+                     + ("read from the subject cache" if source == "read" else "computed"))
         # Timestep rows as device tensors, sliced per step: a host-built index would be a copy.
         self.row_index = torch.arange(self.sequence.num_timesteps, device=self.device)
 
