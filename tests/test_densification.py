@@ -185,6 +185,29 @@ def test_soft_opacity_decay_step_and_schedule():
         assert torch.equal(v, moments[k]), k
 
 
+def test_large_splats_are_pruned_after_the_first_reset_or_where_the_config_says():
+    """3DGS prunes splats too large on screen (20 px) or in the world (0.1 x extent) only after its
+    first opacity reset; without resets (the soft decay) ``prune_large_after_iter`` says where."""
+    def pruned(step, **keys):
+        model, opts = setup(n_faces=4, per_face=2)
+        cfg = DensifyConfig(densify_from_iter=0, densification_interval=10, densify_until_iter=1000,
+                            grad_threshold=1.0, min_opacity=0.0, opacity_reset_at_densify_start=False, **keys)
+        strategy = BindingAwareDensification(cfg, 1.0, 4)
+        radii = torch.full((1, 8), 5)
+        radii[0, 2] = 30  # splat 2: 30 px on screen
+        strategy.update_statistics(fake_meta(8, torch.zeros(8), radii), 100, 100)
+        scales = torch.full((8, 3), 1e-4)
+        scales[5, 0] = 0.5  # splat 5: half the scene extent
+        return strategy.step(step, model, opts, scales).get("pruned")
+
+    assert pruned(40, opacity_reset_interval=30) == 2 and pruned(20, opacity_reset_interval=30) == 0
+    assert pruned(40, opacity_reset_interval=0) == 0  # no reset: never, unless configured
+    decay = {"opacity_reset_interval": 0, "opacity_decay": 0.01}
+    assert pruned(40, prune_large_after_iter=30, **decay) == 2
+    assert pruned(30, prune_large_after_iter=30, **decay) == 0
+    assert pruned(40, prune_large_after_iter=50, opacity_reset_interval=30) == 0  # the key wins
+
+
 def test_npga_keys_are_validated():
     import pytest
     from scene.config import resolve_config
@@ -196,7 +219,8 @@ def test_npga_keys_are_validated():
     cfg = resolve_config([], [{"densify": {"opacity_decay": 0.01, "opacity_reset_interval": 0, "grad_power": 2}}])
     assert cfg.densify.grad_power == 2.0 and cfg.densify.opacity_decay_interval == 100
     for key, value, message in (("grad_power", 0.5, "at least 1.0"), ("opacity_decay", -0.1, "between 0.0 and 1.0"),
-                                ("opacity_decay_interval", 0, "at least 1"), ("grad_power", "two", "must be float")):
+                                ("opacity_decay_interval", 0, "at least 1"), ("grad_power", "two", "must be float"),
+                                ("prune_large_after_iter", -2, "at least -1")):
         with pytest.raises(InputFileError, match=rf"densify\.{key}.*{message}"):
             resolve_config([], [{"densify": {key: value, "opacity_reset_interval": 0}}])
 

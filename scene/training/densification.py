@@ -61,6 +61,11 @@ class DensifyConfig:
     # backgrounds stays as it is). NPGA gives no interval ("frequently"); 100 is ours.
     opacity_decay: float = 0.0
     opacity_decay_interval: int = 100
+    # Splats over 20 px on screen or over 0.1 x the scene extent in the world are pruned at the
+    # densification steps after this step. -1: after the first opacity_reset_interval steps (3DGS's
+    # and GA's rule), so never when the periodic reset is off; the soft decay has no reset to wait
+    # for, so set this with it (NPGA-style: where GA's first reset falls in the shared schedule).
+    prune_large_after_iter: int = -1
     max_splats: int = 0  # 0 = unlimited; a safety cap for small machines
 
     def validate(self, where: str = "densify") -> None:
@@ -68,6 +73,7 @@ class DensifyConfig:
         check_range(f"{where}.grad_power", self.grad_power, 1.0)
         check_range(f"{where}.opacity_decay", self.opacity_decay, 0.0, 1.0)
         check_range(f"{where}.opacity_decay_interval", self.opacity_decay_interval, 1)
+        check_range(f"{where}.prune_large_after_iter", self.prune_large_after_iter, -1)
         if self.opacity_decay > 0 and self.opacity_reset_interval > 0:
             raise InputFileError(
                 f"config keys '{where}.opacity_decay' ({self.opacity_decay}) and '{where}.opacity_reset_interval' "
@@ -159,7 +165,7 @@ class BindingAwareDensification:
         if not cfg.enabled:
             return events
         if step < cfg.densify_until_iter and step > cfg.densify_from_iter and step % cfg.densification_interval == 0:
-            big_screen = 20 if (cfg.opacity_reset_interval > 0 and step > cfg.opacity_reset_interval) else None
+            big_screen = 20 if self.prunes_large(step) else None
             events.update(self.densify_and_prune(gaussians, optimizers, world_scales, big_screen))
         at_start = cfg.opacity_reset_at_densify_start and self.white_background and step == cfg.densify_from_iter
         periodic = cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0
@@ -171,6 +177,14 @@ class BindingAwareDensification:
             self.decay_opacity(gaussians)
             events["opacity_decay"] = 1
         return events
+
+    def prunes_large(self, step: int) -> bool:
+        """Whether a densification at ``step`` also prunes splats too large on screen or in the
+        world (``prune_large_after_iter``)."""
+        after = self.cfg.prune_large_after_iter
+        if after < 0:
+            after = self.cfg.opacity_reset_interval if self.cfg.opacity_reset_interval > 0 else None
+        return after is not None and step > after
 
     # -- operations ----------------------------------------------------------------------------
 
