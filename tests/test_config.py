@@ -166,3 +166,6 @@ def test_quality_bench_methods_resolve():
     cfg = resolve_config([root / c for c in decay[0]] + [root / "configs" / "demo.yaml"],
                          [parse_assignment(s) for s in decay[1]])
     assert cfg.densify.opacity_decay == 0.01 and cfg.densify.opacity_reset_interval == 0
+    # Without its resets, too-large splats are pruned from where the tensorial config's first falls.
+    paper = resolve_config([root / c for c in decay[0]], [])
+    assert cfg.densify.prune_large_after_iter == paper.densify.opacity_reset_interval
