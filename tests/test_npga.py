@@ -90,7 +90,8 @@ def test_the_regularisers_are_the_weighted_laplacians_and_mean_squared_norms():
                                         splats.binding, lambda: None))
     graph = knn_graph(splats.params["xyz"].detach(), 3)
     assert torch.equal(geometry.neighbours, graph)
-    f = splats.params[FEATURE]
+    f = splats.params[FEATURE].detach()
+    terms = {k: v.detach() for k, v in terms.items()}
     assert float(terms["npga_lap_feature"]) == pytest.approx(2.0 * float(laplacian_smoothness(f, graph)))
     assert float(terms["npga_lap_offsets"]) == pytest.approx(3.0 * float(laplacian_smoothness(d_detail, graph)))
     expected = 0.5 * float((d_prior ** 2).sum(1).mean()) + 0.25 * float((d_detail ** 2).sum(1).mean())
