@@ -5,7 +5,7 @@ Triton path costs on the device (registers, kernels per frame and step, ms per p
 Writes ``OUT/gpu_check.json`` (every figure and every failure message) and ``OUT/gpu_check.md``
 (the same as Markdown tables for docs/BENCHMARKS.md). A GPU session has 15 device-minutes in all
 (machine start-up included, one call at most 10 minutes), so the check fits a third of that and
-can run again if it fails: one total budget (``--budget``, default 330 s), split by :func:`plan`
+can run again if it fails: one total budget (``--budget``, default 350 s), split by :func:`plan`
 into one cap per section, run in order of value. A section may use its cap plus what the sections
 before it left unused, never more: it ends where the plan ends it, so every later section keeps
 its whole cap (the backends and the tests run in subprocesses, killed at that point; a backend
@@ -13,7 +13,8 @@ writes its figures as it goes, so a time-out keeps what was measured). A section
 the budget is below its minimum is recorded as skipped, with the reason. The plan, each section's
 limit and the seconds it took are in the result.
 
-Sections, in the order they run (default budget: caps 10 + 60 + 120 + 60 + 80 = 330 s):
+Sections, in the order they run (default budget 350 s: caps 10 + 60 + 120 + 60 + 60, and 40 of the
+torch backend's 80):
   environment  GPU, driver, torch and CUDA versions, nvcc and its CUDA version, ninja, gsplat and
                triton versions (cap 10 s);
   subject      a full-resolution synthetic subject (scripts/make_synthetic_subject.py --preset
@@ -23,12 +24,17 @@ Sections, in the order they run (default budget: caps 10 + 60 + 120 + 60 + 80 = 
   tests        the CUDA-only tests of the Triton and sync-free suites (tests/test_triton_backend.py,
                tests/test_sync_free_render.py) through pytest: the summary line and every failure
                (cap 60 s);
+  methods      every built-in method's render speed (Table 1's FPS column): each method's paper
+               config, untrained, on the first of the backends (triton by default) at the
+               subject's resolution, the bound methods at the backend sections' splats per
+               triangle, the free ones at as many splats; FPS, CUDA-graph FPS, ms per phase
+               (``--methods``: which; none skips it; cap 60 s, shared evenly);
   torch        the reference backend on the GPU (cap 80 s);
   gsplat       only when asked (``--backends triton torch gsplat``), and only when ``ninja`` and an
                ``nvcc`` of torch's CUDA version are on the PATH (gsplat 1.5.3 compiles ~20 .cu
                files with ninja on first use); otherwise skipped with one line saying why. It does
-               not fit the default budget: ``--budget 480`` gives it its minimum (150 s), ``--budget
-               570`` its cap (240 s).
+               not fit the default budget: ``--budget 540`` gives it its minimum (150 s), ``--budget
+               630`` its cap (240 s).
 
 Each backend section records: available or the first line of why not; parity with the torch
 backend on the CPU on the probe scene (image max abs difference, relative gradient error per
@@ -53,12 +59,12 @@ imageio, PyYAML, tqdm), gsplat and plyfile travel as wheels. Here, in the reposi
         -d .whl gsplat==1.5.3 plyfile==1.1.5
 
 and there (the device tool's ``run`` with ``carry: [".whl"]`` and ``timeout_s: 420``, at most 420:
-the budget's 330 s plus the install and a margin; a rerun on the still-warm machine reuses the
+the budget's 350 s plus the install and a margin; a rerun on the still-warm machine reuses the
 subject in /tmp/gpu_check_data and Triton's compiled kernels):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
         .whl/*.whl && export PYTHONPATH=/tmp/site || exit; \\
-        python3 bench/gpu_check.py --budget 330 --data /tmp/gpu_check_data --out $OUT/gpu_check
+        python3 bench/gpu_check.py --budget 350 --data /tmp/gpu_check_data --out $OUT/gpu_check
 
 On the CPU, the same code at tiny sizes (what tests/test_gpu_check.py runs, so it cannot rot; the
 Triton kernels then run in Triton's interpreter, slowly: ``--backends torch`` for a quick look):
@@ -107,12 +113,22 @@ SIZES: dict[str, dict[str, Any]] = {
               "train_steps": 1, "profile_frames": 1, "profile_steps": 1,
               "tests": ["tests/test_sync_free_render.py"]},
 }
-DEFAULT_BUDGET = 330.0  # seconds: a third of a 15-minute device budget, minus start-up and install
+DEFAULT_BUDGET = 350.0  # seconds: what one 420-s device call holds besides start-up and install
 # Seconds each section may take at most ("backend": any backend without a cap of its own) and the
-# least worth starting it with. The defaults fill the default budget exactly; gsplat compiles its
-# CUDA code on first use (minutes), so it only runs when the budget is raised for it.
-CAPS = {"environment": 10.0, "subject": 60.0, "triton": 120.0, "tests": 60.0, "backend": 80.0, "gsplat": 240.0}
-MINIMUM = {"environment": 5.0, "subject": 20.0, "triton": 40.0, "tests": 20.0, "backend": 30.0, "gsplat": 150.0}
+# least worth starting it with. The defaults fill the default budget exactly (the torch backend,
+# last, with 40 s of its 80); gsplat compiles its CUDA code on first use (minutes), so it only runs
+# when the budget is raised for it.
+CAPS = {"environment": 10.0, "subject": 60.0, "triton": 120.0, "tests": 60.0, "methods": 60.0, "backend": 80.0,
+        "gsplat": 240.0}
+MINIMUM = {"environment": 5.0, "subject": 20.0, "triton": 40.0, "tests": 20.0, "methods": 20.0, "backend": 30.0,
+           "gsplat": 150.0}
+# Every built-in method at its paper config, for the methods section's render speed (Table 1's FPS
+# column): the bound ones at the backend sections' splats per triangle, the free ones at as many
+# splats as the first bound avatar has.
+METHOD_CONFIGS = {"tensorial": "configs/tensorial.yaml", "gaussian_avatars": "configs/gaussian_avatars.yaml",
+                  "gaussian_head_avatar": "configs/gaussian_head_avatar.yaml",
+                  "gaussian_blendshapes": "configs/gaussian_blendshapes.yaml", "npga": "configs/npga.yaml",
+                  "gaussianhead": "configs/gaussianhead.yaml"}
 MIN_BUDGET = MINIMUM["environment"] + MINIMUM["subject"] + MINIMUM["backend"]
 DEFAULT_BACKENDS = ("triton", "torch")  # gsplat only on request (a first-use CUDA build)
 HEADLINE, COMPILED_ON_FIRST_USE = "triton", "gsplat"
@@ -156,14 +172,16 @@ def backend_order(backends: list[str]) -> list[str]:
     return sorted(dict.fromkeys(backends), key=lambda n: (rank.get(n, 1), registry.index(n) if n in registry else 0))
 
 
-def plan(backends: list[str], budget: float = DEFAULT_BUDGET, tests: bool = True) -> list[Section]:
+def plan(backends: list[str], budget: float = DEFAULT_BUDGET, tests: bool = True,
+         methods: bool = True) -> list[Section]:
     """The sections of one check, in the order they run, each with its cap in seconds.
 
     Order of value: environment, subject (the backend sections need it), the headline backend
-    (triton), the CUDA-only tests, the other backends (gsplat last). Each section gets its cap
-    (:data:`CAPS`) or what is left of ``budget``, whichever is less; one whose share is below its
-    minimum (:data:`MINIMUM`) is skipped with the reason, as is gsplat when its build tools are
-    missing (:func:`gsplat_toolchain_problem`). The caps sum to at most ``budget``.
+    (triton), the CUDA-only tests, every method's render speed (``methods``), the other backends
+    (gsplat last). Each section gets its cap (:data:`CAPS`) or what is left of ``budget``,
+    whichever is less; one whose share is below its minimum (:data:`MINIMUM`) is skipped with the
+    reason, as is gsplat when its build tools are missing (:func:`gsplat_toolchain_problem`). The
+    caps sum to at most ``budget``.
     """
     left = float(budget)
     full_caps = 0.0  # the caps, uncut, of the sections that run so far: the budget they would need
@@ -190,6 +208,7 @@ def plan(backends: list[str], budget: float = DEFAULT_BUDGET, tests: bool = True
     if HEADLINE in ordered:
         add(HEADLINE, HEADLINE)
     add("tests", "tests", None if tests else "not asked for (--no-tests)")
+    add("methods", "methods", None if methods else "not asked for (--methods with no name)")
     for name in ordered:
         if name == HEADLINE:
             continue
@@ -566,6 +585,19 @@ def _one_training_step(trainer) -> None:
     trainer.step += 1
 
 
+def frame_inputs(trainer, device) -> tuple:
+    """:func:`scene.rendering.render_avatar`'s inputs for the trainer's first test (else val)
+    frame: (avatar, vertices (V, 3), motion, viewmat (4, 4), K (3, 3), width, height, background)."""
+    from flame_model import frame_motion
+
+    frame = (trainer.subject.frames["test"] or trainer.subject.frames["val"])[0]
+    row = trainer.subject.timestep_row[frame.timestep]
+    rows = trainer.row_index[row:row + 1]
+    params = trainer.sequence.row_params(rows)
+    return (trainer.avatar, trainer.sequence.vertices(rows)[0], frame_motion(params),
+            frame.viewmat.to(device), frame.K.to(device), frame.width, frame.height, trainer.background)
+
+
 def check_backend(name: str, device_name: str, subject: str, flame: str, size: dict, scratch: Path,
                   seconds: float, save: Callable[[dict], None]) -> dict:
     """Availability, parity, rendering and training figures of one backend (see module doc), in
@@ -576,7 +608,6 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
     from gaussian_renderer.parity import compare_with_reference
     from gaussian_renderer.registry import get_backend
     from scene.rendering import measure_render_speed, render_avatar
-    from flame_model import frame_motion
     from step_profile import build_trainer, profile, run_steps
 
     deadline = time.perf_counter() + seconds
@@ -605,12 +636,7 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
         out["setup_error"] = _first_line(exc)
         return out
     try:
-        frame = (trainer.subject.frames["test"] or trainer.subject.frames["val"])[0]
-        row = trainer.subject.timestep_row[frame.timestep]
-        rows = trainer.row_index[row:row + 1]
-        params = trainer.sequence.row_params(rows)
-        inputs = (trainer.avatar, trainer.sequence.vertices(rows)[0], frame_motion(params),
-                  frame.viewmat.to(device), frame.K.to(device), frame.width, frame.height, trainer.background)
+        inputs = frame_inputs(trainer, device)
 
         def render(timer=None, capacity=None, backend=name):
             kwargs = {} if timer is None else {"timer": timer}
@@ -625,8 +651,8 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
         speed = measure_render_speed(*inputs, name, frames=frames, warmup=size["render_warmup"])
         with torch.no_grad():
             syncs = _sync_points(render, device)
-        out["render"] = {**speed, "splats": len(trainer.avatar.gaussians), "width": frame.width,
-                         "height": frame.height, "sync_points_per_frame": syncs}
+        out["render"] = {**speed, "splats": len(trainer.avatar.gaussians), "width": inputs[5],
+                         "height": inputs[6], "sync_points_per_frame": syncs}
         if "isect_capacity" in speed:  # triton on CUDA: the CUDA-graph path, which must show none
             with torch.no_grad():
                 out["render"]["sync_points_per_frame_fixed_capacity"] = _sync_points(
@@ -675,6 +701,68 @@ def check_backend(name: str, device_name: str, subject: str, flame: str, size: d
         trainer.loader.close()
     if name == HEADLINE:
         out["kernel_resources"] = triton_kernel_resources()
+    return out
+
+
+def check_methods(methods: list[str], backend: str, device_name: str, subject: str, flame: str, size: dict,
+                  scratch: Path, seconds: float, save: Callable[[dict], None]) -> dict:
+    """Render speed of each method of ``methods`` (names of :data:`METHOD_CONFIGS`) at its paper
+    config, untrained, on ``backend``, in ``seconds`` at most, shared evenly among the methods not
+    yet measured. A method's figures are those of ``render.py --benchmark`` (the whole frame: its
+    decoders, rasterization and screen-space stage) at the subject's resolution, with its splat
+    count: the bound methods at the size's splats per triangle, the free ones at the first bound
+    avatar's count (their configs' own count when none was built). A method that fails records
+    its error and the next one runs. ``save(figures)`` after each method."""
+    import torch
+
+    from scene.config import resolve_config
+    from scene.rendering import measure_render_speed, render_avatar
+    from step_profile import build_trainer
+
+    deadline = time.perf_counter() + seconds
+    device = torch.device(device_name)
+    out: dict = {"backend": backend, "methods": {}}
+    matched = None  # the first bound avatar's splat count, for the free methods
+    for i, name in enumerate(methods):
+        share = max(deadline - time.perf_counter(), 0.0) / (len(methods) - i)
+        started = time.perf_counter()
+        record: dict = {}
+        out["methods"][name] = record
+        trainer = None
+        try:
+            geometry = resolve_config([REPO / METHOD_CONFIGS[name]], []).model.geometry
+            bound = hasattr(geometry, "init_splats_per_triangle")
+            sets = ["densify.enabled=false"]
+            if bound:
+                sets.append(f"model.geometry.init_splats_per_triangle={size['splats_per_triangle']}")
+            elif matched is not None:
+                sets.append(f"model.geometry.init_points={matched}")
+            trainer = build_trainer(subject, flame, scratch / f"method_{name}", [METHOD_CONFIGS[name]], sets,
+                                    device_name, backend, iterations=1)
+            inputs = frame_inputs(trainer, device)
+            record.update(splats=len(trainer.avatar.gaussians), width=inputs[5], height=inputs[6],
+                          screen_stage=trainer.avatar.screen.enabled())
+            if bound and matched is None:
+                matched = record["splats"]
+            with torch.no_grad():
+                render_avatar(*inputs, backend=backend)  # first use: kernels compile, caches fill
+                frame_s, _ = _timed(lambda: render_avatar(*inputs, backend=backend), device)
+            # measure_render_speed renders warm-up + 2 x frames (+ a CUDA graph's frames).
+            frames = _fit(size["render_frames"], 0.6 * (share - (time.perf_counter() - started)), 4 * frame_s)
+            try:
+                speed = measure_render_speed(*inputs, backend, frames=frames, warmup=size["render_warmup"])
+            except Exception as exc:  # the CUDA graph of this method: the eager frame still counts
+                record["cuda_graph_error"] = _first_line(exc)
+                speed = measure_render_speed(*inputs, backend, frames=frames, warmup=size["render_warmup"],
+                                             cuda_graph=False)
+            record.update(speed)
+        except Exception as exc:
+            record["error"] = _first_line(exc)
+        finally:
+            if trainer is not None:
+                trainer.loader.close()
+            record["seconds"] = time.perf_counter() - started
+        save(out)
     return out
 
 
@@ -748,18 +836,27 @@ def run_cuda_tests(files: list[str], limit: float) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def methods_backend(args: argparse.Namespace) -> str:
+    """The backend the methods section renders with: the first of ``--backends`` in order of value."""
+    return backend_order(args.backends)[0]
+
+
 def run_backend_section(name: str, args: argparse.Namespace, subject: dict, out: Path, limit: float) -> dict:
-    """One backend's figures from a subprocess killed after ``limit`` s (what it saved before is kept)."""
+    """One backend's figures (or, for ``name`` "methods", every method's render speed on
+    :func:`methods_backend`) from a subprocess killed after ``limit`` s (what it saved before is kept)."""
+    backend = methods_backend(args) if name == "methods" else name
     part_file = out / f"part_{name}.json"
     part_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--device", args.device,
            "--section", name, "--subject", subject["union"], "--flame", subject["flame"],
            "--section-out", str(part_file), "--section-seconds", f"{limit:.1f}"] + (["--quick"] if args.quick else [])
+    if name == "methods":
+        cmd += ["--backends", backend, "--methods", *args.methods]
     # On the CPU the Triton kernels run in Triton's interpreter (slow, but the same code); it must
     # be set before triton is first imported, hence in the subprocess's environment.
-    env = dict(os.environ, TRITON_INTERPRET="1") if name == HEADLINE and args.device == "cpu" else None
+    env = dict(os.environ, TRITON_INTERPRET="1") if backend == HEADLINE and args.device == "cpu" else None
     code, tail = _run_limited(cmd, limit, env)
-    part = json.loads(part_file.read_text()) if part_file.is_file() else {"backend": name}
+    part = json.loads(part_file.read_text()) if part_file.is_file() else {"backend": backend}
     part_file.unlink(missing_ok=True)
     if code is None:
         part["section_error"] = f"timed out after {limit:.0f} s (figures measured before are kept): {tail}"
@@ -770,6 +867,27 @@ def run_backend_section(name: str, args: argparse.Namespace, subject: dict, out:
 
 def _fmt(value: Any, spec: str) -> str:
     return "" if value is None or value == "" else format(value, spec)
+
+
+def methods_markdown(part: dict) -> list[str]:
+    """The methods section's lines: one table row per method, then its failures."""
+    if "skipped" in part:
+        return [f"Methods: skipped: {part['skipped']}"]
+    lines = [f"Render speed of every method, untrained at its paper config, backend {part.get('backend')} "
+             "(the whole frame, as `render.py --benchmark`):", "",
+             "| method | splats | size | FPS | CUDA-graph FPS | ms / frame | decoders ms | rasterization ms | "
+             "screen-space stage |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in part.get("methods", {}).items():
+        size = f"{r['width']}x{r['height']}" if "width" in r else ""
+        stage = "" if "screen_stage" not in r else ("yes" if r["screen_stage"] else "no")
+        lines.append(f"| {name} | {_fmt(r.get('splats'), 'd')} | {size} | {_fmt(r.get('fps'), '.1f')} | "
+                     f"{_fmt(r.get('fps_cuda_graph'), '.1f')} | {_fmt(r.get('ms_per_frame'), '.2f')} | "
+                     f"{_fmt(r.get('ms_decoders'), '.2f')} | {_fmt(r.get('ms_rasterization'), '.2f')} | {stage} |")
+    errors = [f"- {name} ({key}): {r[key]}" for name, r in part.get("methods", {}).items()
+              for key in ("error", "cuda_graph_error") if key in r]
+    if part.get("section_error"):
+        errors.append(f"- the section: {part['section_error']}")
+    return lines + (["", "Methods' failures:", ""] + errors if errors else [])
 
 
 def summary_markdown(result: dict) -> str:
@@ -791,6 +909,9 @@ def summary_markdown(result: dict) -> str:
         lines += [f"- {ln}" for ln in tests.get("failures", [])] + ([""] if tests.get("failures") else [])
     if result.get("subject_error"):
         lines += [f"Subject: {result['subject_error']}", ""]
+    methods = result.get("methods")
+    if methods:
+        lines += methods_markdown(methods) + [""]
     lines += ["| backend | available | image max abs diff | worst relative grad error | render FPS | CUDA-graph FPS | "
               "decoders ms | rasterization ms | (tile, splat) pairs | syncs / frame | launches / frame | train it/s | "
               "train peak MB | syncs / step | launches / step |",
@@ -859,6 +980,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                   "(default: a temporary folder, removed)")
     p.add_argument("--no-tests", dest="tests", action="store_false",
                    help="skip the CUDA-only tests (" + ", ".join(SIZES["full"]["tests"]) + ")")
+    p.add_argument("--methods", nargs="*", default=list(METHOD_CONFIGS), choices=list(METHOD_CONFIGS),
+                   help="the methods whose render speed the methods section measures, untrained at their paper "
+                        "configs, on the first of --backends (default: all; none: skip the section)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help=f"seconds for the whole check, split into one cap per section (default {DEFAULT_BUDGET:.0f})")
     # internal: one backend's section in a subprocess
@@ -889,15 +1013,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         part_file = Path(args.section_out)
         with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
             seconds = (args.section_seconds or CAPS["backend"]) - (time.perf_counter() - STARTED)
-            part = check_backend(args.section, args.device, args.subject, args.flame, size, Path(scratch),
-                                 seconds, lambda figures: _save_json(part_file, figures))
+            save = lambda figures: _save_json(part_file, figures)  # noqa: E731
+            if args.section == "methods":
+                part = check_methods(args.methods, args.backends[0], args.device, args.subject, args.flame, size,
+                                     Path(scratch), seconds, save)
+            else:
+                part = check_backend(args.section, args.device, args.subject, args.flame, size, Path(scratch),
+                                     seconds, save)
         _save_json(part_file, part)
         return 0
 
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sections = plan(args.backends, args.budget, args.tests)
+    sections = plan(args.backends, args.budget, args.tests, bool(args.methods))
     result: dict = {"device": args.device, "size": size_name, "budget": args.budget,
                     "plan": [asdict(s) for s in sections], "sections": [], "environment": {}, "backends": {}}
     data_dir = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="gpu_check_data_"))
@@ -911,12 +1040,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         # where the plan ends it, so every later section keeps its whole cap.
         limit = planned_end - t0
         name, outcome = section.name, "ran"
-        is_backend = name not in ("environment", "subject", "tests")
+        is_backend = name not in ("environment", "subject", "tests", "methods")
         why_not = section.skipped
         if why_not is None and name != "environment":
             if no_gpu:
                 why_not = no_gpu
-            elif is_backend and subject is None:
+            elif (is_backend or name == "methods") and subject is None:
                 why_not = f"no subject ({result.get('subject_error')})"
             elif limit < 1:
                 why_not = "the sections before it used up its time"
@@ -924,8 +1053,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             outcome = f"skipped: {why_not}"
             if is_backend:
                 result["backends"][name] = {"backend": name, "skipped": why_not}
-            elif name == "tests":
-                result["tests"] = {"skipped": why_not}
+            elif name in ("tests", "methods"):
+                result[name] = {"skipped": why_not}
         elif name == "environment":
             result["environment"] = environment(section.cap_s)
             if args.device.startswith("cuda") and not result["environment"]["cuda_available"]:
@@ -941,6 +1070,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif name == "tests":
             result["tests"] = run_cuda_tests(size["tests"], limit)
             outcome = result["tests"].get("summary") or result["tests"].get("error", "")
+        elif name == "methods":
+            result["methods"] = run_backend_section(name, args, subject, out, limit)
+            measured = [m for m, r in result["methods"].get("methods", {}).items() if "fps" in r]
+            outcome = result["methods"].get("section_error", f"{len(measured)} of {len(args.methods)} measured")
+            outcome = outcome.splitlines()[0]
         else:
             result["backends"][name] = run_backend_section(name, args, subject, out, limit)
             outcome = result["backends"][name].get("section_error", "ran").splitlines()[0]

@@ -275,7 +275,8 @@ class GraphedAvatarRenderer:
 
 @torch.no_grad()
 def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, motion: dict, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, background: torch.Tensor,
-                         backend: str, frames: int = 50, warmup: int = 5, compile: bool = False) -> dict:
+                         backend: str, frames: int = 50, warmup: int = 5, compile: bool = False,
+                         cuda_graph: bool = True) -> dict:
     """Speed of :func:`render_avatar` (the product's path, decoders included) for one frame.
 
     The frame rate is timed with no synchronisation inside the loop (as a viewer would run);
@@ -283,7 +284,8 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, motion:
     Returns {"fps", "ms_per_frame", "ms_decoders", "ms_rasterization", "frames_timed"}; on CUDA
     with the Triton backend also the same frame replayed as a CUDA graph
     (:class:`GraphedAvatarRenderer`): "fps_cuda_graph", "ms_per_frame_cuda_graph", "isect_capacity".
-    ``compile``: :func:`render_avatar`'s option (the warm-up compiles).
+    ``compile``: :func:`render_avatar`'s option (the warm-up compiles). ``cuda_graph`` False:
+    the eager frame only.
     """
     def render(timer=DISABLED):
         return render_avatar(avatar, vertices, motion, viewmat, K, width, height, background,
@@ -304,7 +306,7 @@ def measure_render_speed(avatar: GaussianAvatar, vertices: torch.Tensor, motion:
     phases = timer.mean_ms(frames)
     result = {"fps": 1.0 / seconds, "ms_per_frame": 1000.0 * seconds, "ms_decoders": phases.get("decoders", 0.0),
               "ms_rasterization": phases.get("rasterization", 0.0), "frames_timed": frames}
-    if vertices.is_cuda and backend == "triton":
+    if cuda_graph and vertices.is_cuda and backend == "triton":
         graphed = GraphedAvatarRenderer(avatar, width, height, background, check_overflow=False, compile=compile)
         graphed(vertices, motion, viewmat, K)  # capture
         sync()

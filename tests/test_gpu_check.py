@@ -25,25 +25,30 @@ def names(sections):
 
 def test_default_plan_runs_triton_first_and_fits_the_budget(tmp_path):
     args = gpu_check.parse_args(["--out", str(tmp_path)])
-    assert args.backends == ["triton", "torch"] and args.budget == 330
+    assert args.backends == ["triton", "torch"] and args.budget == 350
+    assert args.methods == list(gpu_check.METHOD_CONFIGS)
     sections = gpu_check.plan(args.backends, args.budget, args.tests)
-    assert names(sections) == ["environment", "subject", "triton", "tests", "torch"]
+    assert names(sections) == ["environment", "subject", "triton", "tests", "methods", "torch"]
     assert all(s.skipped is None and s.cap_s > 0 for s in sections)
-    assert sum(s.cap_s for s in sections) <= 330
+    assert sum(s.cap_s for s in sections) <= 350
     # the headline goes first whatever order the backends are named in
-    assert names(gpu_check.plan(["torch", "triton"], 330)) == names(sections)
+    assert names(gpu_check.plan(["torch", "triton"], 350)) == names(sections)
+    # every built-in method's config is one the check can build
+    assert all((REPO / c).is_file() for c in gpu_check.METHOD_CONFIGS.values())
+    no_methods = gpu_check.plan(args.backends, 350, methods=False)
+    assert no_methods[4].name == "methods" and no_methods[4].skipped.startswith("not asked for")
 
 
-def test_gsplat_is_last_and_does_not_fit_330_s(monkeypatch):
+def test_gsplat_is_last_and_does_not_fit_350_s(monkeypatch):
     monkeypatch.setattr(gpu_check, "gsplat_toolchain_problem", lambda timeout=10: None)  # as if ninja + nvcc matched
-    sections = gpu_check.plan(["gsplat", "torch", "triton"], 330)
-    assert names(sections) == ["environment", "subject", "triton", "tests", "torch", "gsplat"]
-    assert sum(s.cap_s for s in sections) <= 330
+    sections = gpu_check.plan(["gsplat", "torch", "triton"], 350)
+    assert names(sections) == ["environment", "subject", "triton", "tests", "methods", "torch", "gsplat"]
+    assert sum(s.cap_s for s in sections) <= 350
     gsplat = sections[-1]
-    assert gsplat.cap_s == 0 and "below its minimum" in gsplat.skipped and "--budget 480" in gsplat.skipped
-    wide = gpu_check.plan(["triton", "torch", "gsplat"], 570)
+    assert gsplat.cap_s == 0 and "below its minimum" in gsplat.skipped and "--budget 540" in gsplat.skipped
+    wide = gpu_check.plan(["triton", "torch", "gsplat"], 630)
     assert wide[-1].skipped is None and wide[-1].cap_s == gpu_check.CAPS["gsplat"]
-    assert sum(s.cap_s for s in wide) <= 570
+    assert sum(s.cap_s for s in wide) <= 630
 
 
 def test_caps_never_exceed_the_budget(monkeypatch):
@@ -56,7 +61,7 @@ def test_caps_never_exceed_the_budget(monkeypatch):
                 assert (s.skipped is None) == (s.cap_s > 0)
                 assert s.skipped or s.cap_s >= gpu_check.MINIMUM.get(s.name, gpu_check.MINIMUM["backend"])
     tight = gpu_check.plan(["triton", "torch"], 150)
-    assert [s.name for s in tight if s.skipped] == ["tests", "torch"]  # the later, less valuable ones
+    assert [s.name for s in tight if s.skipped] == ["tests", "methods", "torch"]  # the later, less valuable ones
     assert "--budget" in tight[-1].skipped
 
 
@@ -98,8 +103,8 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     for key in ("torch", "torch_cuda", "nvcc", "nvcc_cuda", "ninja", "nvidia_smi", "gsplat", "triton"):
         assert key in env
     assert [s["section"] for s in result["sections"]] == [p["name"] for p in result["plan"]] == \
-        ["environment", "subject", "tests", "torch", "gsplat"]
-    assert sum(p["cap_s"] for p in result["plan"]) <= result["budget"] == 330
+        ["environment", "subject", "tests", "methods", "torch", "gsplat"]
+    assert sum(p["cap_s"] for p in result["plan"]) <= result["budget"] == 350
     assert all(s["seconds"] <= s["limit_s"] + 5 for s in result["sections"])
     assert result["subject"]["settings"]["downscale"] == 10
     tests = result["tests"]  # on the CPU the section runs the sync-free suite, whose CUDA tests skip
@@ -127,9 +132,22 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
                                        "optimisers", "densification"}
     assert train["phases_ms"]["backward"] > 0 and train["phases_ms"]["rasterization"] > 0
 
+    methods = result["methods"]  # every method, untrained, on the first backend asked for
+    assert methods["backend"] == "torch" and list(methods["methods"]) == list(gpu_check.METHOD_CONFIGS)
+    measured = methods["methods"]
+    for name, record in measured.items():
+        assert "error" not in record and record["fps"] > 0 and record["ms_decoders"] > 0, name
+        assert (record["width"], record["height"]) == (55, 80), name
+    bound = measured["tensorial"]["splats"]
+    assert bound == measured["gaussian_avatars"]["splats"] > 1000  # one splat per triangle
+    for free in ("gaussian_head_avatar", "npga", "gaussianhead"):  # as many as the bound avatar
+        assert measured[free]["splats"] == bound, free
+    assert [n for n, r in measured.items() if r["screen_stage"]] == ["gaussian_head_avatar", "npga"]
+    summary = (out / "gpu_check.md").read_text()
+    assert "Render speed of every method" in summary and "| npga | " in summary
+
     gsplat_part = result["backends"]["gsplat"]  # a CPU torch: never built here
     assert gsplat_part["skipped"] and "available" not in gsplat_part
-    summary = (out / "gpu_check.md").read_text()
     assert "| torch | yes |" in summary and "| gsplat | skipped |" in summary
     assert f"- gsplat: skipped: {gsplat_part['skipped']}" in summary
     assert "Tests (tests/test_sync_free_render.py): " in summary and "| section | cap s |" in summary
@@ -142,15 +160,38 @@ def test_a_requested_backend_that_cannot_run_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "gsplat_toolchain_problem", lambda timeout=10: None)
     out = tmp_path / "check"
     assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out), "--data", str(tmp_path / "data"),
-                           "--backends", "gsplat", "--no-tests", "--budget", "220"]) == 0
+                           "--backends", "gsplat", "--no-tests", "--methods", "--budget", "220"]) == 0
     result = json.loads((out / "gpu_check.json").read_text())
     assert [(p["name"], p["cap_s"]) for p in result["plan"]] == [("environment", 10), ("subject", 60), ("tests", 0),
-                                                                 ("gsplat", 150)]
+                                                                 ("methods", 0), ("gsplat", 150)]
     assert result["tests"] == {"skipped": "not asked for (--no-tests)"}
     gsplat = result["backends"]["gsplat"]
     if not gsplat["available"]:  # gsplat is not installed with the CPU torch
         assert gsplat["why_not"] and "\n" not in gsplat["why_not"] and "parity" not in gsplat
     assert "| gsplat | " in (out / "gpu_check.md").read_text()
+
+
+def test_a_method_that_fails_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
+    """The methods section: a method whose config cannot be built records its one-line error; the
+    free method after it takes the first bound avatar's splat count, or its own without one."""
+    monkeypatch.setitem(gpu_check.METHOD_CONFIGS, "broken", "configs/no_such_method.yaml")
+    subject, err = gpu_check.make_subject(tmp_path / "data", "quick", 60)
+    assert subject is not None, err
+    saved = []
+    out = gpu_check.check_methods(["broken", "npga", "gaussian_avatars", "gaussianhead"], "torch", "cpu",
+                                  subject["union"], subject["flame"], gpu_check.SIZES["quick"], tmp_path / "scratch",
+                                  120, lambda figures: saved.append(json.loads(json.dumps(figures))))
+    methods = out["methods"]
+    assert "no_such_method.yaml" in methods["broken"]["error"] and "\n" not in methods["broken"]["error"]
+    assert "fps" not in methods["broken"] and methods["broken"]["seconds"] >= 0
+    assert methods["npga"]["splats"] == 30000  # no bound avatar yet: its config's own count
+    assert methods["gaussianhead"]["splats"] == methods["gaussian_avatars"]["splats"]
+    assert all(methods[m]["fps"] > 0 for m in ("npga", "gaussian_avatars", "gaussianhead"))
+    assert [list(figures["methods"]) for figures in saved] == [["broken"], ["broken", "npga"],
+                                                               ["broken", "npga", "gaussian_avatars"],
+                                                               ["broken", "npga", "gaussian_avatars", "gaussianhead"]]
+    lines = "\n".join(gpu_check.methods_markdown(out))
+    assert "- broken (error): " in lines and "| gaussianhead | " in lines
 
 
 TRITON_FIGURES = textwrap.dedent("""
