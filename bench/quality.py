@@ -93,7 +93,10 @@ def run(cmd: list[str], env: dict | None = None, log: Path | None = None) -> Non
     with open(log, "w") as fh:
         res = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if res.returncode != 0:
-        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}; see {log}")
+        # The cause is the log's last lines (a refused --resume of a run whose options changed
+        # since, say: the bench's --fresh trains it again).
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
+        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}; the end of {log}:\n" + "\n".join(tail))
 
 
 def dataset(seed: int, data_root: Path, preset: str = "demo") -> tuple[Path, Path]:

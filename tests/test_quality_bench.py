@@ -51,3 +51,16 @@ def test_the_report_names_the_commits_of_its_rows():
     line = quality.commits_line([{"commit": "a" * 40}, {"commit": "a" * 40}, {"commit": "b" * 40 + "+dirty"},
                                  {"commit": None}])
     assert line == f"Rows trained at commit {'a' * 12} (2), {'b' * 12} (1), unknown (1)."
+
+
+def test_a_failed_step_names_its_cause_from_the_end_of_its_log(tmp_path):
+    """A refused --resume (or any failure) of a bench step says why, not only where its log is."""
+    import pytest
+
+    log = tmp_path / "logs" / "train.log"
+    script = "import sys; print('[train] starting'); sys.exit('error: the run was trained with other options')"
+    with pytest.raises(SystemExit) as exc:
+        quality.run([sys.executable, "-c", script], log=log)
+    message = str(exc.value)
+    assert message.startswith("failed (1): ") and str(log) in message
+    assert message.endswith("error: the run was trained with other options")
